@@ -1,0 +1,1 @@
+"""One module per ``python -m hbl_mpi`` subcommand (``configure`` + ``run``)."""

@@ -1,0 +1,124 @@
+"""The normalised drug-response dataset: one feature row per cell and per drug.
+
+The CANDLE Uno HDF5 format stores one feature row per *response* row (Top21: ~13 GB of
+duplicated float32). Everything in hbl_mpi works on this normalised form instead: entity
+feature tables plus a response table of (cell index, drug index, label[, dose]). A
+training batch is gathered by index from these tables, so no row is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+CELL = "cell"
+DRUG = "drug"
+
+
+@dataclass
+class FeatureGroup:
+    """One block of input features for one kind of entity.
+
+    ``values[i]`` is the feature vector of entity ``i`` (a cell or a drug, by index into
+    ``Dataset.cell_ids`` / ``Dataset.drug_ids``). The Uno model builds one encoder per
+    group.
+    """
+
+    name: str  # e.g. "cell.rnaseq", "drug.descriptors", "drug.fingerprints"
+    entity: str  # CELL or DRUG
+    columns: list[str]
+    values: np.ndarray  # float32, shape (n_entities, len(columns))
+
+    @property
+    def width(self) -> int:
+        return int(self.values.shape[1])
+
+
+@dataclass
+class Dataset:
+    """Normalised tables of one drug-response data set (see DESIGN §2.1)."""
+
+    cell_ids: np.ndarray  # object array of str, shape (C,)
+    drug_ids: np.ndarray  # object array of str, shape (D,)
+    groups: list[FeatureGroup]  # cell groups first, then drug groups
+    cell_index: np.ndarray  # int32 (R,), index into cell_ids
+    drug_index: np.ndarray  # int32 (R,), index into drug_ids
+    label: np.ndarray  # float32 (R,)
+    dose: np.ndarray | None = None  # float32 (R,) or None
+    label_name: str = "AUC"  # "AUC", or "Growth" when dose is present
+    truth: pd.DataFrame | None = None  # columns cell, kind (planted anomalies)
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_ids)
+
+    @property
+    def n_drugs(self) -> int:
+        return len(self.drug_ids)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.label)
+
+    def groups_of(self, entity: str) -> list[FeatureGroup]:
+        return [g for g in self.groups if g.entity == entity]
+
+    def feature_widths(self) -> dict[str, int]:
+        return {g.name: g.width for g in self.groups}
+
+    def normalized_nbytes(self) -> int:
+        """Bytes of the normalised tables (features + response table)."""
+        n = sum(g.values.nbytes for g in self.groups)
+        n += self.cell_index.nbytes + self.drug_index.nbytes + self.label.nbytes
+        if self.dose is not None:
+            n += self.dose.nbytes
+        return int(n)
+
+    def duplicated_nbytes(self) -> int:
+        """Bytes the same data takes in the duplicated (one feature row per response) form."""
+        width = sum(g.width for g in self.groups) + (1 if self.dose is not None else 0)
+        return int(self.n_rows * (width * 4 + 4))
+
+    def checksum(self) -> str:
+        """SHA-256 over ids, features and responses: identifies the data in results."""
+        h = hashlib.sha256()
+        for ids in (self.cell_ids, self.drug_ids):
+            h.update("\x1f".join(map(str, ids)).encode())
+        for g in self.groups:
+            h.update(g.name.encode())
+            h.update(np.ascontiguousarray(g.values, dtype=np.float32).tobytes())
+        for a in (self.cell_index, self.drug_index, self.label, self.dose):
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        """Plain-data summary used by ``data inspect`` and the run log."""
+        lab = self.label.astype(np.float64)
+        out = {
+            "cells": self.n_cells,
+            "drugs": self.n_drugs,
+            "rows": self.n_rows,
+            "label": self.label_name,
+            "has_dose": self.dose is not None,
+            "feature_widths": self.feature_widths(),
+            "label_stats": {
+                "min": float(lab.min()) if len(lab) else None,
+                "mean": float(lab.mean()) if len(lab) else None,
+                "max": float(lab.max()) if len(lab) else None,
+                "std": float(lab.std()) if len(lab) else None,
+            },
+            "normalized_bytes": self.normalized_nbytes(),
+            "duplicated_bytes": self.duplicated_nbytes(),
+        }
+        out["normalized_fraction"] = (
+            out["normalized_bytes"] / out["duplicated_bytes"] if out["duplicated_bytes"] else None
+        )
+        if self.truth is not None:
+            out["truth"] = {str(k): int(v) for k, v in self.truth["kind"].value_counts().items()}
+        return out
