@@ -1,0 +1,190 @@
+"""Scheduling policy: which ready node runs on which free group. Pure, no MPI.
+
+The scheduler's *mechanism* (messages, buffers, MPI) lives in ``scheduler.py`` and
+``worker.py``; this module only decides. It is a plain state machine over the plan's
+node tree plus one function, ``place``, so the policy can be tested, simulated
+(``bench/simulate.py`` drives this exact code at Summit scale) and changed alone.
+
+Rules (DESIGN §5):
+1. locality first: a free group that holds a parent's state takes a ready child of that
+   parent (zero transfer; the "fork in place");
+2. otherwise the ready node with the largest remaining subtree goes first (it has the
+   longest chain of work behind it), preferring a free group on the holder's host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .plan import ROOT, node_sort_key, parent_of
+
+
+class Status(str, Enum):
+    WAITING = "waiting"  # parent not done yet
+    READY = "ready"  # parent done (or root child), not placed
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an ancestor failed
+
+
+FINAL = (Status.DONE, Status.FAILED, Status.SKIPPED)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Run ``node`` on ``group``; its initial state comes from ``source``.
+
+    ``source`` is ``"fresh"`` (stage 1: the seeded initial state), ``"local"`` (the group
+    already holds the parent's state), ``"group"`` (receive it from ``source_group``)
+    or ``"checkpoint"`` (restart: nobody holds it in memory; load the parent's checkpoint).
+    """
+
+    node: str
+    group: int
+    source: str
+    source_group: int | None = None
+
+
+@dataclass
+class TreeState:
+    """Status of every node and who holds which finished parent's state."""
+
+    children: dict[str, list[str]]  # every node incl. the root -> its children
+    status: dict[str, Status] = field(default_factory=dict)
+    holder: dict[str, int] = field(default_factory=dict)  # finished parent -> group holding its state
+    unplaced_children: dict[str, int] = field(default_factory=dict)  # parent -> children not yet placed
+    subtree: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_children(cls, children: dict[str, list[str]]) -> "TreeState":
+        t = cls(children={k: list(v) for k, v in children.items()})
+        for name in reversed(sorted(t.children, key=node_sort_key)):
+            t.subtree[name] = 1 + sum(t.subtree[c] for c in t.children[name])
+        for name in t.children:
+            if name != ROOT:
+                t.status[name] = Status.READY if parent_of(name) == ROOT else Status.WAITING
+        t.unplaced_children = {n: len(c) for n, c in t.children.items()}
+        return t
+
+    @classmethod
+    def from_plan(cls, plan) -> "TreeState":
+        return cls.from_children({n: list(v.children) for n, v in plan.nodes.items()})
+
+    # ---- queries ---------------------------------------------------------
+    def ready(self) -> list[str]:
+        return [n for n, s in self.status.items() if s is Status.READY]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in Status}
+        for s in self.status.values():
+            out[s.value] += 1
+        return out
+
+    def finished(self) -> bool:
+        return all(s in FINAL for s in self.status.values())
+
+    def remaining(self) -> int:
+        return sum(1 for s in self.status.values() if s not in FINAL)
+
+    # ---- transitions -----------------------------------------------------
+    def _expect(self, node: str, *allowed: Status) -> None:
+        if self.status.get(node) not in allowed:
+            raise ValueError(f"node {node}: status {self.status.get(node)}, expected {allowed}")
+
+    def mark_running(self, node: str) -> None:
+        self._expect(node, Status.READY)
+        self.status[node] = Status.RUNNING
+        self.unplaced_children[parent_of(node)] -= 1
+
+    def mark_done(self, node: str, group: int | None) -> None:
+        """Node finished on ``group``, which now holds its state (if it has children)."""
+        self._expect(node, Status.RUNNING, Status.READY)
+        if self.status[node] is Status.READY:  # restart: finished in an earlier run
+            self.unplaced_children[parent_of(node)] -= 1
+        self.status[node] = Status.DONE
+        if self.children[node]:
+            if group is not None:
+                self.holder[node] = group
+            for c in self.children[node]:
+                self.status[c] = Status.READY
+
+    def mark_failed(self, node: str) -> list[str]:
+        """Node failed: every descendant is skipped. Returns the skipped names."""
+        self._expect(node, Status.RUNNING, Status.READY)
+        if self.status[node] is Status.READY:
+            self.unplaced_children[parent_of(node)] -= 1
+        self.status[node] = Status.FAILED
+        skipped = []
+        stack = list(self.children[node])
+        while stack:
+            c = stack.pop()
+            self.status[c] = Status.SKIPPED
+            skipped.append(c)
+            stack.extend(self.children[c])
+        return sorted(skipped, key=node_sort_key)
+
+    def releasable(self) -> list[tuple[str, int]]:
+        """Held parents all of whose children are placed: (parent, holder group)."""
+        return [(p, g) for p, g in self.holder.items() if self.unplaced_children[p] == 0]
+
+    def release(self, parent: str) -> int:
+        return self.holder.pop(parent)
+
+    def drop_holder(self, group: int) -> list[str]:
+        """Forget states held by ``group`` (e.g. it died); returns the parents affected."""
+        lost = [p for p, g in self.holder.items() if g == group]
+        for p in lost:
+            del self.holder[p]
+        return lost
+
+
+def place(
+    tree: TreeState,
+    free_groups: list[int],
+    group_host: dict[int, int] | None = None,
+) -> list[Placement]:
+    """Decide placements for the free groups (at most one node each). Pure: no mutation."""
+    ready = sorted(tree.ready(), key=lambda n: (-tree.subtree[n], node_sort_key(n)))
+    if not ready or not free_groups:
+        return []
+    taken: set[str] = set()
+    out: list[Placement] = []
+    free = list(free_groups)
+
+    def source_of(node: str, group: int) -> Placement:
+        parent = parent_of(node)
+        if parent == ROOT:
+            return Placement(node, group, "fresh")
+        holder = tree.holder.get(parent)
+        if holder is None:
+            return Placement(node, group, "checkpoint")
+        if holder == group:
+            return Placement(node, group, "local")
+        return Placement(node, group, "group", holder)
+
+    # 1. locality: a free group holding a parent takes that parent's biggest ready child
+    for g in list(free):
+        for node in ready:
+            if node not in taken and tree.holder.get(parent_of(node)) == g:
+                out.append(source_of(node, g))
+                taken.add(node)
+                free.remove(g)
+                break
+    # 2. the rest: largest remaining subtree first, on the holder's host when possible
+    for node in ready:
+        if not free:
+            break
+        if node in taken:
+            continue
+        g = free[0]
+        holder = tree.holder.get(parent_of(node))
+        if group_host is not None and holder is not None:
+            same_host = [f for f in free if group_host.get(f) == group_host.get(holder)]
+            if same_host:
+                g = same_host[0]
+        out.append(source_of(node, g))
+        taken.add(node)
+        free.remove(g)
+    return out
