@@ -247,3 +247,14 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
     if out is not None:
         values["out"] = out
     return validate(RunConfig(**values))
+
+
+def markdown_table() -> str:
+    """The README's key table, generated from the declarations (a test keeps them in sync)."""
+    defaults = RunConfig()
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name in _FIELDS:
+        d = getattr(defaults, name)
+        shown = f'"{d}"' if isinstance(d, str) else ("[]" if isinstance(d, list) else str(d).lower() if isinstance(d, bool) else d)
+        lines.append(f"| `{name}` | `{shown}` | {DOCS[name]} |")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Fork cost: "parent done" -> "child ready to train" for a paper-preset state.
+
+Run under MPI with 3 ranks (rank 1 holds the parent, rank 2 trains the child, rank 0
+only collects timings):
+
+    mpiexec -n 3 python bench/fork.py            # paper preset at Top21 widths
+    mpiexec -n 3 python bench/fork.py --full     # more repetitions
+
+Compared, on the same state (weights + Adam moments, float32), in one run:
+  (a) hbl_mpi's transfer: header + one Isend/Irecv straight into the child's buffer;
+  (b) CANDLE's way: torch.save to a file, torch.load, copy into the child's buffer
+      (page cache only), and (b') the same with an fsync before the child reads;
+  (c) mpi4py's pickled lowercase send of the tensors, copied into the child's buffer;
+and the physical limits: (d) a raw blocking Send/Recv of the same bytes,
+(e) a warm in-memory copy of the same bytes. Median of repetitions.
+Prints a table, then one JSON object as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hbl_mpi.state import ModelState  # noqa: E402
+from hbl_mpi.transfer import OutgoingStates, recv_state_into, wait_all  # noqa: E402
+
+
+def paper_param_count(widths: list[int]) -> int:
+    from hbl_mpi.uno import build_model
+
+    model = build_model(widths, "paper")
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=int, default=0, help="parameter count (default: paper preset)")
+    ap.add_argument("--widths", default="942,5270,2048", help="feature widths for the paper preset")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--full", action="store_true", help="more repetitions (big machines)")
+    ap.add_argument("--dir", default=None, help="folder for the file-based variant (default: tmp)")
+    args = ap.parse_args()
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size != 3:
+        if rank == 0:
+            print("bench/fork.py needs exactly 3 ranks: mpiexec -n 3 python bench/fork.py", file=sys.stderr)
+        sys.exit(2)
+    torch.set_num_threads(1)
+    reps = 15 if args.full else args.reps
+    n_params = args.params or (paper_param_count([int(w) for w in args.widths.split(",")]) if rank == 0 else 0)
+    n_params = comm.bcast(n_params, root=0)
+    folder = comm.bcast(args.dir or (tempfile.mkdtemp(prefix="hbl_fork_") if rank == 0 else None), root=0)
+    times: dict[str, list[float]] = {
+        k: [] for k in ("hbl_transfer", "file", "file_fsync", "pickle", "raw_send", "memcpy")}
+
+    if rank == 1:
+        state = ModelState(torch.randn(3 * n_params, generator=torch.Generator().manual_seed(1)), n_params, 7)
+        out = OutgoingStates(comm)
+    if rank == 2:
+        buf = torch.zeros(3 * n_params)
+
+    def sync() -> float:
+        wait_all([comm.Ibarrier()])
+        return time.perf_counter()
+
+    checks = []
+    for rep in range(reps):
+        # (a) hbl_mpi transfer
+        t0 = sync()
+        if rank == 1:
+            out.hold("p", state)
+            out.send("p", dest=2, transfer_id=rep)
+            out.release("p")
+            out.drain()
+        if rank == 2:
+            recv_state_into(comm, buf, source=1, transfer_id=rep)
+            times["hbl_transfer"].append(time.perf_counter() - t0)
+            checks.append(ModelState(buf, n_params, 7).checksum())
+        # (b) torch.save -> torch.load through the filesystem
+        path = os.path.join(folder, f"state_{rep}.pt")
+        t0 = sync()
+        if rank == 1:
+            P = n_params
+            torch.save({"params": state.flat[:P], "exp_avg": state.flat[P:2 * P],
+                        "exp_avg_sq": state.flat[2 * P:], "step": state.step}, path)
+            comm.send(True, dest=2, tag=90)
+        if rank == 2:
+            comm.recv(source=1, tag=90)
+            d = torch.load(path)
+            P = n_params
+            buf[:P].copy_(d["params"])
+            buf[P:2 * P].copy_(d["exp_avg"])
+            buf[2 * P:].copy_(d["exp_avg_sq"])
+            times["file"].append(time.perf_counter() - t0)
+            os.remove(path)
+        # (b') the same with fsync before the child may read (a durable checkpoint)
+        t0 = sync()
+        if rank == 1:
+            P = n_params
+            with open(path, "wb") as f:
+                torch.save({"params": state.flat[:P], "exp_avg": state.flat[P:2 * P],
+                            "exp_avg_sq": state.flat[2 * P:], "step": state.step}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            comm.send(True, dest=2, tag=93)
+        if rank == 2:
+            comm.recv(source=1, tag=93)
+            d = torch.load(path)
+            P = n_params
+            buf[:P].copy_(d["params"])
+            buf[P:2 * P].copy_(d["exp_avg"])
+            buf[2 * P:].copy_(d["exp_avg_sq"])
+            times["file_fsync"].append(time.perf_counter() - t0)
+            os.remove(path)
+        # (c) pickled lowercase send
+        t0 = sync()
+        if rank == 1:
+            P = n_params
+            comm.send({"params": state.flat[:P].clone(), "exp_avg": state.flat[P:2 * P].clone(),
+                       "exp_avg_sq": state.flat[2 * P:].clone(), "step": state.step}, dest=2, tag=91)
+        if rank == 2:
+            d = comm.recv(source=1, tag=91)
+            P = n_params
+            buf[:P].copy_(d["params"])
+            buf[P:2 * P].copy_(d["exp_avg"])
+            buf[2 * P:].copy_(d["exp_avg_sq"])
+            times["pickle"].append(time.perf_counter() - t0)
+        # (d) raw Send of the same bytes
+        t0 = sync()
+        if rank == 1:
+            comm.Send([state.flat.numpy(), MPI.FLOAT], dest=2, tag=92)
+        if rank == 2:
+            comm.Recv([buf.numpy(), MPI.FLOAT], source=1, tag=92)
+            times["raw_send"].append(time.perf_counter() - t0)
+        # (e) warm memcpy
+        if rank == 2:
+            src = buf.clone()
+            dst = torch.empty_like(src)
+            dst.copy_(src)
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            times["memcpy"].append(time.perf_counter() - t0)
+            del src, dst
+
+    gathered = comm.gather((times, checks), root=0)
+    if rank == 0:
+        times = gathered[2][0]
+        checks = gathered[2][1]
+        med = {k: statistics.median(v) for k, v in times.items()}
+        nbytes = 3 * n_params * 4
+        res = {
+            "params": n_params, "state_bytes": nbytes, "reps": reps,
+            **{f"{k}_s": v for k, v in med.items()},
+            "speedup_vs_file": med["file"] / med["hbl_transfer"],
+            "speedup_vs_file_fsync": med["file_fsync"] / med["hbl_transfer"],
+            "speedup_vs_pickle": med["pickle"] / med["hbl_transfer"],
+            "fraction_of_raw_send": med["raw_send"] / med["hbl_transfer"],
+            "hbl_transfer_GBps": nbytes / med["hbl_transfer"] / 1e9,
+            "raw_send_GBps": nbytes / med["raw_send"] / 1e9,
+            "memcpy_GBps": nbytes / med["memcpy"] / 1e9,
+            "checksums_consistent": len(set(checks)) == 1,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+        }
+        print(f"fork of a {n_params / 1e6:.1f} M-parameter state (weights + Adam moments = "
+              f"{nbytes / 1e6:.0f} MB), median of {reps}")
+        print(f"{'method':<34}{'seconds':>10}{'GB/s':>8}")
+        names = {"hbl_transfer": "(a) hbl_mpi Isend/Irecv", "file": "(b) torch.save -> torch.load",
+                 "file_fsync": "(b') the same, fsync'd",
+                 "pickle": "(c) pickled comm.send", "raw_send": "(d) raw Send (limit)",
+                 "memcpy": "(e) warm memcpy (limit)"}
+        for k, label in names.items():
+            print(f"{label:<34}{med[k]:>10.4f}{nbytes / med[k] / 1e9:>8.2f}")
+        print(f"speedup vs file {res['speedup_vs_file']:.1f}x (fsync'd: {res['speedup_vs_file_fsync']:.1f}x), vs pickle {res['speedup_vs_pickle']:.1f}x, "
+              f"{100 * res['fraction_of_raw_send']:.0f} % of raw Send bandwidth")
+        print(json.dumps(res))
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
