@@ -1,0 +1,111 @@
+"""results.h5: pandas-readable, atomically rewritten, restartable without duplicates."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from hbl_mpi.errors import InputError
+from hbl_mpi.results import ResultsWriter, read_results
+
+
+def make_writer(path, previous=None):
+    plan = pd.DataFrame({"node": ["1.1", "1.2"], "parent": ["1", "1"], "stage": [1, 1],
+                         "cell": ["A", "B"], "role": ["val", "val"]})
+    truth = pd.DataFrame({"cell": ["B"], "kind": ["shift"]})
+    return ResultsWriter(str(path), config={"n": 2, "s": 1, "strategy": "EXP2"}, versions={"x": "1"},
+                         data_checksum="abc", plan_frame=plan, truth=truth, flush_seconds=0.0,
+                         previous=previous)
+
+
+def add_node(w, node, status="done", val=0.5):
+    w.add({"node": node, "parent": "1", "stage": 1, "status": status, "group": 0, "val_loss": val,
+           "epochs_run": 3, "stopped_early": True, "error": "" if status == "done" else "boom"},
+          [{"node": node, "epoch": e, "loss": 1.0 / e, "val_loss": val, "seconds": 0.1} for e in (1, 2, 3)],
+          pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}))
+
+
+def test_tables_read_with_pandas(tmp_path):
+    path = tmp_path / "results.h5"
+    w = make_writer(path)
+    add_node(w, "1.1")
+    add_node(w, "1.2", status="failed", val=float("nan"))
+    w.flush()
+    for key in ("nodes", "history", "cell_val", "plan", "truth"):
+        df = pd.read_hdf(path, key)
+        assert len(df) > 0, key
+    nodes = pd.read_hdf(path, "nodes")
+    assert list(nodes["node"]) == ["1.1", "1.2"]
+    assert list(nodes["status"]) == ["done", "failed"]
+    assert nodes["epochs_run"].dtype.kind == "i"
+    with pd.HDFStore(path, "r") as st:
+        attrs = st.get_storer("nodes").attrs
+        assert attrs.config["strategy"] == "EXP2" and attrs.data_checksum == "abc"
+    assert not os.path.exists(str(path) + ".tmp")
+
+
+def test_restart_keeps_only_done_nodes_once(tmp_path):
+    path = tmp_path / "results.h5"
+    w = make_writer(path)
+    add_node(w, "1.1")
+    add_node(w, "1.2", status="failed")
+    w.flush()
+    prev = read_results(str(path))
+    assert prev.done_nodes() == {"1.1"}
+    w2 = make_writer(path, previous=prev)
+    add_node(w2, "1.2", val=0.25)
+    w2.flush()
+    nodes = pd.read_hdf(path, "nodes")
+    assert sorted(nodes["node"]) == ["1.1", "1.2"]
+    assert nodes.set_index("node").loc["1.2", "status"] == "done"
+    hist = pd.read_hdf(path, "history")
+    assert len(hist) == 6 and hist.groupby("node").size().to_dict() == {"1.1": 3, "1.2": 3}
+
+
+def test_not_a_results_file(tmp_path):
+    bad = tmp_path / "x.h5"
+    pd.DataFrame({"a": [1]}).to_hdf(bad, key="other")
+    with pytest.raises(InputError, match="not an hbl_mpi results file"):
+        read_results(str(bad))
+    with pytest.raises(InputError, match="does not exist"):
+        read_results(str(tmp_path / "missing.h5"))
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(InputError, match="cannot read"):
+        read_results(str(junk))
+
+
+@pytest.mark.timeout(120)
+def test_kill_during_flushes_leaves_a_readable_file(tmp_path):
+    """SIGKILL a process that flushes in a loop; the file always opens with whole nodes."""
+    path = tmp_path / "results.h5"
+    prog = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_results import make_writer, add_node
+        w = make_writer({str(path)!r})
+        i = 0
+        while True:
+            i += 1
+            add_node(w, f"1.{{i}}")
+            w.flush()
+            print(i, flush=True)
+    """)
+    for delay in (0.8, 1.3, 1.9):
+        proc = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()
+        assert first.strip() == "1"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        nodes = pd.read_hdf(path, "nodes")
+        hist = pd.read_hdf(path, "history")
+        assert len(nodes) >= 1
+        assert len(hist) == 3 * len(nodes)
+        assert list(nodes["node"]) == [f"1.{i}" for i in range(1, len(nodes) + 1)]
+        os.remove(path)
