@@ -1,0 +1,48 @@
+"""``python -m hbl_mpi report RESULTS.h5 [more.h5 ...] [--out DIR] [--baselines]``.
+
+Several results files = several epoch strategies side by side (labelled by each run's
+``strategy``); the cell ranking averages the runs made on the same data. With
+``--baselines`` the planted-anomaly detection is also scored for Isolation Forest and
+K-fold out-of-fold residuals, which reads the run's data file and trains K models.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configure(p) -> None:
+    p.add_argument("results", nargs="+", help="results.h5 file(s) written by `run`")
+    p.add_argument("--out", help="output directory (default: report/ next to the first results file)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score Isolation Forest and K-fold out-of-fold residuals (trains K models)")
+    p.add_argument("--data", help="data file for the baselines (default: the run's `data`)")
+    p.add_argument("--kfold", type=int, default=5, help="folds (by cell) of the residual baseline (default 5)")
+    p.add_argument("--method", default=None, help="cell score (default: the measured best; see docs/findings.md)")
+    p.add_argument("--top", type=int, default=30, help="cells shown in the ranking figure and table")
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..ranking import DEFAULT_METHOD, METHODS
+    from ..report import build, write
+
+    method = args.method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: one of {', '.join(METHODS)}")
+    if args.kfold < 2:
+        raise InputError(f"--kfold must be >= 2; got {args.kfold}")
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1; got {args.top}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results[0])), "report")
+    rep = build(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
+                top=args.top)
+    paths = write(rep, out)
+    print(f"[hbl_mpi] report: {len(paths)} files in {out}")
+    print(f"[hbl_mpi] open {os.path.join(out, 'report.html')}")
+    det = rep.summary.get("detection")
+    if det is not None:
+        for row in det[det["kind"] == "all"].itertuples(index=False):
+            print(f"[hbl_mpi] {row.method}: AUROC {row.auroc:.3f}, AP {row.average_precision:.3f}, "
+                  f"precision@{row.k} {row.precision_at_k:.3f}")
+    return 0

@@ -1,0 +1,533 @@
+"""Build the report of one or several runs: the paper's figures, CSV tables, the cell
+ranking, detection scores, ``report.md`` and ``report.html`` (DESIGN §7).
+
+Everything is computed first (``build``: reading every input, the baselines' training)
+and written last (``write``), each file through a temporary name and ``os.replace``, so
+bad input leaves nothing behind and a crash leaves no half-written file. Figures use
+``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import analysis as A
+from . import ranking as R
+from .errors import InputError
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "": "#9e9e9e"}
+LOSS_UNIT = "val_loss (MSE, label units²)"
+
+
+@dataclass
+class Section:
+    """One part of the report: a heading, text, optional figure and tables."""
+
+    title: str
+    text: str = ""
+    figure: str | None = None  # file name of the PNG
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
+
+
+@dataclass
+class Report:
+    """Everything the report writes: files (name -> bytes) and the sections of report.md/html."""
+
+    title: str
+    intro: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def csv(self, name: str, df: pd.DataFrame) -> str:
+        self.files[name] = df.to_csv(index=False).encode()
+        return name
+
+    def png(self, name: str, fig) -> str:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        self.files[name] = buf.getvalue()
+        return name
+
+
+# ---------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------
+def _figure(w=7.0, h=4.2, ncols=1, nrows=1, **kw):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _grouped_bars(ax, table: pd.DataFrame, value: str, labels: list[str]) -> None:
+    stages = sorted(table["stage"].unique())
+    width = 0.8 / max(1, len(labels))
+    for i, lab in enumerate(labels):
+        t = table[table["strategy"] == lab].set_index("stage").reindex(stages)
+        x = np.arange(len(stages)) + (i - (len(labels) - 1) / 2) * width
+        ax.bar(x, t[value].to_numpy(dtype=float), width, label=lab, color=PALETTE[i % len(PALETTE)])
+    ax.set_xticks(np.arange(len(stages)), [str(s) for s in stages])
+    ax.set_xlabel("stage")
+    ax.grid(axis="y", alpha=0.3)
+    if len(labels) > 1:
+        ax.legend(title="epoch strategy", fontsize=8)
+
+
+def fig_early_stop(t: pd.DataFrame, labels):
+    fig, ax = _figure()
+    ax = ax[0, 0]
+    _grouped_bars(ax, t, "fraction_stopped_early", labels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of nodes stopped early")
+    ax.set_title("Fig. 8: fraction of early stops by stage")
+    return fig
+
+
+def fig_epochs(t: pd.DataFrame, labels):
+    fig, ax = _figure()
+    ax = ax[0, 0]
+    for i, lab in enumerate(labels):
+        s = t[t["strategy"] == lab]
+        c = PALETTE[i % len(PALETTE)]
+        ax.plot(s["stage"], s["mean_epochs_run"], "o-", color=c, label=f"{lab}: mean run")
+        ax.plot(s["stage"], s["epochs_planned"], "--", color=c, alpha=0.6, label=f"{lab}: budget")
+    ax.set_xlabel("stage")
+    ax.set_ylabel("epochs per node")
+    ax.set_xticks(sorted(t["stage"].unique()))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Fig. 9: epochs actually trained by stage (mean) vs budget")
+    return fig
+
+
+def fig_percentiles(t: pd.DataFrame, labels, levels=A.PAPER_PERCENTILES):
+    n = len(labels)
+    fig, axes = _figure(w=max(5.0, 3.6 * n), h=4.2, ncols=n, sharey=True)
+    for i, lab in enumerate(labels):
+        ax = axes[0, i]
+        s = t[t["strategy"] == lab]
+        for j, p in enumerate(levels):
+            ax.plot(s["stage"], s[f"p{p}"], "o-", color=PALETTE[j], label=f"{p} %")
+        ax.set_title(lab)
+        ax.set_xlabel("stage")
+        ax.set_xticks(sorted(s["stage"].unique()))
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(LOSS_UNIT)
+    axes[0, -1].legend(title="percentile\n(99 % = best)", fontsize=8)
+    fig.suptitle("Fig. 10: validation loss percentiles by stage and epoch strategy")
+    return fig
+
+
+def fig_increase(t: pd.DataFrame, labels):
+    fig, ax = _figure()
+    ax = ax[0, 0]
+    _grouped_bars(ax, t, "fraction_increased", labels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of nodes with val_loss > parent's")
+    ax.set_title("Fig. 11: fraction of nodes whose val_loss increased over the parent")
+    return fig
+
+
+def fig_delta(t: pd.DataFrame, labels):
+    fig, ax = _figure()
+    ax = ax[0, 0]
+    _grouped_bars(ax, t, "increase_delta", labels)
+    ax.set_ylabel("mean increase / stage mean val_loss (ratio)")
+    ax.set_title('Fig. 12: "increase delta" of val_loss by stage')
+    return fig
+
+
+def fig_outlier(cdfs: pd.DataFrame, counts: pd.DataFrame, labels):
+    fig, ax = _figure()
+    ax = ax[0, 0]
+    for i, lab in enumerate(labels):
+        s = cdfs[cdfs["strategy"] == lab]
+        c = counts[(counts["strategy"] == lab)].set_index("threshold")
+        above = ", ".join(f">{t:g}: {int(c.loc[t, 'nodes_above'])}" for t in c.index)
+        ax.plot(s["cum_fraction"], s["outlier_level"], ".-", color=PALETTE[i % len(PALETTE)],
+                label=f"{lab} ({len(s)} increasing nodes; {above})")
+    for y in (1, 2):
+        ax.axhline(y, color="k", lw=0.8, ls=":")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("cumulative fraction of the nodes that increased val_loss")
+    ax.set_ylabel("outlier level = Δval_loss / parent val_loss (ratio)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title('Fig. 13: "outlier level" of the nodes that increased val_loss, sorted')
+    return fig
+
+
+def fig_busy(busy: pd.DataFrame, labels):
+    n = len(labels)
+    fig, axes = _figure(w=7.0, h=2.4 * n + 0.8, nrows=n, sharex=False)
+    for i, lab in enumerate(labels):
+        ax = axes[i, 0]
+        s = busy[busy["strategy"] == lab]
+        if len(s):
+            ax.step(s["time"], s["busy_workers"], where="post", color=PALETTE[i % len(PALETTE)])
+            ax.fill_between(s["time"], s["busy_workers"], step="post", alpha=0.3, color=PALETTE[i % len(PALETTE)])
+        ax.set_ylabel("busy workers")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(lab, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time since run start (s)")
+    fig.suptitle("Fig. 14: compute load over time (workers training a node)")
+    return fig
+
+
+def fig_trajectories(runs: list[A.RunTables]):
+    n = len(runs)
+    fig, axes = _figure(w=max(5.0, 3.6 * n), h=4.2, ncols=n, sharey=True)
+    for i, r in enumerate(runs):
+        ax = axes[0, i]
+        m = A.with_parent(r.nodes)
+        val = dict(zip(m["node"], m["val_loss"]))
+        leaves = [n for n in m["node"] if not any(k.startswith(n + ".") for k in val)]
+        for leaf in leaves:
+            path = [p for p in A.trajectory(leaf) if p in val]
+            ax.plot([p.count(".") for p in path], [val[p] for p in path], "-", color="#1f77b4",
+                    alpha=0.25, lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("stage")
+        ax.set_title(r.label)
+        ax.set_xticks(sorted(m["stage"].unique()))
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(LOSS_UNIT)
+    fig.suptitle("Fig. 7: val_loss along every trajectory (stage 1 to leaf)")
+    return fig
+
+
+def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30, method: str = ""):
+    fig, axes = _figure(w=11.0, h=max(4.5, 0.18 * top + 1.2), ncols=2, width_ratios=[1.2, 1])
+    kinds = dict(zip(truth["cell"], truth["kind"])) if truth is not None else {}
+    t = ranking.head(top).iloc[::-1]
+    colours = [KIND_COLOURS.get(kinds.get(c, ""), "#9e9e9e") for c in t["cell"]]
+    ax = axes[0, 0]
+    ax.barh(np.arange(len(t)), t["score"], color=colours)
+    ax.set_yticks(np.arange(len(t)), t["cell"], fontsize=7)
+    ax.set_xlabel(f"score `{method}` (higher = more suspicious)")
+    ax.set_title(f"top {len(t)} cells")
+    ax.grid(axis="x", alpha=0.3)
+    ax = axes[0, 1]
+    s = ranking["score"].replace(-np.inf, np.nan).dropna()
+    bins = np.linspace(s.min(), s.max(), 40) if len(s) > 1 and s.max() > s.min() else 10
+    if kinds:
+        clean = s[~ranking.loc[s.index, "cell"].isin(set(kinds))]
+        ax.hist(clean, bins=bins, color=KIND_COLOURS[""], label="not planted", alpha=0.8)
+        for k in sorted(set(kinds.values())):
+            sel = s[ranking.loc[s.index, "cell"].map(kinds) == k]
+            ax.hist(sel, bins=bins, color=KIND_COLOURS.get(k, "k"), alpha=0.8, label=f"planted {k}")
+        ax.legend(fontsize=8)
+        from matplotlib.patches import Patch
+
+        axes[0, 0].legend(handles=[Patch(color=KIND_COLOURS.get(k, "k"), label=k or "not planted")
+                                   for k in sorted(set(kinds.values())) + [""]], fontsize=7, loc="lower right")
+    else:
+        ax.hist(s, bins=bins, color="#1f77b4")
+    ax.set_xlabel(f"score `{method}`")
+    ax.set_ylabel("cells")
+    ax.set_title("score distribution, all cells")
+    fig.suptitle("Cell ranking: cells whose held-out error stays high at every stage")
+    return fig
+
+
+def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
+    from sklearn.metrics import roc_curve
+
+    fig, ax = _figure(w=6.0, h=5.0)
+    ax = ax[0, 0]
+    planted = set(truth["cell"].astype(str))
+    for i, (name, score) in enumerate(curves):
+        s = score.replace(-np.inf, np.nan)
+        s = s.fillna(s.min() - 1 if s.notna().any() else 0.0)
+        y = np.array([c in planted for c in s.index.astype(str)], dtype=int)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, s.to_numpy(dtype=float))
+            ax.plot(fpr, tpr, color=PALETTE[i % len(PALETTE)], label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate (clean cells flagged)")
+    ax.set_ylabel("true positive rate (planted cells found)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Detection of the planted cells: ROC")
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
+
+
+def load_runs(paths: list[str]) -> list[A.RunTables]:
+    if not paths:
+        raise InputError("report needs at least one results file")
+    return A.unique_labels([A.read_run(p) for p in paths])
+
+
+def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
+          method: str = R.DEFAULT_METHOD, top: int = 30, log=print) -> Report:
+    """Read the runs and compute every table and figure (nothing is written here)."""
+    runs = load_runs(paths)
+    data_path = None
+    if baselines:  # checked before any work: bad input costs nothing
+        data_path = data or _data_path(runs[0])
+        if not os.path.isfile(data_path):
+            raise InputError(f"data file {data_path!r} for the baselines does not exist")
+    labels = [r.label for r in runs]
+    names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
+    rep = Report("hbl_mpi report", f"Runs: {names}.")
+
+    # ---- the paper's figures ----------------------------------------------------------
+    st = A.by_run(runs, A.stage_table)
+    rep.csv("stage_table.csv", st)
+    t2 = A.best_trajectories(runs)
+    rep.csv("table2_best_trajectory.csv", t2)
+    lv = A.by_run(runs, A.outlier_levels)
+    rep.csv("outlier_levels.csv", lv)
+    cdfs = A.by_run(runs, A.outlier_cdf)
+    counts = A.by_run(runs, A.outlier_counts)
+    rep.csv("outlier_counts.csv", counts)
+    busy = pd.concat([A.busy_workers(r.nodes, r.group_size).assign(strategy=r.label) for r in runs],
+                     ignore_index=True)
+    rep.csv("busy_workers.csv", busy)
+    totals = pd.DataFrame([{"strategy": r.label, **A.compute_totals(r.nodes),
+                            **A.utilisation(r.nodes, r.group_size)} for r in runs])
+    rep.csv("run_totals.csv", totals)
+
+    def pick(df, cols):
+        return df[[c for c in ["strategy"] + cols if c in df.columns]]
+
+    rep.sections += [
+        Section("Run totals", "Nodes, epochs, training row-epochs (epochs x training rows) and time per run; "
+                "utilisation = mean busy groups / groups over the run's span.", None,
+                [("run_totals.csv", totals)]),
+        Section("Fig. 7: trajectories", "Every leaf's path through the tree (val_loss of each node on it).",
+                rep.png("fig07_trajectories.png", fig_trajectories(runs))),
+        Section("Fig. 8: early stopping", "Fraction of each stage's nodes that stopped early (patience on val_loss).",
+                rep.png("fig08_early_stop.png", fig_early_stop(st, labels)),
+                [("stage_table.csv (part)", pick(st, ["stage", "nodes", "stopped_early", "fraction_stopped_early"]))]),
+        Section("Fig. 9: epochs trained", "Mean epochs actually run per node by stage, beside the strategy's budget.",
+                rep.png("fig09_epochs.png", fig_epochs(st, labels)),
+                [("stage_table.csv (part)", pick(st, ["stage", "mean_epochs_run", "median_epochs_run",
+                                                      "epochs_planned"]))]),
+        Section("Fig. 10: val_loss percentiles",
+                "The paper's percentiles: p % is the val_loss below which (100 - p) % of the stage's nodes lie, "
+                "so 99 % is near the best node and 10 % near the worst.",
+                rep.png("fig10_val_loss_percentiles.png", fig_percentiles(st, labels)),
+                [("stage_table.csv (part)", pick(st, ["stage"] + [f"p{p}" for p in A.PAPER_PERCENTILES]))]),
+        Section("Table 2: the best final-stage trajectory",
+                "The final-stage node with the lowest val_loss; hours and steps summed over it and its ancestors.",
+                None, [("table2_best_trajectory.csv", t2)]),
+        Section("Fig. 11: val_loss increases",
+                "Fraction of each stage's nodes whose val_loss is above their parent's (stage 1 has no parent).",
+                rep.png("fig11_increase_fraction.png", fig_increase(st[st["stage"] > 1], labels)),
+                [("stage_table.csv (part)", pick(st[st["stage"] > 1], ["stage", "nodes_with_parent", "increased",
+                                                                       "fraction_increased"]))]),
+        Section("Fig. 12: increase delta",
+                "Mean increase of the increasing nodes divided by the stage's mean val_loss.",
+                rep.png("fig12_increase_delta.png", fig_delta(st[st["stage"] > 1], labels)),
+                [("stage_table.csv (part)", pick(st[st["stage"] > 1], ["stage", "mean_increase",
+                                                                       "stage_mean_val_loss", "increase_delta"]))]),
+        Section("Fig. 13: outlier level",
+                "(val_loss - parent val_loss) / parent val_loss of the increasing nodes, sorted. fraction_of_all "
+                "divides by all measured nodes (as the paper's 13.2 % and 7.2 %), fraction_of_compared by the "
+                "nodes that have a parent.",
+                rep.png("fig13_outlier_level.png", fig_outlier(cdfs, counts, labels)),
+                [("outlier_counts.csv", counts),
+                 ("largest outlier levels", lv.dropna(subset=["outlier_level"])
+                  .sort_values("outlier_level", ascending=False).head(10))]),
+        Section("Fig. 14: busy workers", "Workers busy training a node over time (groups x group_size).",
+                rep.png("fig14_busy_workers.png", fig_busy(busy, labels))),
+    ]
+    rep.summary.update(stage_table=st, table2=t2, outlier_counts=counts, totals=totals)
+
+    # ---- the cell ranking ---------------------------------------------------------------
+    per_run = {r.label: R.rank_cells(r.cell_val, r.nodes, method=method, plan=r.plan) for r in runs}
+    same_data = [r for r in runs if r.data_checksum == runs[0].data_checksum]
+    main = per_run[runs[0].label]
+    if len(same_data) > 1:
+        comb = R.combine_rankings([per_run[r.label] for r in same_data])
+        evidence = main.drop(columns=["score", "rank"])
+        main = comb.merge(evidence, on="cell", how="left")
+        ranking_text = (f"Scores averaged over the {len(same_data)} runs on the same data "
+                        f"({', '.join(r.label for r in same_data)}); evidence columns from `{runs[0].label}`.")
+    else:
+        ranking_text = f"From run `{runs[0].label}`."
+    for lab, rk in per_run.items():
+        if len(runs) > 1:
+            rep.csv(f"cell_ranking_{_slug(lab)}.csv", rk)
+    truth = next((r.truth for r in same_data if r.truth is not None), None)
+    rep.csv("cell_ranking.csv", main)
+    shown = main.head(top).copy()
+    if truth is not None:
+        shown.insert(3, "planted (truth)", shown["cell"].map(dict(zip(truth["cell"], truth["kind"]))).fillna(""))
+    rep.sections.append(Section(
+        "Cell ranking",
+        f"Score `{method}`: {R.METHODS[method].__doc__.strip()} Higher = more suspicious. {ranking_text} "
+        "Evidence: `node` is the deepest node that validated the cell (trained on the most other cells), "
+        "`mse` its per-cell validation MSE, `mse_ratio` that MSE over the stage's median per-cell MSE, "
+        "`outlier_level` that node's.",
+        rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
+    rep.summary["ranking"] = main
+
+    # ---- detection scores ------------------------------------------------------------------
+    if truth is not None:
+        det_parts, curves, cmp_parts = [], [], []
+        for r in same_data:
+            tot = A.compute_totals(r.nodes)
+            d = R.detection_metrics(per_run[r.label].set_index("cell")["score"], truth)
+            det_parts.append(d.assign(method=f"HBL {r.label}", epochs=tot["epochs"], row_epochs=tot["row_epochs"],
+                                      seconds=tot["train_hours"] * 3600))
+            curves.append((f"HBL {r.label}", per_run[r.label].set_index("cell")["score"]))
+            cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
+        if len(same_data) > 1:
+            tot = [A.compute_totals(r.nodes) for r in same_data]
+            d = R.detection_metrics(main.set_index("cell")["score"], truth)
+            det_parts.append(d.assign(method="HBL combined", epochs=sum(t["epochs"] for t in tot),
+                                      row_epochs=sum(t["row_epochs"] for t in tot),
+                                      seconds=sum(t["train_hours"] for t in tot) * 3600))
+        if baselines:
+            from .baselines import run_baselines
+
+            for b in run_baselines(data_path, runs[0].config, kfold=kfold, log=log):
+                d = R.detection_metrics(b.score, truth)
+                det_parts.append(d.assign(method=b.name, epochs=b.epochs, row_epochs=b.row_epochs,
+                                          seconds=b.seconds))
+                curves.append((b.name, b.score))
+        det = pd.concat(det_parts, ignore_index=True)
+        det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
+                   "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
+        cmp = pd.concat(cmp_parts, ignore_index=True)
+        cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
+        rep.csv("detection.csv", det)
+        rep.csv("ranking_methods.csv", cmp)
+        kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
+        rep.sections.append(Section(
+            "Detection of the planted cells",
+            f"The data has {len(truth)} planted anomalous cells ({kinds}). Per kind: that kind's cells against "
+            "all clean cells; k = the number of positives. Compute: epochs and row-epochs (epochs x training "
+            "rows) spent training; seconds of training (Isolation Forest: fitting).",
+            rep.png("fig_detection_roc.png", fig_roc(curves, truth)),
+            [("detection.csv", det),
+             ("ranking_methods.csv (every candidate cell score, kind = all)", cmp[cmp["kind"] == "all"])]))
+        rep.summary["detection"] = det
+        rep.summary["methods"] = cmp
+    elif baselines:
+        log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
+    return rep
+
+
+def _data_path(run: A.RunTables) -> str:
+    p = str(run.config.get("data") or "")
+    if not p:
+        raise InputError(f"{run.path!r} records no data path; pass --data for the baselines")
+    if not os.path.isabs(p) and not os.path.exists(p):
+        alt = os.path.join(os.path.dirname(os.path.abspath(run.path)), p)
+        p = alt if os.path.exists(alt) else p
+    if not os.path.exists(p):
+        raise InputError(f"data file {p!r} of {run.path!r} does not exist; pass --data for the baselines")
+    return p
+
+
+# ---------------------------------------------------------------------------
+# rendering
+# ---------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "" if np.isnan(v) else str(v)
+        a = abs(v)
+        if a != 0 and (a < 1e-3 or a >= 1e6):
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_markdown(rep: Report) -> str:
+    out = [f"# {rep.title}", "", rep.intro, ""]
+    for s in rep.sections:
+        out += [f"## {s.title}", ""]
+        if s.text:
+            out += [s.text, ""]
+        if s.figure:
+            out += [f"![{s.title}]({s.figure})", ""]
+        for cap, t in s.tables:
+            out += [f"*{cap}*", "", markdown_table(t), ""]
+    return "\n".join(out)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:2px 6px;
+text-align:right}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;
+margin-top:1.6em}.cap{font-style:italic;font-size:12px;color:#555}"""
+
+
+def render_html(rep: Report) -> str:
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(rep.title)}</title>",
+           f"<style>{CSS}</style></head><body><h1>{html.escape(rep.title)}</h1><p>{html.escape(rep.intro)}</p>"]
+    out.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>"
+                                for i, s in enumerate(rep.sections)) + "</ul>")
+    for i, s in enumerate(rep.sections):
+        out.append(f"<h2 id='s{i}'>{html.escape(s.title)}</h2>")
+        if s.text:
+            out.append(f"<p>{html.escape(s.text)}</p>")
+        if s.figure:
+            out.append(f"<img src='{html.escape(s.figure)}' alt='{html.escape(s.title)}'>")
+        for cap, t in s.tables:
+            out.append(f"<div class='cap'>{html.escape(cap)}</div>{html_table(t)}")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write(rep: Report, out_dir: str) -> list[str]:
+    """Write every file of the report into ``out_dir`` (each atomically); returns the paths."""
+    rep.files["report.md"] = render_markdown(rep).encode()
+    rep.files["report.html"] = render_html(rep).encode()
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output directory {out_dir!r}: {e.strerror}") from None
+    written = []
+    for name, data in rep.files.items():
+        path = os.path.join(out_dir, name)
+        _atomic_write(path, data)
+        written.append(path)
+    return written

@@ -1,0 +1,151 @@
+"""The report command on small fabricated results files (no training needed)."""
+
+import argparse
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hbl_mpi import analysis as A
+from hbl_mpi import report as REP
+from hbl_mpi.commands import report as cmd
+from hbl_mpi.errors import InputError
+
+PLANTED = {"C03": "label_noise", "C11": "shift", "C20": "swap"}
+
+
+def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED):
+    """A results file shaped like the runtime's: N-ary tree over N^S cells, one planted-heavy MSE per cell."""
+    rng = np.random.default_rng(seed)
+    cells = [f"C{i:02d}" for i in range(n ** s)]
+    order = list(rng.permutation(cells))
+    nodes, cell_val, plan, history = [], [], [], []
+    budget = {"EXP2": lambda st: max(8 // 2 ** (st - 1), 1), "F-10": lambda st: 10}[strategy]
+    t = 0.0
+
+    def visit(name, val_cells, stage):
+        nonlocal t
+        if stage > 0:
+            mse = {c: 0.1 / stage * rng.lognormal(0, 0.2) * (8.0 if c in planted else 1.0) for c in val_cells}
+            val = float(np.mean(list(mse.values())))
+            ep = int(min(budget(stage), rng.integers(2, 8)))
+            nodes.append({"node": name, "parent": name.rpartition(".")[0], "stage": stage, "status": "done",
+                          "group": 1 + len(nodes) % 2, "start": t, "stop": t + 5.0, "epochs_planned": budget(stage),
+                          "epochs_run": ep, "stopped_early": ep < budget(stage), "train_loss": val / 2,
+                          "val_loss": val, "val_loss_last": val * 1.1, "test_loss": val, "n_train_rows": 1000,
+                          "n_val_rows": 10 * len(val_cells), "n_train_cells": len(cells) - len(val_cells),
+                          "n_val_cells": len(val_cells), "steps": 4 * ep, "train_s": 5.0, "transfer_s": 0.1,
+                          "error": ""})
+            t += 2.5
+            for c, m in mse.items():
+                cell_val.append({"node": name, "cell": c, "n_rows": 10, "mse": m})
+                plan.append({"node": name, "parent": name.rpartition(".")[0], "stage": stage, "cell": c,
+                             "role": "val"})
+            for e in range(ep):
+                history.append({"node": name, "epoch": e, "loss": val, "val_loss": val, "seconds": 1.0})
+        if stage == s:
+            return
+        k = len(val_cells) // n
+        for i in range(n):
+            visit(f"{name}.{i + 1}", val_cells[i * k:(i + 1) * k], stage + 1)
+
+    visit("1", order, 0)
+    with pd.HDFStore(path, mode="w") as st:
+        st.put("nodes", pd.DataFrame(nodes), format="table", track_times=False)
+        st.put("history", pd.DataFrame(history), format="table", track_times=False)
+        st.put("cell_val", pd.DataFrame(cell_val), format="table", track_times=False)
+        st.put("plan", pd.DataFrame(plan), format="table", track_times=False)
+        if planted:
+            st.put("truth", pd.DataFrame({"cell": list(planted), "kind": list(planted.values())}),
+                   format="table", track_times=False)
+        a = st.get_storer("nodes").attrs
+        a.config = {"strategy": strategy, "n": n, "s": s, "seed": seed, "data": "missing.h5", "group_size": 1}
+        a.versions = {"hbl_mpi": "test"}
+        a.data_checksum = "abc"
+    return str(path)
+
+
+def args_for(argv):
+    p = argparse.ArgumentParser()
+    cmd.configure(p)
+    return p.parse_args(argv)
+
+
+def test_report_two_strategies(tmp_path, capsys):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+    b = fake_run(tmp_path / "b.h5", "F-10", seed=2)
+    out = tmp_path / "rep"
+    assert cmd.run(args_for([a, b, "--out", str(out)])) == 0
+    files = set(os.listdir(out))
+    for f in ["fig07_trajectories.png", "fig08_early_stop.png", "fig09_epochs.png", "fig10_val_loss_percentiles.png",
+              "fig11_increase_fraction.png", "fig12_increase_delta.png", "fig13_outlier_level.png",
+              "fig14_busy_workers.png", "fig_cell_ranking.png", "fig_detection_roc.png", "stage_table.csv",
+              "table2_best_trajectory.csv", "cell_ranking.csv", "detection.csv", "ranking_methods.csv",
+              "report.md", "report.html", "cell_ranking_EXP2.csv", "cell_ranking_F_10.csv"]:
+        assert f in files, f
+    assert not [f for f in files if ".tmp" in f]
+    for f in files:
+        if f.endswith(".png"):
+            assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    st = pd.read_csv(out / "stage_table.csv")
+    assert set(st["strategy"]) == {"EXP2", "F-10"} and set(st["stage"]) == {1, 2, 3}
+    rk = pd.read_csv(out / "cell_ranking.csv")
+    assert len(rk) == 27 and list(rk["rank"]) == list(range(1, 28))
+    assert set(rk["cell"].head(3)) == set(PLANTED)  # 8x MSE at every stage
+    det = pd.read_csv(out / "detection.csv")
+    comb = det[(det["method"] == "HBL combined") & (det["kind"] == "all")].iloc[0]
+    assert comb["auroc"] == 1.0 and comb["precision_at_k"] == 1.0 and comb["k"] == 3
+    assert set(det["kind"]) == {"all", "label_noise", "shift", "swap"}
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for fig in ["fig08_early_stop.png", "fig13_outlier_level.png", "fig_cell_ranking.png"]:
+        assert f"]({fig})" in md and f"src='{fig}'" in html
+    assert "Table 2" in md and "<table>" in html
+    assert "AUROC 1.000" in capsys.readouterr().out
+
+
+def test_report_without_truth(tmp_path):
+    a = fake_run(tmp_path / "a.h5", planted={})
+    rep = REP.build([a])
+    assert "detection" not in rep.summary
+    assert "detection.csv" not in rep.files and "cell_ranking.csv" in rep.files
+
+
+def _missing(d):
+    return str(d / "missing.h5")
+
+
+def _not_hdf5(d):
+    (d / "x.h5").write_text("hello")
+    return str(d / "x.h5")
+
+
+def _other_hdf5(d):
+    pd.DataFrame({"a": [1]}).to_hdf(d / "y.h5", key="foo")
+    return str(d / "y.h5")
+
+
+@pytest.mark.parametrize("make,match", [(_missing, "does not exist"), (_not_hdf5, "not an HDF5"),
+                                        (_other_hdf5, "missing key")])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, make, match):
+    out = tmp_path / "rep"
+    with pytest.raises(InputError, match=match):
+        cmd.run(args_for([make(tmp_path), "--out", str(out)]))
+    assert not out.exists()
+
+
+def test_bad_arguments(tmp_path):
+    a = fake_run(tmp_path / "a.h5")
+    with pytest.raises(InputError, match="--method"):
+        cmd.run(args_for([a, "--method", "nope"]))
+    with pytest.raises(InputError, match="data file"):
+        REP.build([a], baselines=True)  # the recorded data file does not exist
+
+
+def test_markdown_table_formatting():
+    t = pd.DataFrame({"a": [1, 2], "b": [0.000123456, np.nan], "c": ["x|y", "z"]})
+    md = REP.markdown_table(t)
+    assert md.splitlines()[0] == "| a | b | c |"
+    assert "0.000123" in md and "x\\|y" in md
+    assert A.read_run  # the report reads through analysis.read_run
