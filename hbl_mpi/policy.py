@@ -14,6 +14,7 @@ Rules (DESIGN §5):
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -56,17 +57,35 @@ class TreeState:
     holder: dict[str, int] = field(default_factory=dict)  # finished parent -> group holding its state
     unplaced_children: dict[str, int] = field(default_factory=dict)  # parent -> children not yet placed
     subtree: dict[str, int] = field(default_factory=dict)
+    priority: dict[str, tuple] = field(default_factory=dict)  # sort key: biggest subtree first
+    _ready: set[str] = field(default_factory=set)
+    _counts: dict[Status, int] = field(default_factory=dict)
 
     @classmethod
     def from_children(cls, children: dict[str, list[str]]) -> "TreeState":
         t = cls(children={k: list(v) for k, v in children.items()})
         for name in reversed(sorted(t.children, key=node_sort_key)):
             t.subtree[name] = 1 + sum(t.subtree[c] for c in t.children[name])
+            t.priority[name] = (-t.subtree[name], node_sort_key(name))
+        t._counts = {s: 0 for s in Status}
         for name in t.children:
             if name != ROOT:
-                t.status[name] = Status.READY if parent_of(name) == ROOT else Status.WAITING
+                t._set(name, Status.READY if parent_of(name) == ROOT else Status.WAITING)
         t.unplaced_children = {n: len(c) for n, c in t.children.items()}
         return t
+
+    def _set(self, node: str, status: Status) -> None:
+        """Every status change goes through here, keeping ready set and counts current
+        (O(1) per event: rank 0 must stay cheap on trees of thousands of nodes)."""
+        old = self.status.get(node)
+        if old is not None:
+            self._counts[old] -= 1
+            if old is Status.READY:
+                self._ready.discard(node)
+        self.status[node] = status
+        self._counts[status] += 1
+        if status is Status.READY:
+            self._ready.add(node)
 
     @classmethod
     def from_plan(cls, plan) -> "TreeState":
@@ -74,19 +93,16 @@ class TreeState:
 
     # ---- queries ---------------------------------------------------------
     def ready(self) -> list[str]:
-        return [n for n, s in self.status.items() if s is Status.READY]
+        return list(self._ready)
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in Status}
-        for s in self.status.values():
-            out[s.value] += 1
-        return out
-
-    def finished(self) -> bool:
-        return all(s in FINAL for s in self.status.values())
+        return {s.value: n for s, n in self._counts.items()}
 
     def remaining(self) -> int:
-        return sum(1 for s in self.status.values() if s not in FINAL)
+        return sum(n for s, n in self._counts.items() if s not in FINAL)
+
+    def finished(self) -> bool:
+        return self.remaining() == 0
 
     # ---- transitions -----------------------------------------------------
     def _expect(self, node: str, *allowed: Status) -> None:
@@ -95,7 +111,7 @@ class TreeState:
 
     def mark_running(self, node: str) -> None:
         self._expect(node, Status.READY)
-        self.status[node] = Status.RUNNING
+        self._set(node, Status.RUNNING)
         self.unplaced_children[parent_of(node)] -= 1
 
     def mark_done(self, node: str, group: int | None) -> None:
@@ -103,24 +119,24 @@ class TreeState:
         self._expect(node, Status.RUNNING, Status.READY)
         if self.status[node] is Status.READY:  # restart: finished in an earlier run
             self.unplaced_children[parent_of(node)] -= 1
-        self.status[node] = Status.DONE
+        self._set(node, Status.DONE)
         if self.children[node]:
             if group is not None:
                 self.holder[node] = group
             for c in self.children[node]:
-                self.status[c] = Status.READY
+                self._set(c, Status.READY)
 
     def mark_failed(self, node: str) -> list[str]:
         """Node failed: every descendant is skipped. Returns the skipped names."""
         self._expect(node, Status.RUNNING, Status.READY)
         if self.status[node] is Status.READY:
             self.unplaced_children[parent_of(node)] -= 1
-        self.status[node] = Status.FAILED
+        self._set(node, Status.FAILED)
         skipped = []
         stack = list(self.children[node])
         while stack:
             c = stack.pop()
-            self.status[c] = Status.SKIPPED
+            self._set(c, Status.SKIPPED)
             skipped.append(c)
             stack.extend(self.children[c])
         return sorted(skipped, key=node_sort_key)
@@ -146,8 +162,7 @@ def place(
     group_host: dict[int, int] | None = None,
 ) -> list[Placement]:
     """Decide placements for the free groups (at most one node each). Pure: no mutation."""
-    ready = sorted(tree.ready(), key=lambda n: (-tree.subtree[n], node_sort_key(n)))
-    if not ready or not free_groups:
+    if not tree._ready or not free_groups:
         return []
     taken: set[str] = set()
     out: list[Placement] = []
@@ -165,14 +180,20 @@ def place(
         return Placement(node, group, "group", holder)
 
     # 1. locality: a free group holding a parent takes that parent's biggest ready child
+    held_by: dict[int, list[str]] = {}
+    for parent, g in tree.holder.items():
+        held_by.setdefault(g, []).append(parent)
     for g in list(free):
-        for node in ready:
-            if node not in taken and tree.holder.get(parent_of(node)) == g:
-                out.append(source_of(node, g))
-                taken.add(node)
-                free.remove(g)
-                break
+        candidates = [c for p in held_by.get(g, ()) for c in tree.children[p]
+                      if c in tree._ready and c not in taken]
+        if candidates:
+            node = min(candidates, key=tree.priority.__getitem__)
+            out.append(source_of(node, g))
+            taken.add(node)
+            free.remove(g)
     # 2. the rest: largest remaining subtree first, on the holder's host when possible
+    # (only the best len(free) + len(taken) candidates can be needed: no full sort)
+    ready = heapq.nsmallest(len(free) + len(taken), tree._ready, key=tree.priority.__getitem__)
     for node in ready:
         if not free:
             break

@@ -114,6 +114,8 @@ class ResultsWriter:
         self.node_rows: list[dict] = []
         self.history: list[pd.DataFrame] = []
         self.cell_val: list[pd.DataFrame] = []
+        self._history_rows: list[dict] = []
+        self._cell_val_parts: list[tuple] = []
         self._last_flush = 0.0
         self._last_duration = 0.0
         self._dirty = False
@@ -126,12 +128,21 @@ class ResultsWriter:
             self.history.append(previous.history[previous.history["node"].isin(keep)])
             self.cell_val.append(previous.cell_val[previous.cell_val["node"].isin(keep)])
 
-    def add(self, row: dict, history: list[dict] | None = None, cell_val: pd.DataFrame | None = None) -> None:
+    def add(self, row: dict, history: list[dict] | None = None, cell_val=None) -> None:
+        """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame).
+
+        Plain lists are appended here and frames built only at flush time: a report costs
+        rank 0 microseconds, not a pandas construction.
+        """
         self.node_rows.append(row)
         if history:
-            self.history.append(pd.DataFrame(history, columns=HISTORY_COLUMNS))
-        if cell_val is not None and len(cell_val):
-            self.cell_val.append(cell_val[CELL_VAL_COLUMNS])
+            self._history_rows.extend(history)
+        if cell_val is not None:
+            if isinstance(cell_val, pd.DataFrame):
+                self.cell_val.append(cell_val[CELL_VAL_COLUMNS])
+            elif len(cell_val[0]):
+                cells, n_rows, mse = cell_val
+                self._cell_val_parts.append((row["node"], cells, n_rows, mse))
         self._dirty = True
 
     def maybe_flush(self) -> bool:
@@ -144,7 +155,19 @@ class ResultsWriter:
         return False
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        # consolidate the per-node frames once, so repeated flushes don't re-concat everything
+        # fold the raw per-node records into frames once, so flushes don't redo the work
+        if self._history_rows:
+            self.history.append(pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS))
+            self._history_rows = []
+        if self._cell_val_parts:
+            parts = self._cell_val_parts
+            self.cell_val.append(pd.DataFrame({
+                "node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
+                "cell": np.concatenate([np.asarray(p[1], dtype=object) for p in parts]),
+                "n_rows": np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts]),
+                "mse": np.concatenate([np.asarray(p[3], dtype=np.float64) for p in parts]),
+            }))
+            self._cell_val_parts = []
         if len(self.history) > 1:
             self.history = [pd.concat(self.history, ignore_index=True)]
         if len(self.cell_val) > 1:

@@ -1,0 +1,200 @@
+"""``python -m hbl_mpi run CONFIG.toml``: train the whole tree (MPI, or ``--serial``).
+
+Start-up order is what keeps bad input from hanging or half-writing anything:
+1. rank 0 alone reads the config, the data and any previous results and builds the plan
+   (other ranks wait in a non-blocking barrier, sleeping);
+2. rank 0 broadcasts either the error (every rank exits 2, rank 0 prints one line) or
+   the validated config and the normalised dataset (never read P times);
+3. all ranks agree on the topology (same verdict on a bad ``group_size`` everywhere);
+4. only then rank 0 creates the output directory and the results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from ..errors import EXIT_INPUT, InputError
+
+
+def configure(p) -> None:
+    p.add_argument("config", nargs="?", help="TOML config file (see README: Configuration keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (TOML value syntax), repeatable")
+    p.add_argument("--out", help="output directory (overrides the config's `out`)")
+    p.add_argument("--serial", action="store_true", help="run in one process without MPI")
+    p.add_argument("--restart", action="store_true",
+                   help="continue the run in OUT: finished nodes are not run again")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/results.h5")
+
+
+def _writable_dir(path: str) -> None:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise InputError(f"output path {path!r}: {probe!r} exists and is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {path!r} is not writable ({probe!r})")
+
+
+def prepare(args):
+    """Rank 0: everything that can fail on user input, with no side effects."""
+    from ..config import load_config
+    from ..context import RunContext
+    from ..results import read_results, results_path
+
+    if args.config is None and not args.overrides:
+        raise InputError("run needs a CONFIG.toml (or --set data=... at least)")
+    cfg = load_config(args.config, args.overrides, args.out)
+    _writable_dir(cfg.out)
+    path = results_path(cfg.out)
+    previous = None
+    if args.restart:
+        if os.path.exists(path):
+            previous = read_results(path)
+        elif cfg.ckpt_restart_mode == "required":
+            raise InputError(f"--restart with ckpt_restart_mode = required but {path!r} does not exist")
+    elif os.path.exists(path) and not args.overwrite:
+        raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
+                         "or another --out")
+    ctx = RunContext.build(cfg)
+    if previous is not None:
+        _check_compatible(previous, ctx)
+    return ctx, previous
+
+
+def _check_compatible(previous, ctx) -> None:
+    old = previous.config
+    for key in ("data", "n", "s", "order", "seed", "partition", "holdout_fraction", "model",
+                "strategy", "epochs", "inherit", "patience", "batch_size", "learning_rate"):
+        if key in old and old[key] != getattr(ctx.cfg, key):
+            raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
+                             f"{getattr(ctx.cfg, key)!r}; restart with the same settings or another --out")
+
+
+def _make_writer(ctx, previous):
+    from ..results import ResultsWriter, results_path
+
+    os.makedirs(ctx.cfg.out, exist_ok=True)
+    attrs = ctx.run_attrs()
+    truth = ctx.dataset.truth
+    return ResultsWriter(
+        results_path(ctx.cfg.out), config=attrs["config"], versions=attrs["versions"],
+        data_checksum=attrs["data_checksum"], plan_frame=ctx.plan.to_frame(), truth=truth,
+        flush_seconds=ctx.cfg.flush_seconds, previous=previous,
+    )
+
+
+def _summary(ctx, stats: dict, path: str) -> None:
+    c = stats["counts"]
+    print(f"[hbl_mpi] finished: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped "
+          f"in {stats['wall_s']:.1f} s", flush=True)
+    if "rank0_cpu_fraction" in stats:
+        print(f"[hbl_mpi] rank 0 CPU: {stats['rank0_cpu_s']:.2f} s = "
+              f"{100 * stats['rank0_cpu_fraction']:.1f} % of wall time; {stats['transfers']} state "
+              f"transfers between groups", flush=True)
+    print(f"[hbl_mpi] results: {path}", flush=True)
+    print(f"[hbl_mpi] next: python -m hbl_mpi report {path} --out {os.path.join(ctx.cfg.out, 'report')}",
+          flush=True)
+
+
+def _exit_code(stats: dict) -> int:
+    from ..serial import exit_code
+
+    return exit_code(stats["counts"])
+
+
+def run_serial_command(args) -> int:
+    import torch
+
+    from ..context import default_threads
+    from ..serial import run_serial
+
+    ctx, previous = prepare(args)
+    torch.set_num_threads(ctx.cfg.threads or default_threads(1))
+    writer = _make_writer(ctx, previous)
+    print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
+    done = previous.done_nodes() if previous is not None else set()
+    stats = run_serial(ctx, writer, done)
+    _summary(ctx, stats, writer.path)
+    return _exit_code(stats)
+
+
+def _wait_quietly(comm) -> None:
+    """A barrier that sleeps instead of spinning while rank 0 reads the data."""
+    from ..transfer import wait_all
+
+    wait_all([comm.Ibarrier()])
+
+
+def run_mpi(args) -> int:
+    import torch
+    from mpi4py import MPI
+
+    from ..context import RunContext, default_threads
+    from ..plan import PlanSpec, plan_for
+    from ..scheduler import scheduler_main
+    from ..topology import bind_device, build_topology
+    from ..worker import worker_main
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    verdict = None
+    if rank == 0:
+        t0 = time.perf_counter()
+        try:
+            ctx, previous = prepare(args)
+            verdict = ("ok", ctx.cfg, ctx.dataset, previous.done_nodes() if previous else set())
+        except InputError as e:
+            verdict = ("error", str(e))
+    _wait_quietly(comm)
+    verdict = comm.bcast(verdict, root=0)
+    if verdict[0] == "error":
+        if rank == 0:
+            print(f"hbl_mpi: error: {verdict[1]}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
+    _, cfg, dataset, done_before = verdict
+    try:
+        topo = build_topology(comm, cfg.group_size)
+        if rank != 0:
+            cfg.device = bind_device(cfg.device, topo.local_rank)
+            ctx = RunContext(cfg, dataset, plan_for(dataset, PlanSpec.from_config(cfg)),
+                             torch.device(cfg.device))
+    except InputError as e:  # identical on every rank
+        if rank == 0:
+            print(f"hbl_mpi: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
+    workers_here = topo.ranks_on_host - (1 if topo.host_of_rank[0] == topo.host_of_rank[rank] else 0)
+    torch.set_num_threads(1 if rank == 0 else (cfg.threads or default_threads(max(1, workers_here))))
+    group_comm = comm.Split(topo.group if rank != 0 else MPI.UNDEFINED, rank)
+    if rank == 0:
+        writer = _make_writer(ctx, previous)
+        print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
+              f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
+              f"(setup {time.perf_counter() - t0:.1f} s)", flush=True)
+        stats = scheduler_main(ctx, topo, comm, writer, done_before)
+        with open(os.path.join(cfg.out, "run_stats.json"), "w") as f:
+            json.dump(stats, f, indent=1, default=str)
+        _summary(ctx, stats, writer.path)
+        code = _exit_code(stats)
+    else:
+        worker_main(ctx, topo, comm, group_comm)
+        code = 0
+    _wait_quietly(comm)
+    return comm.bcast(code, root=0)
+
+
+def run(args) -> int:
+    if args.serial:
+        return run_serial_command(args)
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return run_serial_command(args)
+    return run_mpi(args)

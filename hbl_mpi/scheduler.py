@@ -1,0 +1,150 @@
+"""Rank 0: the scheduler over the node tree and the only writer of results.
+
+Mechanism only; the decisions come from ``policy.place``. The loop:
+
+1. ask the policy for placements of ready nodes on free groups;
+2. for each placement send ``Assign`` to every rank of the target group, and — when the
+   parent's state lives on another group — ``SendState`` to every rank of the holder
+   (rank i sends to rank i); when all of a parent's children are placed, ``Release``;
+3. wait for a ``NodeReport`` (Iprobe + sleep back-off: rank 0 must not burn a core),
+   record it, flush results (rate-limited, atomic), update progress.
+
+A worker that reports ``WorkerFatal`` (or any exception here) aborts the whole job with
+a message: an MPI job must never hang.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from mpi4py import MPI
+
+from .context import RunContext
+from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+                       WorkerFatal)
+from .plan import node_sort_key
+from .policy import Status, TreeState, place
+from .progress import Progress
+from .results import ResultsWriter
+from .topology import Topology
+from .transfer import Backoff
+
+
+class Scheduler:
+    def __init__(self, ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: ResultsWriter,
+                 done_before: set[str] | None = None, log=print):
+        self.ctx = ctx
+        self.topo = topo
+        self.comm = comm
+        self.writer = writer
+        self.log = log
+        self.tree = TreeState.from_plan(ctx.plan)
+        self.done_before = set(done_before or ())
+        for node in sorted(self.done_before, key=node_sort_key):
+            if node in self.tree.status:
+                self.tree.mark_done(node, None)  # state not in memory: children load checkpoints
+        self.free = list(range(len(topo.groups)))
+        self.running: dict[int, tuple[str, float, str]] = {}  # group -> (node, start, source)
+        self.transfer_id = 0
+        self.t0 = time.monotonic()
+        self.progress = Progress(len(ctx.plan.trained_nodes()), ctx.cfg.progress_every,
+                                 already_done=len(self.done_before))
+        self.busy_trace: list[tuple[float, int]] = []
+        self.messages_sent = 0
+
+    # ---- sending ---------------------------------------------------------------
+    def _send_group(self, group: int, msg) -> None:
+        for r in self.topo.groups[group]:
+            self.comm.send(msg, dest=r, tag=TAG_CTRL)
+            self.messages_sent += 1
+
+    def _dispatch(self) -> None:
+        for p in place(self.tree, self.free, self.topo.group_host):
+            tid = -1
+            if p.source == "group":
+                tid = self.transfer_id
+                self.transfer_id += 1
+                parent = self.ctx.plan.nodes[p.node].parent
+                self._send_group(p.source_group, SendState(parent, p.group, tid))
+            self.tree.mark_running(p.node)
+            self._send_group(p.group, Assign(p.node, p.source, p.source_group, tid))
+            self.free.remove(p.group)
+            self.running[p.group] = (p.node, time.monotonic() - self.t0, p.source)
+        for parent, group in self.tree.releasable():
+            self.tree.release(parent)
+            self._send_group(group, Release(parent))
+        self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
+
+    # ---- receiving -------------------------------------------------------------
+    def _wait_report(self):
+        backoff = Backoff()
+        status = MPI.Status()
+        while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
+            self.writer.maybe_flush()
+            backoff.sleep()
+        return self.comm.recv(source=status.Get_source(), tag=TAG_REPORT)
+
+    def _record(self, rep: NodeReport) -> None:
+        node, start, source = self.running.pop(rep.group)
+        if node != rep.node:
+            raise RuntimeError(f"protocol error: group {rep.group} reported {rep.node}, was running {node}")
+        self.free.append(rep.group)
+        self.free.sort()
+        stop = time.monotonic() - self.t0
+        ctx = self.ctx
+        if rep.ok:
+            self.tree.mark_done(rep.node, rep.group)
+            res = rep.result
+            row = ctx.node_row(rep.node, "done", group=rep.group, start=start, stop=stop, source=source,
+                               **res["row"])
+            self.writer.add(row, res["history"], ctx.cell_val_records(res["cell_val"]))
+        else:
+            skipped = self.tree.mark_failed(rep.node)
+            self.writer.add(ctx.node_row(rep.node, "failed", group=rep.group, start=start, stop=stop,
+                                         rank=self.topo.groups[rep.group][0], error=rep.error))
+            for s in skipped:
+                self.writer.add(ctx.node_row(s, "skipped", error=f"ancestor {rep.node} failed"))
+            self.log(f"[hbl_mpi] node {rep.node} failed on group {rep.group}: {rep.error}")
+
+    # ---- main loop -------------------------------------------------------------
+    def run(self) -> dict:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        while not self.tree.finished():
+            self._dispatch()
+            if not self.running:
+                if self.tree.finished():
+                    break
+                raise RuntimeError("scheduler stalled: ready nodes but none can be placed")
+            msg = self._wait_report()
+            if isinstance(msg, WorkerFatal):
+                raise RuntimeError(f"rank {msg.rank} failed: {msg.error}")
+            self._record(msg)
+            self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
+            self.writer.maybe_flush()
+            c = self.tree.counts()
+            self.progress.update(c["done"], len(self.running), c["failed"], c["skipped"])
+        for g in range(len(self.topo.groups)):
+            self._send_group(g, Stop())
+        self.writer.flush()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        c = self.tree.counts()
+        return {"wall_s": wall, "rank0_cpu_s": cpu, "rank0_cpu_fraction": cpu / wall if wall else 0.0,
+                "counts": c, "groups": len(self.topo.groups), "transfers": self.transfer_id,
+                "flushes": self.writer.flushes, "flush_s": self.writer.flush_time,
+                "messages_sent": self.messages_sent}
+
+
+def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: ResultsWriter,
+                   done_before: set[str] | None = None) -> dict:
+    """Run the scheduler; any error aborts every rank (never a hang)."""
+    try:
+        return Scheduler(ctx, topo, comm, writer, done_before).run()
+    except Exception as e:
+        print(f"hbl_mpi: fatal: rank 0: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        try:
+            writer.flush()
+            print(f"hbl_mpi: results so far are in {writer.path}; rerun with --restart to continue",
+                  file=sys.stderr, flush=True)
+        finally:
+            comm.Abort(4)

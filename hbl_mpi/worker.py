@@ -1,0 +1,170 @@
+"""A worker rank: train the nodes rank 0 assigns, hold finished parents, fork them.
+
+Loop: wait (sleeping, not spinning) for a control message from rank 0; ``Assign`` trains
+a node from the fresh state, a held parent (fork in place: zero transfer) or a state
+received from another group straight into the training buffer; ``SendState`` posts a
+non-blocking send of a held parent; ``Release`` frees a parent once its sends are done.
+While training, the trainer's ``poll`` hook serves ``SendState``/``Release`` and tests
+pending sends, so a busy holder never delays the children it feeds.
+
+Every rank of a group receives the same control messages and trains in lock-step
+(gradient allreduce on the group communicator); rank i of the holder group sends to
+rank i of the target group, so group transfers run in parallel. Only the group leader
+reports to rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+
+import torch
+from mpi4py import MPI
+
+from .context import RunContext
+from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+                       WorkerFatal)
+from .state import ModelState
+from .topology import Topology
+from .transfer import Backoff, OutgoingStates, recv_state_into
+
+
+class GroupComm:
+    """The data-parallel group as the trainer sees it: size, rank, in-place SUM allreduce."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm = comm
+        self.size = comm.Get_size()
+        self.rank = comm.Get_rank()
+
+    def allreduce_(self, t: torch.Tensor) -> torch.Tensor:
+        buf = t.numpy() if t.device.type == "cpu" else t
+        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.FLOAT if t.dtype == torch.float32 else MPI.DOUBLE],
+                            op=MPI.SUM)
+        return t
+
+
+class Worker:
+    def __init__(self, ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm: MPI.Comm | None):
+        self.ctx = ctx
+        self.topo = topo
+        self.comm = comm
+        self.group = GroupComm(group_comm) if group_comm is not None and group_comm.Get_size() > 1 else None
+        self.outgoing = OutgoingStates(comm)
+        self.train_state = None
+        self.nodes_finished = 0
+        self._busy = False
+
+    # ---- control messages ------------------------------------------------------
+    def _handle(self, msg) -> bool:
+        """Handle a control message; returns False on Stop."""
+        if isinstance(msg, SendState):
+            dest = self.topo.groups[msg.dest_group][self.topo.index_in_group]
+            self.outgoing.send(msg.node, dest, msg.transfer_id)
+        elif isinstance(msg, Release):
+            self.outgoing.release(msg.node)
+        elif isinstance(msg, Assign):
+            if self._busy:
+                raise RuntimeError(f"protocol error: assigned {msg.node} while training")
+            self._run_node(msg)
+        elif isinstance(msg, Stop):
+            return False
+        else:
+            raise RuntimeError(f"protocol error: unexpected message {msg!r}")
+        return True
+
+    def poll(self) -> None:
+        """Called by the trainer between steps: serve forks, drive pending sends."""
+        while self.comm.iprobe(source=0, tag=TAG_CTRL):
+            self._handle(self.comm.recv(source=0, tag=TAG_CTRL))
+        if self.outgoing.held:
+            self.outgoing.progress()
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            if self.comm.iprobe(source=0, tag=TAG_CTRL):
+                if not self._handle(self.comm.recv(source=0, tag=TAG_CTRL)):
+                    break
+                backoff.reset()
+                continue
+            self.outgoing.progress()
+            backoff.sleep()
+        self.outgoing.drain()
+
+    # ---- one node ------------------------------------------------------------
+    def _initial(self, msg: Assign) -> tuple[ModelState, float]:
+        parent = self.ctx.plan.nodes[msg.node].parent
+        if msg.source == "fresh":
+            return self.ctx.initial_state(), 0.0
+        if msg.source == "local":
+            return self.outgoing.get(parent), 0.0
+        if msg.source == "group":
+            t0 = time.perf_counter()
+            src = self.topo.groups[msg.source_group][self.topo.index_in_group]
+            ts = self.train_state
+            n_params, step = recv_state_into(self.comm, ts.flat, src, msg.transfer_id, poll=self.poll)
+            return ModelState(ts.flat, n_params, step), time.perf_counter() - t0
+        if msg.source == "checkpoint":
+            from .resume import parent_state_from_checkpoint
+
+            t0 = time.perf_counter()
+            state = parent_state_from_checkpoint(self.ctx, parent)
+            return state, time.perf_counter() - t0
+        raise RuntimeError(f"unknown state source {msg.source!r}")
+
+    def _run_node(self, msg: Assign) -> None:
+        if self.train_state is None:
+            self.train_state = self.ctx.new_train_state()
+        self._busy = True
+        try:
+            try:
+                init, transfer_s = self._initial(msg)
+                outcome = self.ctx.train(msg.node, init, self.train_state, group=self.group, poll=self.poll)
+            except Exception as e:  # contained: the node fails, the run goes on
+                report = NodeReport(msg.node, self.topo.group, False, error=f"{type(e).__name__}: {e}")
+            else:
+                if self.ctx.has_children(msg.node):
+                    self.outgoing.hold(msg.node, outcome.inherit_state)
+                result = self.ctx.payload(outcome, transfer_s)
+                result["row"]["rank"] = self.topo.rank
+                report = NodeReport(msg.node, self.topo.group, True, result=result)
+        finally:
+            self._busy = False
+        if self.topo.is_leader:
+            self.comm.send(report, dest=0, tag=TAG_REPORT)
+        self.nodes_finished += 1
+        self._maybe_injected_crash()
+
+    def _maybe_injected_crash(self) -> None:
+        """Fault injection (tests): die after ``fault_crash_after`` finished nodes."""
+        cfg = self.ctx.cfg
+        if cfg.fault_crash_rank != self.topo.rank or self.nodes_finished < cfg.fault_crash_after:
+            return
+        print(f"hbl_mpi: rank {self.topo.rank}: injected crash ({cfg.fault_crash_kind}) after "
+              f"{self.nodes_finished} nodes", file=sys.stderr, flush=True)
+        if cfg.fault_crash_kind == "exit":
+            os._exit(17)
+        if cfg.fault_crash_kind == "signal":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected exception outside node work on rank {self.topo.rank}")
+
+
+def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> None:
+    """Run the worker loop; any error outside node work aborts the whole job."""
+    try:
+        Worker(ctx, topo, comm, group_comm).run()
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}"
+        print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        try:
+            req = comm.isend(WorkerFatal(topo.rank, msg), dest=0, tag=TAG_REPORT)
+            deadline = time.monotonic() + 2.0
+            while not req.Test() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            comm.Abort(4)
