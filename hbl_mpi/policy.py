@@ -15,6 +15,7 @@ Rules (DESIGN §5):
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -180,32 +181,54 @@ def place(
         return Placement(node, group, "group", holder)
 
     # 1. locality: a free group holding a parent takes that parent's biggest ready child
+    # (visit only holders, not every free group: Summit has ~27,000 groups)
     held_by: dict[int, list[str]] = {}
     for parent, g in tree.holder.items():
         held_by.setdefault(g, []).append(parent)
-    for g in list(free):
-        candidates = [c for p in held_by.get(g, ()) for c in tree.children[p]
+    free_set = set(free)
+    used: set[int] = set()
+    for g in sorted(held_by):
+        if g not in free_set:
+            continue
+        candidates = [c for p in held_by[g] for c in tree.children[p]
                       if c in tree._ready and c not in taken]
         if candidates:
             node = min(candidates, key=tree.priority.__getitem__)
             out.append(source_of(node, g))
             taken.add(node)
-            free.remove(g)
+            used.add(g)
+    if used:
+        free = [g for g in free if g not in used]
     # 2. the rest: largest remaining subtree first, on the holder's host when possible
-    # (only the best len(free) + len(taken) candidates can be needed: no full sort)
+    # (only the best len(free) + len(taken) candidates can be needed: no full sort;
+    # groups are taken from deques so a call is O(free + ready), not O(free * ready))
     ready = heapq.nsmallest(len(free) + len(taken), tree._ready, key=tree.priority.__getitem__)
+    order = deque(free)
+    by_host: dict[int, deque] = {}
+    if group_host is not None:
+        for g in free:
+            by_host.setdefault(group_host.get(g), deque()).append(g)
+    gone: set[int] = set()
+
+    def take(queue: deque | None) -> int | None:
+        while queue:
+            g = queue.popleft()
+            if g not in gone:
+                gone.add(g)
+                return g
+        return None
+
     for node in ready:
-        if not free:
+        if len(gone) == len(free):
             break
         if node in taken:
             continue
-        g = free[0]
         holder = tree.holder.get(parent_of(node))
+        g = None
         if group_host is not None and holder is not None:
-            same_host = [f for f in free if group_host.get(f) == group_host.get(holder)]
-            if same_host:
-                g = same_host[0]
+            g = take(by_host.get(group_host.get(holder)))
+        if g is None:
+            g = take(order)
         out.append(source_of(node, g))
         taken.add(node)
-        free.remove(g)
     return out
