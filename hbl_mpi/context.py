@@ -33,12 +33,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_threads(ranks_on_host: int) -> int:
-    """The rank's share of the host's cores (at least 1)."""
+    """The rank's share of the host's cores (at least 1).
+
+    When a launcher pinned this rank to a subset of the cores (``jsrun -c 7 -b rs``,
+    ``srun --cpus-per-task``), that subset already is the rank's share; otherwise the
+    host's cores are divided among the ranks on it.
+    """
+    total = os.cpu_count() or 1
     try:
-        cores = len(os.sched_getaffinity(0))
+        mine = len(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, ranks_on_host))
+        mine = total
+    if mine < total:
+        return max(1, mine)
+    return max(1, total // max(1, ranks_on_host))
 
 
 def versions() -> dict[str, str]:

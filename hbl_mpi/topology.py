@@ -6,7 +6,9 @@ with the same error instead of hanging.
 
 Groups are ``group_size`` consecutive worker ranks on one host (Horovod-style: a group
 trains one model data-parallel over its own communicator). Rank 0 is the scheduler and
-belongs to no group.
+belongs to no group; with equal ranks per host, rank 0's host then has one worker too
+few for ``group_size > 1``, so its last ``group_size - 1`` ranks stay idle (reported at
+start) rather than making every multi-host group layout impossible.
 """
 
 from __future__ import annotations
@@ -62,12 +64,24 @@ def group_layout(host_of_rank: list[int], group_size: int) -> list[list[int]]:
     for host in sorted(by_host):
         ranks = by_host[host]
         if len(ranks) % group_size:
-            raise InputError(
-                f"group_size = {group_size} does not divide the {len(ranks)} worker ranks on host {host} "
-                f"(rank 0 is the scheduler and takes no group)"
-            )
+            if host == host_of_rank[0] and (len(ranks) + 1) % group_size == 0:
+                # rank 0 took one slot of this host: its last group_size - 1 ranks idle
+                ranks = ranks[: len(ranks) - len(ranks) % group_size]
+            else:
+                raise InputError(
+                    f"group_size = {group_size} does not divide the {len(ranks)} worker ranks on host "
+                    f"{host} (rank 0 is the scheduler and takes no group)"
+                )
         groups.extend(ranks[i : i + group_size] for i in range(0, len(ranks), group_size))
+    if not groups:
+        raise InputError(f"group_size = {group_size} leaves no complete group of worker ranks")
     return groups
+
+
+def idle_ranks(host_of_rank: list[int], groups: list[list[int]]) -> list[int]:
+    """Worker ranks in no group (rank 0's host when its workers don't divide)."""
+    grouped = {r for g in groups for r in g}
+    return [r for r in range(1, len(host_of_rank)) if r not in grouped]
 
 
 def build_topology(comm: MPI.Comm, group_size: int) -> Topology:

@@ -75,12 +75,28 @@ def wait_all(requests: list, poll: Callable[[], None] | None = None, backoff: Ba
 _cuda_aware_cache: bool | None = None
 
 
+def _loaded_mpi_libraries() -> list[str]:
+    """Paths of the MPI libraries mapped into this process (mpi4py loads libmpi privately,
+    so its symbols are not in the global namespace that ``ctypes.CDLL(None)`` sees)."""
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1]
+                name = os.path.basename(path)
+                if name.startswith(("libmpi.", "libmpi_", "libmpich")) and path not in paths:
+                    paths.append(path)
+    except OSError:
+        pass
+    return paths
+
+
 def cuda_aware() -> bool:
     """Whether the MPI library takes CUDA device pointers.
 
     ``HBL_CUDA_AWARE=0|1`` overrides; otherwise ask ``MPIX_Query_cuda_support`` (Open MPI
-    and MPICH both export it) when the symbol exists. False when unknown: staging through
-    pinned host memory is always correct.
+    and MPICH both export it) in the libmpi this process loaded. False when unknown:
+    staging through pinned host memory is always correct.
     """
     global _cuda_aware_cache
     env = os.environ.get("HBL_CUDA_AWARE")
@@ -88,12 +104,15 @@ def cuda_aware() -> bool:
         return env.strip() not in ("", "0", "false", "no")
     if _cuda_aware_cache is None:
         _cuda_aware_cache = False
-        try:
-            fn = ctypes.CDLL(None).MPIX_Query_cuda_support
+        for path in _loaded_mpi_libraries():
+            try:
+                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+                fn = lib.MPIX_Query_cuda_support
+            except (AttributeError, OSError):
+                continue
             fn.restype = ctypes.c_int
             _cuda_aware_cache = bool(fn())
-        except (AttributeError, OSError):
-            pass
+            break
     return _cuda_aware_cache
 
 

@@ -8,7 +8,7 @@ import pytest
 from hbl_mpi.errors import InputError
 from hbl_mpi.plan import ROOT, child_name, parent_of
 from hbl_mpi.policy import Status, TreeState, place
-from hbl_mpi.topology import group_layout
+from hbl_mpi.topology import group_layout, idle_ranks
 
 
 def full_tree(n: int, s: int) -> dict[str, list[str]]:
@@ -153,7 +153,12 @@ def test_group_layout():
     assert group_layout([0, 0, 0, 0, 0], 2) == [[1, 2], [3, 4]]
     assert group_layout([0, 0, 0, 1, 1, 1, 1], 2) == [[1, 2], [3, 4], [5, 6]]
     assert group_layout([0, 0, 0], 1) == [[1], [2]]
+    # rank 0's host: one slot short of a whole group -> the leftover rank idles
+    assert group_layout([0, 0, 0, 0, 1, 1, 1, 1], 2) == [[1, 2], [4, 5], [6, 7]]
+    assert idle_ranks([0, 0, 0, 0, 1, 1, 1, 1], [[1, 2], [4, 5], [6, 7]]) == [3]
     with pytest.raises(InputError, match="does not divide"):
-        group_layout([0, 0, 0, 0], 2)
+        group_layout([0, 0, 0, 1, 1, 1], 2)  # host 1 has 3 workers
+    with pytest.raises(InputError, match="does not divide"):
+        group_layout([0, 0, 0, 0, 0, 0], 4)
     with pytest.raises(InputError, match="at least 2 ranks"):
         group_layout([0], 1)

@@ -140,7 +140,7 @@ def run_mpi(args) -> int:
     from ..context import RunContext, default_threads
     from ..plan import PlanSpec, plan_for
     from ..scheduler import scheduler_main
-    from ..topology import bind_device, build_topology
+    from ..topology import bind_device, build_topology, idle_ranks
     from ..worker import worker_main
 
     comm = MPI.COMM_WORLD
@@ -172,20 +172,27 @@ def run_mpi(args) -> int:
         return EXIT_INPUT
     workers_here = topo.ranks_on_host - (1 if topo.host_of_rank[0] == topo.host_of_rank[rank] else 0)
     torch.set_num_threads(1 if rank == 0 else (cfg.threads or default_threads(max(1, workers_here))))
-    group_comm = comm.Split(topo.group if rank != 0 else MPI.UNDEFINED, rank)
+    group = topo.group
+    group_comm = comm.Split(group if group is not None else MPI.UNDEFINED, rank)
     if rank == 0:
         writer = _make_writer(ctx, previous)
         print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
               f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
               f"(setup {time.perf_counter() - t0:.1f} s)", flush=True)
+        idle = idle_ranks(topo.host_of_rank, topo.groups)
+        if idle:
+            print(f"[hbl_mpi] note: ranks {idle} stay idle: rank 0 takes a slot on its host, so "
+                  f"its workers do not fill whole groups of {cfg.group_size}", flush=True)
         stats = scheduler_main(ctx, topo, comm, writer, done_before)
         with open(os.path.join(cfg.out, "run_stats.json"), "w") as f:
             json.dump(stats, f, indent=1, default=str)
         _summary(ctx, stats, writer.path)
         code = _exit_code(stats)
-    else:
+    elif group is not None:
         worker_main(ctx, topo, comm, group_comm)
         code = 0
+    else:
+        code = 0  # an idle rank: wait (sleeping) for the end
     _wait_quietly(comm)
     return comm.bcast(code, root=0)
 
