@@ -1,0 +1,287 @@
+"""Synthetic drug-response data with planted anomalous cells (DESIGN §2.2).
+
+Why this shape: the method under study must find cells that "hurt or resist learning"
+from the per-cell validation error of models that never trained on them. That only
+works if (a) clean responses are a learnable function of the *observed* features and
+(b) each corruption breaks that function in the way its name says. So:
+
+* each cell belongs to a tissue (cluster in a low-dimensional latent space); its
+  expression profile is a noisy linear image of its latent vector, standardised per gene;
+* each drug has a latent vector; its descriptors are a noisy linear image of it and its
+  fingerprint bits are thresholded noisy projections of it;
+* the *cell factors* are computed from the observed expression (least-squares read-out of
+  the latent vector, then ``tanh`` of a random mixing) and the *drug factors* likewise
+  from the descriptors and fingerprints; the response is
+  ``AUC = sigmoid(mu + cell sensitivity + drug potency + cell-drug interaction) + noise``,
+  clipped to [0, 1]. Nonlinear, low-dimensional, learnable from a few hundred cells.
+
+Corruptions (a fraction of cells, kinds cycled over the chosen list):
+``label_noise`` replaces the cell's responses with labels drawn from the other cells'
+responses (same marginal distribution, unrelated to the cell); ``shift`` adds ``shift``
+(default 0.25 AUC, about one label standard deviation) of random sign to all the cell's
+responses, the sign flipped when clipping to [0, 1] would hide much of it; ``swap`` exchanges the expression profiles of two cells (a
+misidentified cell line), preferring partners from different tissues, while their
+responses stay those of their true profiles -- both cells of a pair are recorded.
+
+The clean part never depends on the anomaly settings: the same seed with
+``anomaly_fraction=0`` gives the same features (before swaps) and the same clean labels,
+which is how the tests measure how different the corrupted cells are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import CELL, DRUG, Dataset, FeatureGroup
+from ..errors import InputError
+
+KINDS = ("label_noise", "shift", "swap")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Every knob of the generator; presets are instances, overrides replace fields."""
+
+    cells: int = 240
+    drugs: int = 96
+    density: float = 0.8  # fraction of (cell, drug) pairs with a response
+    rows: int | None = None  # exact number of rows instead of density
+    cell_features: int = 128
+    descriptors: int = 96
+    fingerprints: int = 64  # 0: no fingerprint group
+    latent: int = 6  # dimension of the cell and drug latent spaces
+    tissues: int = 8  # clusters of cells
+    noise: float = 0.03  # std of the label noise (AUC units)
+    anomaly_fraction: float = 0.05
+    anomaly_kinds: tuple = KINDS
+    shift: float = 0.25  # AUC units added (random sign) to every response of a shifted cell
+
+    def validate(self) -> "SynthSpec":
+        def bad(msg):
+            raise InputError(f"synthetic data: {msg}")
+
+        if self.cells < 2:
+            bad(f"cells = {self.cells}: need at least 2")
+        if self.drugs < 1:
+            bad(f"drugs = {self.drugs}: need at least 1")
+        if self.cell_features < 1 or self.descriptors < 1:
+            bad(f"cell_features = {self.cell_features}, descriptors = {self.descriptors}: need at least 1 each")
+        if self.fingerprints < 0:
+            bad(f"fingerprints = {self.fingerprints}: need >= 0")
+        if not 0 < self.density <= 1:
+            bad(f"density = {self.density}: need 0 < density <= 1")
+        if self.rows is not None and not max(self.cells, self.drugs) <= self.rows <= self.cells * self.drugs:
+            bad(f"rows = {self.rows}: need between max(cells, drugs) = {max(self.cells, self.drugs)} and "
+                f"cells x drugs = {self.cells * self.drugs}")
+        if self.latent < 1 or self.tissues < 1:
+            bad(f"latent = {self.latent}, tissues = {self.tissues}: need at least 1 each")
+        if self.noise < 0:
+            bad(f"noise = {self.noise}: need >= 0")
+        if not 0 <= self.anomaly_fraction <= 0.5:
+            bad(f"anomaly_fraction = {self.anomaly_fraction}: need 0 <= fraction <= 0.5")
+        kinds = tuple(self.anomaly_kinds)
+        if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+            bad(f"anomaly_kinds = {kinds}: choose distinct kinds from {', '.join(KINDS)}")
+        if not 0 <= self.shift <= 0.9:
+            bad(f"shift = {self.shift}: need 0 <= shift <= 0.9 (AUC units)")
+        return self
+
+
+PRESETS: dict[str, SynthSpec] = {
+    # the demo default: ~18k rows, an epoch of a small MLP takes a fraction of a second
+    "small": SynthSpec(),
+    # the real Top21 file's shape: 942 expression + 5,270 descriptor columns, 529,940 rows
+    "top21": SynthSpec(cells=1000, drugs=800, rows=529_940, cell_features=942, descriptors=5270,
+                       fingerprints=0, latent=8, tissues=21),
+}
+
+
+def make_spec(preset: str = "small", **overrides) -> SynthSpec:
+    if preset not in PRESETS:
+        raise InputError(f"synthetic preset {preset!r}: choose from {', '.join(PRESETS)}")
+    valid = {f.name for f in fields(SynthSpec)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise InputError(f"synthetic data: unknown option(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
+    if "anomaly_kinds" in overrides:
+        k = overrides["anomaly_kinds"]
+        overrides["anomaly_kinds"] = tuple(k.split(",")) if isinstance(k, str) else tuple(k)
+    for name in ("cells", "drugs", "cell_features", "descriptors", "fingerprints", "latent", "tissues", "rows"):
+        if overrides.get(name) is not None:
+            overrides[name] = int(overrides[name])
+    spec = replace(PRESETS[preset], **overrides)
+    if "density" in overrides and "rows" not in overrides:
+        spec = replace(spec, rows=None)  # an explicit density beats a preset's exact row count
+    return spec.validate()
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale each column; also return the scale (to map loadings into this space)."""
+    x = x - x.mean(axis=0, keepdims=True)
+    sd = x.std(axis=0, keepdims=True)
+    sd = np.where(sd > 0, sd, 1.0)
+    return x / sd, sd
+
+
+def _ids(prefix: str, n: int) -> np.ndarray:
+    w = max(4, len(str(n)))
+    return np.array([f"SYN.{prefix}{i + 1:0{w}d}" for i in range(n)], dtype=object)
+
+
+def _pairs(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Which (cell, drug) pairs have a response; every cell and drug gets at least one."""
+    C, D = spec.cells, spec.drugs
+    if spec.rows is not None:
+        flat = np.sort(rng.choice(C * D, size=spec.rows, replace=False))
+    else:
+        flat = np.flatnonzero(rng.random(C * D) < spec.density)
+    cell, drug = flat // D, flat % D
+    extra = []
+    for c in np.setdiff1d(np.arange(C), cell):
+        extra.append(c * D + rng.integers(D))
+    for d in np.setdiff1d(np.arange(D), drug):
+        extra.append(rng.integers(C) * D + d)
+    if extra:
+        flat = np.unique(np.concatenate([flat, np.asarray(extra, dtype=flat.dtype)]))
+        if spec.rows is not None and len(flat) > spec.rows:
+            # keep the exact row count: drop surplus pairs from cells and drugs that have several
+            cnt_c = np.bincount(flat // D, minlength=C)
+            cnt_d = np.bincount(flat % D, minlength=D)
+            drop = []
+            for i in rng.permutation(len(flat)):
+                if len(flat) - len(drop) == spec.rows:
+                    break
+                c, d = flat[i] // D, flat[i] % D
+                if cnt_c[c] > 1 and cnt_d[d] > 1:
+                    cnt_c[c] -= 1
+                    cnt_d[d] -= 1
+                    drop.append(i)
+            flat = np.delete(flat, drop)
+        cell, drug = flat // D, flat % D
+    return cell.astype(np.int32), drug.astype(np.int32)
+
+
+def _plant(rng: np.random.Generator, spec: SynthSpec, tissue: np.ndarray) -> tuple[list, list]:
+    """Choose the corrupted cells and their kinds; swaps come in pairs from different tissues."""
+    C = spec.cells
+    n = int(round(spec.anomaly_fraction * C))
+    if spec.anomaly_fraction > 0:
+        n = max(n, 1)
+    kinds = [spec.anomaly_kinds[i % len(spec.anomaly_kinds)] for i in range(n)]
+    if kinds.count("swap") % 2:
+        if n < C:
+            kinds.append("swap")  # a swap needs a partner: one more corrupted cell
+        else:
+            kinds.remove("swap")
+    chosen = rng.choice(C, size=len(kinds), replace=False)
+    assigned = list(zip(chosen.tolist(), kinds))
+    swappers = [c for c, k in assigned if k == "swap"]
+    pairs = []
+    free = list(swappers)
+    while free:
+        a = free.pop(0)
+        j = next((i for i, b in enumerate(free) if tissue[b] != tissue[a]), 0)
+        pairs.append((a, free.pop(j)))
+    return assigned, pairs
+
+
+def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
+    """Generate a deterministic synthetic data set (DESIGN §2.2); see the module docstring.
+
+    ``overrides`` are fields of ``SynthSpec``: cells, drugs, density, rows, cell_features,
+    descriptors, fingerprints, latent, tissues, noise, anomaly_fraction, anomaly_kinds,
+    shift. The same (preset, seed, overrides) always gives the same Dataset.
+    """
+    spec = make_spec(preset, **overrides)
+    seed = int(seed)
+    r_cell, r_drug, r_resp, r_pairs, r_noise, r_anom = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+    C, D, k = spec.cells, spec.drugs, spec.latent
+
+    # cells: tissue clusters in latent space -> expression
+    tissue = r_cell.integers(spec.tissues, size=C)
+    centres = r_cell.normal(size=(spec.tissues, k))
+    z = centres[tissue] + 0.6 * r_cell.normal(size=(C, k))
+    load = r_cell.normal(size=(k, spec.cell_features)) / np.sqrt(k)
+    expr, sd = _standardise(z @ load + 0.5 * r_cell.normal(size=(C, spec.cell_features)))
+
+    # drugs: latent -> descriptors (continuous) and fingerprints (sparse bits)
+    w = r_drug.normal(size=(D, k))
+    dload = r_drug.normal(size=(k, spec.descriptors)) / np.sqrt(k)
+    desc, dsd = _standardise(w @ dload + 0.5 * r_drug.normal(size=(D, spec.descriptors)))
+    fp = None
+    if spec.fingerprints:
+        fload = r_drug.normal(size=(k, spec.fingerprints)) / np.sqrt(k)
+        bias = r_drug.normal(-1.0, 0.5, size=spec.fingerprints)
+        fp = ((w @ fload + bias + 0.5 * r_drug.logistic(size=(D, spec.fingerprints))) > 0).astype(np.float32)
+
+    # factors are fixed functions of the observed features (what a network can see):
+    # a linear read-out of the latent vector, then a nonlinear mixing
+    z_hat = expr @ np.linalg.pinv(load / sd)
+    mix_c = r_resp.normal(size=(k, k)) / np.sqrt(k)
+    h = np.tanh(1.5 * z_hat @ mix_c)  # (C, k)
+    w_hat = desc @ np.linalg.pinv(dload / dsd)
+    if fp is not None:
+        w_fp, _ = _standardise((fp - fp.mean(axis=0)) @ fload.T)
+        w_hat = 0.7 * w_hat + 0.3 * w_fp
+    mix_d = r_resp.normal(size=(k, k)) / np.sqrt(k)
+    g = np.tanh(1.5 * w_hat @ mix_d)  # (D, k)
+    v_c = r_resp.normal(size=k)
+    v_d = r_resp.normal(size=k)
+    inter = r_resp.normal(size=k)
+
+    cell, drug = _pairs(r_pairs, spec)
+    sens = h @ v_c
+    sens = 0.9 * (sens - sens.mean()) / (sens.std() or 1.0)
+    pot = g @ v_d
+    pot = 0.7 * (pot - pot.mean()) / (pot.std() or 1.0)
+    logit = 1.0 + sens[cell] + pot[drug] + 1.2 * np.sum(h[cell] * g[drug] * inter, axis=1) / np.sqrt(k)
+    eps = r_noise.normal(0.0, 1.0, size=len(cell)) * spec.noise
+
+    # anomalies
+    assigned, swap_pairs = _plant(r_anom, spec, tissue)
+    kind_of = dict(assigned)
+    label = np.clip(1.0 / (1.0 + np.exp(-logit)) + eps, 0.0, 1.0)
+    shifted = np.array([c for c, kd in assigned if kd == "shift"], dtype=np.int64)
+    if len(shifted):
+        # a random sign, flipped when clipping to [0, 1] would eat more than a quarter of the
+        # bias in that direction but less in the other (a bias must stay a bias)
+        sign = np.where(r_anom.random(len(shifted)) < 0.5, -1.0, 1.0)
+        for i, c in enumerate(shifted):
+            lab_c = label[cell == c]
+            eff = {s: abs(np.mean(np.clip(lab_c + s * spec.shift, 0.0, 1.0) - lab_c)) for s in (-1.0, 1.0)}
+            if eff[sign[i]] < 0.75 * spec.shift and eff[-sign[i]] > eff[sign[i]]:
+                sign[i] = -sign[i]
+        bump = np.zeros(C)
+        bump[shifted] = sign * spec.shift
+        label = np.clip(label + bump[cell], 0.0, 1.0)
+    noisy = np.array([c for c, kd in assigned if kd == "label_noise"], dtype=np.int64)
+    if len(noisy):
+        is_noisy = np.isin(cell, noisy)
+        pool = np.flatnonzero(~np.isin(cell, list(kind_of)))  # rows of uncorrupted cells
+        label[is_noisy] = label[r_anom.choice(pool, size=int(is_noisy.sum()), replace=True)]
+    for a, b in swap_pairs:
+        expr[[a, b]] = expr[[b, a]]
+
+    cell_ids, drug_ids = _ids("C", C), _ids("D", D)
+    groups = [FeatureGroup("cell.rnaseq", CELL, [f"GE_G{i + 1:04d}" for i in range(spec.cell_features)],
+                           expr.astype(np.float32)),
+              FeatureGroup("drug.descriptors", DRUG, [f"DD_{i + 1:04d}" for i in range(spec.descriptors)],
+                           desc.astype(np.float32))]
+    if fp is not None:
+        groups.append(FeatureGroup("drug.fingerprints", DRUG, [f"FP_{i:04d}" for i in range(spec.fingerprints)], fp))
+    truth = None
+    if assigned:
+        order = sorted(kind_of)
+        truth = pd.DataFrame({"cell": cell_ids[order].astype(object),
+                              "kind": np.array([kind_of[c] for c in order], dtype=object)})
+    meta = {"generator": "synth", "preset": preset, "seed": seed, "spec": asdict(spec),
+            "swap_pairs": [[str(cell_ids[a]), str(cell_ids[b])] for a, b in swap_pairs],
+            "tissue": {str(cell_ids[c]): int(tissue[c]) for c in range(C)}}
+    return Dataset(cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
+                   cell_index=cell, drug_index=drug, label=label.astype(np.float32),
+                   truth=truth, source=f"synth:{preset}:seed={seed}", meta=meta)
+

@@ -1,0 +1,645 @@
+"""Read and write the CANDLE Uno HDF5 ("Top21") format, normalising on the way in.
+
+The file stores one feature row per *response* row: the real Top21 file repeats each
+cell's 942 expression values and each drug's 5,270 descriptors once per response
+(~13 GB of float32). ``read_uno`` streams every ``x_*`` table in row chunks
+(``HDFStore.select(start=, stop=)``), keeps the first feature row it sees for each cell
+and each drug and checks every later row of that entity against it, so memory stays at
+the normalised size (~40 MB for Top21) plus one chunk. ``write_uno`` does the reverse,
+chunk by chunk, into a temporary file that is renamed into place only when complete.
+
+Everything a user can get wrong in a file (missing keys, row-count mismatches,
+non-numeric or non-finite values, conflicting duplicates, a cell whose rows disagree)
+becomes a one-line ``InputError`` naming the problem, the counts and the first ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import CELL, DRUG, Dataset, FeatureGroup
+from ..errors import InputError
+
+PARTITIONS = ("train", "val", "test")
+LABELS = ("AUC", "Growth")
+DOSE_COLUMNS = ("dose", "Dose1")
+DEFAULT_INPUTS = ("cell.rnaseq", "drug.descriptors", "drug.fingerprints")
+"""Input types of ``x_*_0``, ``x_*_1``, ``x_*_2`` when the file has no ``model`` key."""
+FEATURE_NAMES_KEY = "feature_names"
+"""Side table (group, name) with every group's column names: HDF5 object headers cannot
+hold thousands of column names (pandas stores them as node attributes, limit 64 KiB), so
+wide groups are written with blank column names, as the real Top21 file does."""
+CHUNK_BYTES = 128 << 20
+_MAX_NAME_PICKLE = 30_000  # bytes of pickled column names that still fit in a node attribute
+_SHOW = 3  # offending ids named in an error message
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _first(ids, n: int = _SHOW) -> str:
+    ids = list(ids)
+    s = ", ".join(str(i) for i in ids[:n])
+    return s + (", ..." if len(ids) > n else "")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+class _Store:
+    """An ``HDFStore`` opened read-only whose I/O failures become ``InputError``.
+
+    A truncated or damaged file often opens fine and fails only when a table is read, so
+    every read goes through ``select``/``nrows``/``attrs`` here and names the key.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        if not os.path.exists(path):
+            raise InputError(f"data file {path!r} does not exist")
+        if not os.path.isfile(path):
+            raise InputError(f"data file {path!r} is not a regular file")
+        import tables
+
+        try:
+            is_hdf5 = tables.is_hdf5_file(path)
+        except Exception as e:  # unreadable, permission denied, ...
+            raise InputError(f"data file {path!r} cannot be read: {_one_line(e)}") from None
+        if not is_hdf5:
+            raise InputError(f"data file {path!r} is not an HDF5 file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.store = pd.HDFStore(path, mode="r")
+                self.keys = {k.lstrip("/") for k in self.store.keys()}
+        except Exception as e:
+            raise InputError(f"data file {path!r} is damaged or truncated (cannot open it: {_one_line(e)})") from None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _fail(self, what: str, e: Exception) -> InputError:
+        return InputError(f"data file {self.path!r} is damaged or truncated: cannot read {what} ({_one_line(e)})")
+
+    def nrows(self, key: str) -> int:
+        try:
+            n = self.store.get_storer(key).nrows
+        except Exception as e:
+            raise self._fail(f"key {key!r}", e) from None
+        if n is None:
+            raise InputError(f"data file {self.path!r}: key {key!r} is not a pandas table")
+        return int(n)
+
+    def select(self, key: str, start: int | None = None, stop: int | None = None) -> pd.DataFrame:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = self.store.select(key, start=start, stop=stop)
+        except Exception as e:
+            where = f"key {key!r}" + (f" rows {start}:{stop}" if start is not None else "")
+            raise self._fail(where, e) from None
+        if not isinstance(out, pd.DataFrame):
+            raise InputError(f"data file {self.path!r}: key {key!r} is not a table (got {type(out).__name__})")
+        return out
+
+    def attrs(self, key: str) -> dict:
+        try:
+            a = self.store.get_storer(key).attrs
+            return {name: getattr(a, name) for name in a._v_attrnames}
+        except Exception as e:
+            raise self._fail(f"the attributes of key {key!r}", e) from None
+
+
+@dataclass
+class _Input:
+    """One ``x_*_k`` input: where its values go in the normalised form."""
+
+    index: int
+    type: str  # "cell.rnaseq", "drug.descriptors", ..., or "dose"
+    entity: str | None  # CELL, DRUG, or None for the dose input
+
+    @classmethod
+    def parse(cls, index: int, type_: str, path: str) -> "_Input":
+        t = str(type_)
+        if t == "dose":
+            return cls(index, t, None)
+        head = t.split(".", 1)[0]
+        if head == "cell" and "." in t:
+            return cls(index, t, CELL)
+        if head == "drug" and "." in t:
+            return cls(index, t, DRUG)
+        raise InputError(f"data file {path!r}: input x_*_{index} has type {t!r}; expected 'cell.<name>', "
+                         "'drug.<name>' or 'dose'")
+
+
+def _input_layout(store: _Store, n_inputs: int) -> tuple[list[_Input], dict]:
+    """Which group each ``x_*_k`` feeds: from the ``model`` attrs, else the Top21 default."""
+    path = store.path
+    attrs = store.attrs("model") if "model" in store.keys else {}
+    feats = attrs.get("input_features")
+    if feats is not None:
+        try:
+            types = list(feats.values()) if hasattr(feats, "values") else list(feats)
+        except Exception:
+            raise InputError(f"data file {path!r}: model attribute input_features is not a mapping") from None
+        if len(types) != n_inputs:
+            raise InputError(f"data file {path!r}: model attribute input_features names {len(types)} inputs "
+                             f"but the file has {n_inputs} (x_train_0..x_train_{n_inputs - 1})")
+    else:
+        if n_inputs > len(DEFAULT_INPUTS):
+            raise InputError(f"data file {path!r} has {n_inputs} inputs x_*_0..x_*_{n_inputs - 1} but no `model` key "
+                             f"naming them (without it at most {len(DEFAULT_INPUTS)}: {', '.join(DEFAULT_INPUTS)})")
+        types = list(DEFAULT_INPUTS[:n_inputs])
+    inputs = [_Input.parse(i, t, path) for i, t in enumerate(types)]
+    seen: dict[str, int] = {}
+    for inp in inputs:
+        if inp.type in seen:
+            raise InputError(f"data file {path!r}: inputs x_*_{seen[inp.type]} and x_*_{inp.index} both have type "
+                             f"{inp.type!r} (drug combinations are not supported)")
+        seen[inp.type] = inp.index
+    if not any(i.entity == CELL for i in inputs) or not any(i.entity == DRUG for i in inputs):
+        raise InputError(f"data file {path!r}: needs at least one cell input and one drug input, "
+                         f"got {[i.type for i in inputs]}")
+    return inputs, attrs
+
+
+def _partitions(store: _Store) -> tuple[list[str], int]:
+    """Partitions present and the number of inputs; every missing key is an error."""
+    path, keys = store.path, store.keys
+    present = [p for p in PARTITIONS if f"y_{p}" in keys or any(k.startswith(f"x_{p}_") for k in keys)]
+    if not present:
+        shown = _first(sorted(keys), 8) if keys else "none"
+        raise InputError(f"data file {path!r} is not a CANDLE Uno file: no y_train/y_val/y_test keys (keys: {shown})")
+    counts = {}
+    for p in present:
+        idx = sorted(int(k.rsplit("_", 1)[1]) for k in keys
+                     if k.startswith(f"x_{p}_") and k.rsplit("_", 1)[1].isdigit())
+        missing = [f"y_{p}"] if f"y_{p}" not in keys else []
+        n = (max(idx) + 1) if idx else 0
+        missing += [f"x_{p}_{i}" for i in range(max(n, 2)) if i not in idx]
+        if missing:
+            raise InputError(f"data file {path!r} is missing key(s) {', '.join(missing)}")
+        counts[p] = n
+    if len(set(counts.values())) > 1:
+        raise InputError(f"data file {path!r}: partitions have different numbers of inputs "
+                         + ", ".join(f"{p}: {n}" for p, n in counts.items()))
+    return present, counts[present[0]]
+
+
+def _numeric_values(df: pd.DataFrame, key: str, path: str) -> np.ndarray:
+    bad = [c for c, t in df.dtypes.items() if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))]
+    if bad:
+        col = bad[0]
+        raise InputError(f"data file {path!r}: key {key!r} has {len(bad)} non-numeric column(s) "
+                         f"(first: {col!r}, dtype {df[col].dtype})")
+    return np.ascontiguousarray(df.to_numpy(dtype=np.float32))
+
+
+def _ids(y: pd.DataFrame, col: str, key: str, path: str) -> np.ndarray:
+    s = y[col]
+    if s.isna().any():
+        rows = np.flatnonzero(s.isna().to_numpy())
+        raise InputError(f"data file {path!r}: {key} column {col} has {len(rows)} missing id(s) (first rows: "
+                         f"{_first(rows)})")
+    if pd.api.types.is_float_dtype(s.dtype):
+        v = s.to_numpy()
+        if np.all(v == np.round(v)):  # ids written as numbers: 12.0 -> "12"
+            s = s.astype(np.int64)
+    out = s.astype(str).to_numpy(dtype=object)
+    empty = np.flatnonzero(out == "")
+    if len(empty):
+        raise InputError(f"data file {path!r}: {key} column {col} has {len(empty)} empty id(s) (first rows: "
+                         f"{_first(empty)})")
+    return out
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Responses:
+    cells: np.ndarray  # object (R,)
+    drugs: np.ndarray  # object (R,)
+    label: np.ndarray  # float32 (R,)
+    dose: np.ndarray | None
+    label_name: str
+    offsets: dict  # partition -> (start, stop) in the merged rows
+
+
+def _read_responses(store: _Store, present: list[str]) -> _Responses:
+    path = store.path
+    cells, drugs, labels, doses, offsets = [], [], [], [], {}
+    label_name = None
+    start = 0
+    for p in present:
+        key = f"y_{p}"
+        y = store.select(key)
+        cols = list(y.columns)
+        for need in ("Sample", "Drug1"):
+            if need not in cols:
+                raise InputError(f"data file {path!r}: {key} has no column {need!r} (columns: {_first(cols, 8)})")
+        lab = next((c for c in LABELS if c in cols), None)
+        if lab is None:
+            raise InputError(f"data file {path!r}: {key} has no label column AUC or Growth (columns: {_first(cols, 8)})")
+        if label_name is None:
+            label_name = lab
+        elif lab != label_name:
+            raise InputError(f"data file {path!r}: {key} has label {lab!r} but an earlier partition has {label_name!r}")
+        if "Drug2" in cols:
+            d2 = y["Drug2"]
+            used = d2.notna() & (d2.astype(str).str.strip() != "") & (d2.astype(str) != "nan")
+            if used.any():
+                raise InputError(f"data file {path!r}: {key} has {int(used.sum())} rows with a Drug2 "
+                                 "(drug combinations are not supported)")
+        c = _ids(y, "Sample", key, path)
+        d = _ids(y, "Drug1", key, path)
+        if not pd.api.types.is_numeric_dtype(y[lab].dtype) or pd.api.types.is_bool_dtype(y[lab].dtype):
+            raise InputError(f"data file {path!r}: {key} label column {lab} is not numeric (dtype {y[lab].dtype})")
+        v = y[lab].to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {lab} label(s) (first: "
+                             f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
+        dcol = next((x for x in DOSE_COLUMNS if x in cols), None)
+        if dcol is not None:
+            if not pd.api.types.is_numeric_dtype(y[dcol].dtype):
+                raise InputError(f"data file {path!r}: {key} column {dcol} is not numeric (dtype {y[dcol].dtype})")
+            dv = y[dcol].to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(dv))
+            if len(bad):
+                raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {dcol} value(s) (first: "
+                                 f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
+            doses.append(dv.astype(np.float32))
+        elif doses:
+            raise InputError(f"data file {path!r}: {key} has no dose column but an earlier partition has one")
+        cells.append(c)
+        drugs.append(d)
+        labels.append(v.astype(np.float32))
+        offsets[p] = (start, start + len(y))
+        start += len(y)
+    if doses and len(doses) != len(present):
+        raise InputError(f"data file {path!r}: only some partitions have a dose column")
+    return _Responses(
+        cells=np.concatenate(cells), drugs=np.concatenate(drugs), label=np.concatenate(labels),
+        dose=np.concatenate(doses) if doses else None, label_name=label_name, offsets=offsets,
+    )
+
+
+class _EntityTable:
+    """First-seen feature row per entity, and a check of every later row against it."""
+
+    def __init__(self, n_entities: int, width: int):
+        self.values = np.zeros((n_entities, width), dtype=np.float32)
+        self.seen = np.zeros(n_entities, dtype=bool)
+        self.conflicts: set[int] = set()
+        self.conflict_rows = 0
+
+    def absorb(self, ent: np.ndarray, v: np.ndarray) -> None:
+        new = ~self.seen[ent]
+        if new.any():
+            rows = np.flatnonzero(new)
+            u, first = np.unique(ent[rows], return_index=True)
+            self.values[u] = v[rows[first]]
+            self.seen[u] = True
+        differ = np.flatnonzero((v != self.values[ent]).any(axis=1))
+        if len(differ):
+            self.conflict_rows += len(differ)
+            self.conflicts.update(int(e) for e in np.unique(ent[differ]))
+
+
+def _feature_names(store: _Store, inputs: list[_Input], columns: dict[int, list], widths: dict[int, int]) -> dict:
+    """Column names per input: the side table, else the x table's own names, else positions."""
+    path = store.path
+    side = None
+    if FEATURE_NAMES_KEY in store.keys:
+        side = store.select(FEATURE_NAMES_KEY)
+        if not {"group", "name"} <= set(side.columns):
+            raise InputError(f"data file {path!r}: key {FEATURE_NAMES_KEY!r} needs columns group, name")
+    out = {}
+    for inp in inputs:
+        if inp.entity is None:
+            continue
+        w = widths[inp.index]
+        if side is not None and (side["group"] == inp.type).any():
+            names = side.loc[side["group"] == inp.type, "name"].astype(str).tolist()
+            if len(names) != w:
+                raise InputError(f"data file {path!r}: {FEATURE_NAMES_KEY} lists {len(names)} names for {inp.type} "
+                                 f"but x_*_{inp.index} has {w} columns")
+        else:
+            names = [str(c) for c in columns[inp.index]]
+            if any(n == "" for n in names) or len(set(names)) != len(names):
+                names = [f"{inp.type}[{i}]" for i in range(w)]
+        out[inp.index] = names
+    return out
+
+
+def read_uno(path: str, *, chunk_bytes: int = CHUNK_BYTES) -> Dataset:
+    """Read a CANDLE Uno HDF5 file, merge its partitions and normalise it (DESIGN §2.1).
+
+    Streams each ``x_*`` table in chunks of about ``chunk_bytes``; peak memory is the
+    normalised tables, the response table and a few chunks. Cells and drugs are indexed
+    in sorted id order; response rows keep the file order (train, val, test) with
+    identical duplicate rows kept once (counted in ``meta["identical_duplicates"]``).
+    """
+    path = os.fspath(path)
+    store = _Store(path)
+    try:
+        return _read(store, chunk_bytes)
+    finally:
+        store.close()
+
+
+def _read(store: _Store, chunk_bytes: int) -> Dataset:
+    path = store.path
+    present, n_inputs = _partitions(store)
+    inputs, model_attrs = _input_layout(store, n_inputs)
+    resp = _read_responses(store, present)
+    n_rows = len(resp.label)
+
+    for p in present:
+        ny = resp.offsets[p][1] - resp.offsets[p][0]
+        for inp in inputs:
+            key = f"x_{p}_{inp.index}"
+            nx = store.nrows(key)
+            if nx != ny:
+                raise InputError(f"data file {path!r}: {key} has {nx:,} rows but y_{p} has {ny:,}")
+
+    cell_codes, cell_ids = pd.factorize(resp.cells, sort=True)
+    drug_codes, drug_ids = pd.factorize(resp.drugs, sort=True)
+    cell_ids = np.asarray(cell_ids, dtype=object)
+    drug_ids = np.asarray(drug_ids, dtype=object)
+    codes = {CELL: cell_codes.astype(np.int32), DRUG: drug_codes.astype(np.int32)}
+    ids = {CELL: cell_ids, DRUG: drug_ids}
+
+    tables: dict[int, _EntityTable] = {}
+    columns: dict[int, list] = {}
+    widths: dict[int, int] = {}
+    dose = resp.dose
+    for inp in inputs:
+        x_dose = np.empty(n_rows, dtype=np.float32) if inp.entity is None else None
+        nonfinite_rows, nonfinite_first = 0, []
+        for p in present:
+            key = f"x_{p}_{inp.index}"
+            lo, hi = resp.offsets[p]
+            n = hi - lo
+            first = store.select(key, start=0, stop=min(n, 1))
+            w = first.shape[1]
+            if inp.index not in widths:
+                widths[inp.index] = w
+                columns[inp.index] = list(first.columns)
+                if w == 0:
+                    raise InputError(f"data file {path!r}: {key} has no columns")
+                if inp.entity is None and w != 1:
+                    raise InputError(f"data file {path!r}: dose input {key} has {w} columns, expected 1")
+                if inp.entity is not None:
+                    tables[inp.index] = _EntityTable(len(ids[inp.entity]), w)
+            elif w != widths[inp.index]:
+                raise InputError(f"data file {path!r}: {key} has {w} columns but x_{present[0]}_{inp.index} has "
+                                 f"{widths[inp.index]}")
+            step = max(1, chunk_bytes // (4 * w))
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                v = _numeric_values(store.select(key, start=s, stop=e), key, path)
+                if v.shape[1] != w:
+                    raise InputError(f"data file {path!r}: {key} rows {s}:{e} have {v.shape[1]} columns, not {w}")
+                fin = np.isfinite(v).all(axis=1)
+                if not fin.all():
+                    bad = np.flatnonzero(~fin)
+                    nonfinite_rows += len(bad)
+                    for b in bad[: _SHOW - len(nonfinite_first)]:
+                        r = lo + s + b
+                        nonfinite_first.append(f"{key} row {s + b} ({resp.cells[r]}/{resp.drugs[r]})")
+                    continue
+                if inp.entity is None:
+                    x_dose[lo + s:lo + e] = v[:, 0]
+                else:
+                    tables[inp.index].absorb(codes[inp.entity][lo + s:lo + e], v)
+        if nonfinite_rows:
+            raise InputError(f"data file {path!r}: input x_*_{inp.index} ({inp.type}) has {nonfinite_rows:,} row(s) "
+                             f"with NaN/inf features (first: {_first(nonfinite_first)})")
+        if inp.entity is None:
+            if dose is not None and not np.array_equal(dose, x_dose):
+                raise InputError(f"data file {path!r}: the dose input x_*_{inp.index} disagrees with the y dose column")
+            dose = x_dose
+        else:
+            t = tables[inp.index]
+            if t.conflicts:
+                who = "cells" if inp.entity == CELL else "drugs"
+                bad_ids = [ids[inp.entity][i] for i in sorted(t.conflicts)]
+                raise InputError(f"data file {path!r}: {len(bad_ids):,} {who} have differing {inp.type} feature rows "
+                                 f"({t.conflict_rows:,} rows differ from the entity's first row; first: "
+                                 f"{_first(bad_ids)})")
+
+    names = _feature_names(store, inputs, columns, widths)
+    groups = []
+    for entity in (CELL, DRUG):
+        for inp in inputs:
+            if inp.entity == entity:
+                groups.append(FeatureGroup(inp.type, entity, names[inp.index], tables[inp.index].values))
+
+    keep, n_identical = _deduplicate(path, codes[CELL], codes[DRUG], dose, resp.label, cell_ids, drug_ids)
+
+    truth = _read_truth(store, set(cell_ids)) if "truth" in store.keys else None
+    source = str(model_attrs.get("hbl_source", "") or f"uno:{os.path.basename(path)}")
+    meta = {"path": path, "partition_rows": {p: b - a for p, (a, b) in resp.offsets.items()},
+            "identical_duplicates": n_identical}
+    if model_attrs.get("hbl_meta"):
+        try:
+            meta["written"] = json.loads(model_attrs["hbl_meta"])
+        except (TypeError, ValueError):
+            pass
+    sel = (lambda a: a) if keep is None else (lambda a: a[keep])
+    return Dataset(
+        cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
+        cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
+        dose=None if dose is None else sel(dose), label_name=resp.label_name, truth=truth,
+        source=source, meta=meta,
+    )
+
+
+def _deduplicate(path, cell, drug, dose, label, cell_ids, drug_ids):
+    """Rows with the same (cell, drug[, dose]): identical labels are kept once, others are an error."""
+    keys = [drug, cell] if dose is None else [dose, drug, cell]
+    order = np.lexsort(keys)
+    same = (cell[order][1:] == cell[order][:-1]) & (drug[order][1:] == drug[order][:-1])
+    if dose is not None:
+        same &= dose[order][1:] == dose[order][:-1]
+    if not same.any():
+        return None, 0
+    dup_later = order[1:][same]  # each row equal in key to its predecessor in sorted order
+    dup_prev = order[:-1][same]
+    differ = label[dup_later] != label[dup_prev]
+    if differ.any():
+        i = np.flatnonzero(differ)
+        pairs = {(int(cell[dup_later[j]]), int(drug[dup_later[j]])) for j in i}
+        j = i[0]
+        a, b = dup_prev[j], dup_later[j]
+        what = "(cell, drug, dose)" if dose is not None else "(cell, drug)"
+        raise InputError(f"data file {path!r}: {len(pairs):,} {what} keys appear more than once with different labels "
+                         f"(first: {cell_ids[cell[a]]}/{drug_ids[drug[a]]}: {label[a]:.6g} vs {label[b]:.6g})")
+    # keep the first occurrence in file order within every run of equal keys
+    run_start = np.r_[True, ~same]
+    run_id = np.cumsum(run_start) - 1
+    first_in_file = np.full(run_id[-1] + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first_in_file, run_id, order)
+    keep = np.zeros(len(label), dtype=bool)
+    keep[first_in_file] = True
+    return np.flatnonzero(keep), int(len(label) - keep.sum())
+
+
+def _read_truth(store: _Store, cells: set) -> pd.DataFrame:
+    path = store.path
+    t = store.select("truth")
+    if not {"cell", "kind"} <= set(t.columns):
+        raise InputError(f"data file {path!r}: key 'truth' needs columns cell, kind (has {_first(t.columns, 8)})")
+    t = pd.DataFrame({"cell": t["cell"].astype(str).to_numpy(dtype=object),
+                      "kind": t["kind"].astype(str).to_numpy(dtype=object)})
+    unknown = sorted(set(t["cell"]) - cells)
+    if unknown:
+        raise InputError(f"data file {path!r}: truth names {len(unknown)} cell(s) not in the data (first: "
+                         f"{_first(unknown)})")
+    dups = t["cell"][t["cell"].duplicated()].tolist()
+    if dups:
+        raise InputError(f"data file {path!r}: truth lists {len(dups)} cell(s) twice (first: {_first(dups)})")
+    return t.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_dataset(ds: Dataset) -> None:
+    if ds.n_rows == 0:
+        raise InputError("cannot write a data set with no response rows")
+    for g in ds.groups:
+        if g.entity not in (CELL, DRUG) or not g.name.startswith(g.entity + "."):
+            raise InputError(f"feature group {g.name!r} ({g.entity}): names must be '<cell|drug>.<kind>'")
+        n = ds.n_cells if g.entity == CELL else ds.n_drugs
+        if g.values.shape != (n, len(g.columns)):
+            raise InputError(f"feature group {g.name!r}: values have shape {g.values.shape}, expected "
+                             f"({n}, {len(g.columns)})")
+        if len(set(g.columns)) != len(g.columns):
+            raise InputError(f"feature group {g.name!r}: column names are not unique")
+        if not np.isfinite(g.values).all():
+            raise InputError(f"feature group {g.name!r} has NaN/inf values")
+    if not ds.groups_of(CELL) or not ds.groups_of(DRUG):
+        raise InputError("a data set needs at least one cell and one drug feature group")
+    if not np.isfinite(ds.label).all():
+        raise InputError("labels contain NaN/inf")
+    if ds.label_name not in LABELS:
+        raise InputError(f"label name {ds.label_name!r}: expected one of {LABELS}")
+
+
+def _split(n_rows: int, seed: int, fractions) -> dict[str, np.ndarray]:
+    try:
+        f = [float(x) for x in fractions]
+    except (TypeError, ValueError):
+        raise InputError(f"fractions {fractions!r}: expected three numbers (train, val, test)") from None
+    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6 or f[0] <= 0:
+        raise InputError(f"fractions {fractions!r}: expected three non-negative numbers summing to 1, train > 0")
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    n_train = int(round(f[0] * n_rows))
+    n_val = int(round(f[1] * n_rows))
+    n_train = max(1, min(n_train, n_rows))
+    n_val = min(n_val, n_rows - n_train)
+    cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+    return {p: np.sort(r) for p, r in cuts.items()}
+
+
+def _x_columns(g: FeatureGroup) -> list[str]:
+    """The group's own names when they fit in a node attribute, else blanks (as Top21)."""
+    names = [str(c) for c in g.columns]
+    if len(pickle.dumps(names)) <= _MAX_NAME_PICKLE:
+        return names
+    return [""] * len(names)
+
+
+def write_uno(ds: Dataset, path: str, *, seed: int = 0, fractions=(0.8, 0.1, 0.1),
+              chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Write ``ds`` in the Uno HDF5 format (DESIGN §2.1), rows split train/val/test by ``seed``.
+
+    One ``x_<part>_<k>`` table per feature group (cell groups first), ``y_<part>`` with
+    the label, ``Sample``, ``Drug1`` (and ``dose``), the ``model`` key with CANDLE's
+    ``input_features``/``feature_shapes`` attributes, ``truth`` when the data has it and a
+    ``feature_names`` side table. Rows are written in chunks to a temporary file in the
+    target directory, renamed onto ``path`` only once the file is complete.
+    """
+    path = os.fspath(path)
+    _check_dataset(ds)
+    target_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(target_dir):
+        raise InputError(f"output directory {target_dir!r} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"output path {path!r} is a directory")
+    parts = _split(ds.n_rows, seed, fractions)
+    groups = ds.groups_of(CELL) + ds.groups_of(DRUG)
+    tmp = os.path.join(target_dir, f".{os.path.basename(path)}.{os.getpid()}.h5.tmp")
+    try:
+        _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
+    cell_ids = np.asarray(ds.cell_ids, dtype=object).astype(str).astype(object)
+    drug_ids = np.asarray(ds.drug_ids, dtype=object).astype(str).astype(object)
+    itemsize = {"Sample": max(1, max(len(s) for s in cell_ids)), "Drug1": max(1, max(len(s) for s in drug_ids))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PerformanceWarning about object columns / wide tables
+        with pd.HDFStore(tmp, mode="w") as store:
+            for p in PARTITIONS:
+                rows = parts[p]
+                if len(rows) == 0:
+                    continue  # an empty partition has no keys at all (the reader accepts that)
+                for k, g in enumerate(groups):
+                    ent = ds.cell_index if g.entity == CELL else ds.drug_index
+                    cols = _x_columns(g)
+                    step = max(1, chunk_bytes // (4 * g.width))
+                    for s in range(0, len(rows), step):
+                        r = rows[s:s + step]
+                        df = pd.DataFrame(g.values[ent[r]], columns=cols, index=np.arange(s, s + len(r)), copy=False)
+                        store.append(f"x_{p}_{k}", df, format="table", index=False)
+                y = {ds.label_name: ds.label[rows].astype(np.float32),
+                     "Sample": cell_ids[ds.cell_index[rows]], "Drug1": drug_ids[ds.drug_index[rows]]}
+                if ds.dose is not None:
+                    y["dose"] = ds.dose[rows].astype(np.float32)
+                ydf = pd.DataFrame(y, index=np.arange(len(rows)))
+                for c in ("Sample", "Drug1"):
+                    ydf[c] = ydf[c].astype(object)
+                store.append(f"y_{p}", ydf, format="table", data_columns=True, min_itemsize=itemsize, index=False)
+            names = pd.DataFrame({
+                "group": np.concatenate([[g.name] * g.width for g in groups]).astype(object),
+                "name": np.concatenate([[str(c) for c in g.columns] for g in groups]).astype(object),
+            })
+            store.put(FEATURE_NAMES_KEY, names, format="table")
+            store.put("model", pd.DataFrame())
+            attrs = store.get_storer("model").attrs
+            feats = OrderedDict()
+            for g in groups:
+                kind = g.name.split(".", 1)[1]
+                feats[g.name if g.entity == CELL else f"drug1.{kind}"] = g.name
+            attrs.input_features = feats
+            attrs.feature_shapes = {g.name: (g.width,) for g in groups}
+            attrs.hbl_source = str(ds.source or "")
+            meta = json.dumps({"seed": seed, "fractions": list(map(float, fractions)), "source": ds.source,
+                               "meta": ds.meta}, default=str, sort_keys=True)
+            if len(meta) <= 30_000:
+                attrs.hbl_meta = meta
+            if ds.truth is not None:
+                t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
+                                  "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
+                store.put("truth", t, format="table")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
