@@ -243,11 +243,19 @@ class Plan:
 
         return pd.DataFrame(list(self.records()), columns=["node", "parent", "stage", "cell", "role"])
 
-    def write_csv(self, path: str) -> None:
+    def write_csv(self, path: str) -> int:
+        """Write plan.csv to ``path`` (not atomic: callers write a temp name, then rename).
+
+        Returns the number of data rows written.
+        """
+        rows = 0
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["node", "parent", "stage", "cell", "role"])
-            w.writerows(self.records())
+            for rec in self.records():
+                w.writerow(rec)
+                rows += 1
+        return rows
 
 
 def _global_order(ids: np.ndarray, order: str, rng: np.random.Generator) -> np.ndarray:
