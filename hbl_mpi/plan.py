@@ -277,6 +277,17 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
         raise InputError(f"n must be >= 2; got {spec.n}")
     if spec.s < 1:
         raise InputError(f"s must be >= 1; got {spec.s}")
+    if spec.order not in ("shuffled", "ordered"):
+        raise InputError(f"order must be 'shuffled' or 'ordered'; got {spec.order!r}")
+    if spec.partition not in ("cells", "cells+drugs"):
+        raise InputError(f"partition must be 'cells' or 'cells+drugs'; got {spec.partition!r}")
+    if not 0.0 <= spec.holdout_fraction < 1.0:
+        raise InputError(f"holdout_fraction must be in [0, 1); got {spec.holdout_fraction}")
+    if len(drug_index) != n_rows:
+        raise InputError(f"cell_index has {n_rows} rows but drug_index has {len(drug_index)}")
+    if n_rows and (cell_index.min() < 0 or cell_index.max() >= n_cells
+                   or drug_index.min() < 0 or drug_index.max() >= len(drug_ids)):
+        raise InputError("response rows refer to cells or drugs outside the id lists")
     if spec.n > n_cells:
         raise InputError(f"n = {spec.n} is larger than the number of cells ({n_cells})")
     crossed = spec.partition == "cells+drugs"

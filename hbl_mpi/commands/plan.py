@@ -64,19 +64,29 @@ def settings(args):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={_toml_value(value)}")
-    if args.config is None and args.data is None and not any(o.strip().startswith("data") for o in args.overrides):
+    given = {o.partition("=")[0].strip() for o in args.overrides}
+    if args.config is None and args.data is None and "data" not in given:
         raise InputError("plan needs --data F.h5 (or a CONFIG.toml with a `data` key)")
     return load_config(args.config, overrides)
 
 
-def write_csv_atomic(plan, path: str) -> int:
-    """Write ``plan.csv`` via a temporary file in the same directory; returns the row count."""
+def check_out(path: str) -> None:
+    """Fail on an unusable ``--out`` before reading any data."""
     target = os.path.abspath(path)
     folder = os.path.dirname(target)
     if os.path.isdir(target):
         raise InputError(f"--out {path!r} is a directory")
     if not os.path.isdir(folder):
         raise InputError(f"--out {path!r}: directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--out {path!r}: directory {folder!r} is not writable")
+
+
+def write_csv_atomic(plan, path: str) -> int:
+    """Write ``plan.csv`` via a temporary file in the same directory; returns the row count."""
+    check_out(path)
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".csv.tmp", dir=folder)
     except OSError as e:
@@ -114,6 +124,8 @@ def run(args) -> int:
     from ..plan import PlanSpec, check_invariants, plan_for
 
     cfg = settings(args)
+    if args.out:
+        check_out(args.out)
     t0 = time.perf_counter()
     dataset = read_uno(cfg.data)
     t1 = time.perf_counter()
