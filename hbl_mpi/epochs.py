@@ -52,9 +52,16 @@ def parse_strategy(text: str, epochs: int = 20) -> EpochStrategy:
     """Parse ``F-20``, ``EXP2`` (E from ``epochs``) or ``exp2:12`` style strategy names."""
     t = str(text).strip()
     up = t.upper()
+
+    def from_epochs() -> int:
+        # LINE/SQRT/EXP2 (and bare kinds) take E from `epochs`: E = 0 would plan 0-epoch nodes
+        if int(epochs) < 1:
+            raise InputError(f"strategy {t!r} takes E from epochs, which must be >= 1; got {epochs}")
+        return int(epochs)
+
     if up in NAMED:
         kind, base = NAMED[up]
-        return EpochStrategy(kind, base if base is not None else int(epochs))
+        return EpochStrategy(kind, base if base is not None else from_epochs())
     if ":" in t:
         kind, _, num = t.partition(":")
         kind = kind.strip().lower()
@@ -67,7 +74,7 @@ def parse_strategy(text: str, epochs: int = 20) -> EpochStrategy:
                 raise InputError(f"strategy {t!r}: epochs must be >= 1")
             return EpochStrategy(kind, base)
     if t.lower() in KINDS:
-        return EpochStrategy(t.lower(), int(epochs))
+        return EpochStrategy(t.lower(), from_epochs())
     raise InputError(
         f"unknown strategy {t!r}; use one of F-20, F-10, LINE, SQRT, EXP2 or flat:E, line:E, sqrt:E, exp2:E"
     )
