@@ -1,9 +1,9 @@
 """A model's whole training state in one contiguous buffer: the unit that forks.
 
 ``TrainState.flat`` is a 1-D float32 tensor ``[params | exp_avg | exp_avg_sq]`` of length
-3P. The model's parameters are views into the first third (through
-``torch.func.functional_call``), and Adam's moment buffers *are* the other two thirds,
-so the optimizer updates the buffer in place. Consequences the rest of the system uses:
+3P. The module's parameters are views into the first third (and their gradients views
+into one flat gradient buffer), and Adam's moment buffers *are* the other two thirds, so
+the optimizer updates the buffer in place. Consequences the rest of the system uses:
 
 * a snapshot (the best epoch, a held parent) is one ``clone()`` — a memcpy;
 * a fork to another rank is one ``Send`` of ``flat`` plus a tiny header;
@@ -70,12 +70,17 @@ class TrainState:
             off += p.numel()
         self.n_params = off
         self.flat = torch.zeros(3 * off, dtype=torch.float32, device=device)
+        self.grad = torch.zeros(off, dtype=torch.float32, device=device)
         with torch.no_grad():
-            for (name, p), o in zip(self.module.named_parameters(), self.offsets):
-                self.flat[o : o + p.numel()].copy_(p.reshape(-1))
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+            for p, o in zip(self.module.parameters(), self.offsets):
+                n = p.numel()
+                self.flat[o : o + n].copy_(p.reshape(-1))
+                # the module's parameters become views of the flat buffers, so a plain
+                # forward/backward reads the flat weights and accumulates into the flat grad
+                p.data = self.flat[o : o + n].view(p.shape)
+                p.grad = self.grad[o : o + n].view(p.shape)
         self.param = nn.Parameter(self.flat[:off])
+        self.param.grad = self.grad
         self.optimizer = torch.optim.Adam([self.param], lr=learning_rate, foreach=False)
         self._bind_optimizer_state(step=0)
 
@@ -91,15 +96,11 @@ class TrainState:
     def step(self) -> int:
         return int(self.optimizer.state[self.param]["step"].item())
 
-    def views(self) -> dict[str, torch.Tensor]:
-        """Parameter name -> view of the flat parameter (rebuilt per forward: cheap)."""
-        p = self.param
-        return {
-            n: p[o : o + s.numel()].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)
-        }
-
     def forward(self, *args):
-        return torch.func.functional_call(self.module, self.views(), args)
+        return self.module(*args)
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
 
     def snapshot(self) -> ModelState:
         return ModelState(self.flat.detach().clone(), self.n_params, self.step)

@@ -1,0 +1,299 @@
+"""Training one plan node: epochs, early stopping, best/last state, per-cell validation error.
+
+Determinism: every epoch's randomness (the shuffle and the dropout masks) is seeded from
+(plan seed, node name, epoch) alone, so a node's result depends only on its inputs and
+not on which rank trains it, what that rank did before, or whether the node was resumed
+from a checkpoint at an epoch boundary. With the same torch thread count, CPU results are
+bit-identical across the serial driver and any MPI schedule.
+
+Data parallel (a rank group): every rank of the group walks the same shuffled order;
+each takes a strided shard of each global batch, computes ``sum(sq. error) / global
+batch rows`` and the gradients are summed by one allreduce of the flat gradient buffer —
+the same gradient as one rank on the whole batch, up to float reassociation. Evaluation
+shards rows the same way and sums squared errors.
+
+Non-finite losses raise ``NonFiniteLoss``; every rank of a group sees the same reduced
+epoch loss, so they all raise together (no rank is left waiting in a collective).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from .plan import NodeRows
+from .state import ModelState, TrainState
+from .tables import DeviceTables
+
+EVAL_CHUNK = 16384
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training or validation loss became NaN or infinite."""
+
+
+class Group(Protocol):
+    size: int
+    rank: int
+
+    def allreduce_(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainSpec:
+    node: str
+    stage: int
+    max_epochs: int
+    patience: int = 3
+    min_delta: float = 0.0
+    batch_size: int = 256
+    seed: int = 0
+    inherit: str = "best"
+    preset: str = "small"
+    learning_rate: float = 1e-3
+    dropout: float | None = None
+    device: str = "cpu"
+    inject_nan: bool = False  # fault injection: the loss becomes NaN in the first step
+    slow_seconds: float = 0.0  # fault injection: sleep this long per epoch (serving polls)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    loss: float  # mean training MSE of the epoch
+    val_loss: float
+    seconds: float
+
+
+@dataclass
+class EpochEnd:
+    """What the per-epoch hook sees (checkpointing): the live state and the stopping bookkeeping."""
+
+    node: str
+    epoch: int
+    history: list[EpochRecord]
+    improved: bool
+    best_epoch: int
+    best_val: float
+    wait: int
+    state: Callable[[], ModelState]  # snapshot of the current (last) state
+    best: ModelState  # the best epoch's state (a view: copy before keeping it)
+    will_stop: bool
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted node continues: its state after ``epochs_done`` epochs."""
+
+    epochs_done: int
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val: float
+    wait: int
+    state: ModelState
+    best: ModelState
+
+
+@dataclass
+class NodeOutcome:
+    node: str
+    epochs_planned: int
+    epochs_run: int
+    stopped_early: bool
+    best_epoch: int
+    history: list[EpochRecord]
+    train_loss: float  # training loss of the best epoch
+    val_loss: float  # best val_loss
+    val_loss_last: float
+    test_loss: float  # holdout loss of the inherited (best or last) state
+    cell_val: tuple[np.ndarray, np.ndarray, np.ndarray]  # (cell index, n_rows, mse) for val cells
+    n_train_rows: int
+    n_val_rows: int
+    n_train_cells: int
+    n_val_cells: int
+    steps: int
+    train_s: float
+    start_checksum: str
+    inherit_state: ModelState
+    best_state: ModelState = field(repr=False, default=None)
+
+
+def derive_seed(seed: int, node: str, epoch: int = 0) -> int:
+    """A 63-bit seed from (plan seed, node, epoch): stable across processes and Python versions."""
+    h = hashlib.sha256(f"{seed}/{node}/{epoch}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def _shard(rows: np.ndarray, group: Group | None) -> np.ndarray:
+    return rows if group is None else rows[group.rank :: group.size]
+
+
+def squared_errors(ts: TrainState, tables: DeviceTables, rows: np.ndarray) -> torch.Tensor:
+    """Per-row squared error (float64, on the device) of the current state, in eval mode."""
+    out = torch.empty(len(rows), dtype=torch.float64, device=tables.device)
+    was_training = ts.module.training
+    ts.module.eval()
+    try:
+        with torch.no_grad():
+            for a in range(0, len(rows), EVAL_CHUNK):
+                idx = tables.index(rows[a : a + EVAL_CHUNK])
+                xs, y = tables.gather(idx)
+                out[a : a + len(idx)] = (ts.forward(*xs) - y).double().square()
+    finally:
+        ts.module.train(was_training)
+    return out
+
+
+def _reduce(values: list[float], group: Group | None) -> list[float]:
+    if group is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    group.allreduce_(t)
+    return t.tolist()
+
+
+def mean_loss(ts: TrainState, tables: DeviceTables, rows: np.ndarray, group: Group | None = None) -> float:
+    """MSE over ``rows`` (sharded over the group and summed)."""
+    local = _shard(rows, group)
+    total = float(squared_errors(ts, tables, local).sum().item()) if len(local) else 0.0
+    total, n = _reduce([total, float(len(local))], group)
+    return total / n if n else math.nan
+
+
+def per_cell_mse(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: np.ndarray,
+                 group: Group | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cells, rows per cell, MSE per cell) over ``rows``; NaN for a cell without rows."""
+    local = _shard(rows, group)
+    sq = squared_errors(ts, tables, local).cpu().numpy() if len(local) else np.zeros(0)
+    which = tables.cell_index_np[local]
+    sums = np.bincount(which, weights=sq, minlength=tables.n_cells)[cells]
+    counts = np.bincount(which, minlength=tables.n_cells)[cells].astype(np.float64)
+    if group is not None:
+        both = torch.from_numpy(np.concatenate([sums, counts]))
+        group.allreduce_(both)
+        sums, counts = both[: len(cells)].numpy(), both[len(cells) :].numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return cells.astype(np.int64), counts.astype(np.int64), mse
+
+
+def _sleep_serving(seconds: float, poll: Callable[[], None] | None) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if poll is not None:
+            poll()
+        time.sleep(min(0.02, left))
+
+
+def train_node(
+    tables: DeviceTables,
+    rows: NodeRows,
+    init: ModelState,
+    spec: TrainSpec,
+    *,
+    train_state: TrainState,
+    group: Group | None = None,
+    poll: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochEnd], None] | None = None,
+    resume: ResumePoint | None = None,
+) -> NodeOutcome:
+    """Train one node from ``init`` (or continue from ``resume``) and evaluate it."""
+    t0 = time.perf_counter()
+    ts = train_state
+    if len(rows.train) == 0:
+        raise RuntimeError(f"node {spec.node} has no training rows")
+    if len(rows.val) == 0:
+        raise RuntimeError(f"node {spec.node} has no validation rows (its cells' rows are all in the holdout)")
+    start_checksum = init.checksum()
+    ts.load(resume.state if resume is not None else init)
+    ts.zero_grad()
+    ts.optimizer.param_groups[0]["lr"] = spec.learning_rate
+    best = (resume.best if resume is not None else ts.snapshot()).flat.clone()
+    history = list(resume.history) if resume is not None else []
+    best_val = resume.best_val if resume is not None else math.inf
+    best_epoch = resume.best_epoch if resume is not None else 0
+    wait = resume.wait if resume is not None else 0
+    first_epoch = resume.epochs_done + 1 if resume is not None else 1
+    n_global = spec.batch_size
+    spe = steps_per_epoch(len(rows.train), n_global)
+
+    def step_at(e: int) -> int:  # Adam's step count at the end of epoch e
+        return init.step + e * spe
+
+    train_rows = rows.train
+    ts.module.train()
+
+    epoch = first_epoch - 1
+    stop = wait >= spec.patience
+    while not stop and epoch < spec.max_epochs:
+        epoch += 1
+        e0 = time.perf_counter()
+        es = derive_seed(spec.seed, spec.node, epoch)
+        order = train_rows[np.random.default_rng(es).permutation(len(train_rows))]
+        torch.manual_seed(es)
+        total = torch.zeros((), dtype=torch.float64, device=tables.device)
+        for a in range(0, len(order), n_global):
+            batch = order[a : a + n_global]
+            local = _shard(batch, group)
+            idx = tables.index(local)
+            xs, y = tables.gather(idx)
+            sq = (ts.forward(*xs) - y).square().sum()
+            if spec.inject_nan and epoch == 1 and a == 0:
+                sq = sq * float("nan")
+            (sq / len(batch)).backward()
+            if group is not None:
+                group.allreduce_(ts.grad)
+            ts.optimizer.step()
+            ts.zero_grad()
+            total += sq.detach().double()
+            if poll is not None:
+                poll()
+        if spec.slow_seconds > 0:
+            _sleep_serving(spec.slow_seconds, poll)
+        loss_sum, n = _reduce([float(total.item()), float(len(_shard(order, group)))], group)
+        loss = loss_sum / n
+        val = mean_loss(ts, tables, rows.val, group)
+        if not (math.isfinite(loss) and math.isfinite(val)):
+            raise NonFiniteLoss(f"node {spec.node}: loss {loss:.4g}, val_loss {val:.4g} at epoch {epoch}")
+        history.append(EpochRecord(epoch, loss, val, time.perf_counter() - e0))
+        improved = val < best_val - spec.min_delta
+        if improved:
+            best_val, best_epoch, wait = val, epoch, 0
+            best.copy_(ts.flat)
+        else:
+            wait += 1
+        stop = wait >= spec.patience
+        if on_epoch is not None:
+            on_epoch(EpochEnd(spec.node, epoch, history, improved, best_epoch, best_val, wait,
+                              ts.snapshot, ModelState(best, ts.n_params, step_at(best_epoch)),
+                              stop or epoch >= spec.max_epochs))
+        if poll is not None:
+            poll()
+
+    last = ts.snapshot()
+    best_state = ModelState(best, ts.n_params, step_at(best_epoch))
+    inherit = best_state if spec.inherit == "best" else last
+    ts.load(inherit)
+    cell_val = per_cell_mse(ts, tables, rows.val, rows.val_cells, group)
+    test_loss = mean_loss(ts, tables, rows.test, group) if len(rows.test) else math.nan
+    best_rec = history[best_epoch - 1]
+    return NodeOutcome(
+        node=spec.node, epochs_planned=spec.max_epochs, epochs_run=len(history),
+        stopped_early=len(history) < spec.max_epochs, best_epoch=best_epoch, history=history,
+        train_loss=best_rec.loss, val_loss=best_val, val_loss_last=history[-1].val_loss,
+        test_loss=test_loss, cell_val=cell_val, n_train_rows=len(rows.train), n_val_rows=len(rows.val),
+        n_train_cells=len(rows.train_cells), n_val_cells=len(rows.val_cells),
+        steps=spe * len(history),
+        train_s=time.perf_counter() - t0, start_checksum=start_checksum, inherit_state=inherit,
+        best_state=best_state,
+    )
+
+
+def steps_per_epoch(n_rows: int, batch: int) -> int:
+    return -(-n_rows // batch)
