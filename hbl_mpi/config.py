@@ -184,11 +184,13 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise InputError(f"--set {text!r}: expected key=value")
     key, _, raw = text.partition("=")
-    key = key.strip()
+    key, raw = key.strip(), raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    if _TYPES.get(key) is str and not isinstance(value, str):
+        value = raw  # a string key takes the text as written: `--set out=2024`, `--set data=true`
     return key, value
 
 
