@@ -329,6 +329,8 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
 
     root = PlanNode(ROOT, None, 0, (0, n_cells), (0, len(drug_ids)) if crossed else None)
     root.n_val_rows = val_row_count(root.cells, root.drugs)
+    if root.n_val_rows == 0:
+        raise InputError(f"no response rows to train on ({n_rows} rows, {n_test} of them held out as the test set)")
     nodes = {ROOT: root}
     frontier = [root]
     for stage in range(1, spec.s + 1):

@@ -181,6 +181,10 @@ def plan_inputs(draw):
 @given(plan_inputs())
 def test_plan_matches_spec_property(inputs):
     cell_ids, drug_ids, cell_index, drug_index, spec = inputs
+    if round(spec["holdout_fraction"] * len(cell_index)) == len(cell_index):  # nothing left to train on
+        with pytest.raises(InputError, match="no response rows"):
+            raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
+        return
     plan, sp = raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
     check_against_reference(plan, list(cell_ids), cell_index, drug_index, sp)
     # a pure function of its inputs
@@ -193,6 +197,8 @@ def test_plan_matches_spec_property(inputs):
 @given(plan_inputs())
 def test_crossed_partition_property(inputs):
     cell_ids, drug_ids, cell_index, drug_index, spec = inputs
+    if round(spec["holdout_fraction"] * len(cell_index)) == len(cell_index):
+        return  # no rows at all: covered by test_plan_matches_spec_property
     if spec["n"] > len(drug_ids):
         with pytest.raises(InputError, match="drugs"):
             raw_plan(cell_ids, drug_ids, cell_index, drug_index, partition="cells+drugs", **spec)
@@ -349,6 +355,14 @@ def test_impossible_settings_are_input_errors(spec, message):
     ds = tiny_dataset(cells=30, drugs=6)
     with pytest.raises(InputError, match=message):
         plan_for(ds, PlanSpec(**spec))
+
+
+def test_no_rows_left_is_an_input_error():
+    ids = np.array(["a", "b", "c"], dtype=object)
+    with pytest.raises(InputError, match="no response rows"):
+        build_plan(ids, ids[:1], np.zeros(0, int), np.zeros(0, int), PlanSpec(n=2, s=1))
+    with pytest.raises(InputError, match="outside the id lists"):
+        build_plan(ids, ids[:1], np.array([0, 3]), np.array([0, 0]), PlanSpec(n=2, s=1))
 
 
 # -------------------------------------------------------------------- CLI --
