@@ -46,7 +46,7 @@ def paper_param_count(widths: list[int]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=0, help="parameter count (default: paper preset)")
-    ap.add_argument("--widths", default="942,5270,2048", help="feature widths for the paper preset")
+    ap.add_argument("--widths", default="942,5270", help="feature widths for the paper preset (default: Top21, 16.2 M parameters)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="more repetitions (big machines)")
     ap.add_argument("--dir", default=None, help="folder for the file-based variant (default: tmp)")

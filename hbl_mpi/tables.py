@@ -59,6 +59,6 @@ class DeviceTables:
 
     @property
     def nbytes(self) -> int:
-        ts = self.features + [self.cell_index, self.label] + ([self.dose] if self.dose is not None else [])
-        ts += [e for e in self.entity_index if e is not self.cell_index]
-        return sum(t.numel() * t.element_size() for t in ts)
+        ts = self.features + self.entity_index + [self.label] + ([self.dose] if self.dose is not None else [])
+        unique = {id(t): t for t in ts}.values()  # the index tensors are shared between groups
+        return sum(t.numel() * t.element_size() for t in unique)

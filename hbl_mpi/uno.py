@@ -33,8 +33,9 @@ class UnoPreset:
 
 
 PRESETS: dict[str, UnoPreset] = {
-    # CANDLE Uno's defaults: dense_feature_layers = dense = [1000, 1000, 1000], ReLU, dropout 0.1
-    "paper": UnoPreset((1000, 1000, 1000), (1000, 1000, 1000), 0.1, "CANDLE Uno defaults (16-21 M parameters on Top21)"),
+    # CANDLE's uno_auc_model.txt (the Top21 AUC model the paper trains): dense_feature_layers
+    # = [1000] * 3, dense = [1000] * 5, ReLU, drop 0.1 -> 16.2 M parameters at Top21 widths
+    "paper": UnoPreset((1000, 1000, 1000), (1000,) * 5, 0.1, "CANDLE uno_auc_model.txt: 16.2 M parameters at Top21 widths"),
     # a CPU preset: a whole N=4, S=3 tree on the small synthetic preset trains in minutes on
     # a laptop. No dropout: on a CPU, drawing the masks (bernoulli_) cost ~40 % of a step at
     # these widths (torch profiler), and early stopping on val_loss already regularises.
@@ -100,12 +101,21 @@ class Uno(nn.Module):
         return self.out(self.top(torch.cat(h, dim=1))).squeeze(1)
 
 
-def build_model(data: Dataset | InputSpec, preset: str = "small", dropout: float | None = None) -> Uno:
-    inputs = data if isinstance(data, InputSpec) else InputSpec.of(data)
-    return Uno(inputs, preset_of(preset), dropout)
+def _inputs(data) -> InputSpec:
+    if isinstance(data, InputSpec):
+        return data
+    if isinstance(data, Dataset):
+        return InputSpec.of(data)
+    # plain feature widths (benchmarks): one group per width, no dose
+    return InputSpec(tuple((f"input{i}", int(w)) for i, w in enumerate(data)))
 
 
-def initial_state(data: Dataset | InputSpec, preset: str, seed: int, learning_rate: float,
+def build_model(data: Dataset | InputSpec | list[int], preset: str = "small", dropout: float | None = None) -> Uno:
+    """The Uno model for a data set (or an ``InputSpec``, or a list of feature widths)."""
+    return Uno(_inputs(data), preset_of(preset), dropout)
+
+
+def initial_state(data: Dataset | InputSpec | list[int], preset: str, seed: int, learning_rate: float,
                   dropout: float | None = None) -> ModelState:
     """The fresh initialisation every stage-1 node starts from, a pure function of ``seed``.
 
