@@ -92,7 +92,7 @@ DOCS: dict[str, str] = {
     "min_delta": "smallest val_loss decrease that counts as an improvement",
     "batch_size": "rows per training batch (global batch when group_size > 1)",
     "learning_rate": "Adam learning rate",
-    "model": "Uno preset: `small` (CPU) or `paper` (3x1000 encoders and top, ~16-21 M parameters)",
+    "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests)",
     "dropout": "dropout rate overriding the preset's; negative = the preset's value",
     "inherit": "`best` (parent's best val_loss epoch) or `last` (parent's last epoch, as CANDLE)",
     "device": "`cpu`, `cuda`, or `auto` (cuda when available)",
