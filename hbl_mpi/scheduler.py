@@ -113,8 +113,12 @@ class Scheduler:
     # ---- main loop -------------------------------------------------------------
     def run(self) -> dict:
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        recorded = False
         while not self.tree.finished():
             self._dispatch()
+            if recorded:  # after re-dispatch, so "running" counts the groups actually busy
+                c = self.tree.counts()
+                self.progress.update(c["done"], len(self.running), c["failed"], c["skipped"])
             if not self.running:
                 if self.tree.finished():
                     break
@@ -125,8 +129,9 @@ class Scheduler:
             self._record(msg)
             self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
             self.writer.maybe_flush()
-            c = self.tree.counts()
-            self.progress.update(c["done"], len(self.running), c["failed"], c["skipped"])
+            recorded = True
+        c = self.tree.counts()
+        self.progress.update(c["done"], len(self.running), c["failed"], c["skipped"])
         for g in range(len(self.topo.groups)):
             self._send_group(g, Stop())
         self.writer.flush()
