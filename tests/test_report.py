@@ -149,3 +149,36 @@ def test_markdown_table_formatting():
     assert md.splitlines()[0] == "| a | b | c |"
     assert "0.000123" in md and "x\\|y" in md
     assert A.read_run  # the report reads through analysis.read_run
+
+
+@pytest.mark.timeout(180)
+def test_report_with_baselines_on_a_real_tiny_run(tmp_path, capsys):
+    """End to end: synthetic data, a tiny serial tree, then `report --baselines` scores everything."""
+    from hbl_mpi.commands import run as run_cmd
+    from hbl_mpi.data import synthesize, write_uno
+
+    data = tmp_path / "d.h5"
+    write_uno(synthesize("small", seed=4, cells=24, drugs=10, cell_features=8, descriptors=6, fingerprints=0,
+                         anomaly_fraction=0.25), str(data))
+    ns = argparse.Namespace(config=None, out=str(tmp_path / "run"), serial=True, restart=False, overwrite=False,
+                            overrides=[f"data={data}", "n=2", "s=2", "model=tiny", "strategy=flat:3",
+                                       "batch_size=64", "threads=1", "seed=2"])
+    assert run_cmd.run_serial_command(ns) == 0
+    results = str(tmp_path / "run" / "results.h5")
+    out = tmp_path / "rep"
+    assert cmd.run(args_for([results, "--out", str(out), "--baselines", "--kfold", "3"])) == 0
+    det = pd.read_csv(out / "detection.csv")
+    methods = list(dict.fromkeys(det["method"]))
+    assert methods[0].startswith("HBL ") and "K-fold OOF residual (K=3)" in methods
+    assert {"IsolationForest features", "IsolationForest responses"} <= set(methods)
+    allk = det[det["kind"] == "all"].set_index("method")
+    assert (allk["k"] == 6).all() and allk["auroc"].between(0, 1).all()
+    hbl = allk.loc[methods[0]]
+    nodes = pd.read_hdf(results, "nodes")
+    assert hbl["epochs"] == nodes["epochs_run"].sum()
+    assert hbl["row_epochs"] == (nodes["epochs_run"] * nodes["n_train_rows"]).sum()
+    kf = allk.loc["K-fold OOF residual (K=3)"]
+    assert 3 <= kf["epochs"] <= 9 and kf["row_epochs"] > 0 and kf["seconds"] > 0
+    assert allk.loc["IsolationForest features", "epochs"] == 0
+    html = (out / "report.html").read_text()
+    assert "K-fold OOF residual" in html
