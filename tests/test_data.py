@@ -343,3 +343,14 @@ def test_anomalies_present_with_recorded_kinds():
             assert np.array_equal(expr[partners[0]], expr0[i])
     for g, g0 in zip(ds.groups[1:], clean.groups[1:]):  # drugs are never corrupted
         np.testing.assert_array_equal(g.values, g0.values)
+
+
+def test_synth_creates_the_output_folder(tmp_path, capsys):
+    """The README's first command writes demo/small.h5 on a fresh clone, where demo/ does not exist."""
+    out = tmp_path / "demo" / "small.h5"
+    assert main(["data", "synth", "--preset", "small", "--seed", "1", "--cells", "12", "--drugs", "5",
+                 "--out", str(out)]) == 0
+    assert out.exists()
+    bad = tmp_path / "never"
+    assert main(["data", "synth", "--cells", "1", "--out", str(bad / "x.h5")]) == 2
+    assert not bad.exists()  # bad options: nothing created

@@ -78,6 +78,20 @@ def _print_summary(summary: dict, seconds: float | None = None) -> None:
         print(f"({seconds:.2f} s)")
 
 
+def _make_parent(out: str) -> None:
+    """Create the output file's folder (``--out demo/small.h5`` on a fresh clone), after the
+    data was built, so bad options never leave an empty folder behind."""
+    import os
+
+    from ..errors import InputError
+
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output directory {parent!r}: {e.strerror}") from None
+
+
 def _synth(args) -> int:
     from ..data import synthesize, write_uno
 
@@ -97,6 +111,7 @@ def _synth(args) -> int:
     t0 = time.perf_counter()
     ds = synthesize(args.preset, seed=args.seed, **over)
     t1 = time.perf_counter()
+    _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed if args.split_seed is None else args.split_seed)
     t2 = time.perf_counter()
     print(f"wrote {args.out}: synthetic preset {args.preset!r}, seed {args.seed} "
@@ -113,6 +128,7 @@ def _gdsc(args) -> int:
     t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
+    _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed)
     t2 = time.perf_counter()
     print(f"wrote {args.out}: GDSC {args.source} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
