@@ -764,6 +764,15 @@ class NodeCheckpoints:
             self._track_from(ck.info)
         return ck
 
+    def load_epoch(self, epoch: int) -> Checkpoint | None:
+        """The checkpoint of ``epoch``, verified; None (with a warning if damaged) otherwise.
+
+        For a restart that needs one particular epoch (a resumed node's best epoch).
+        """
+        if not (self.epochs_dir / f"{epoch:03d}").is_dir():
+            return None
+        return self._load_first(f"epoch {epoch}", [epoch])
+
     def load_best(self) -> Checkpoint | None:
         """The checkpoint ``best`` points at, verified; if damaged, the older checkpoint
         with the best recorded metric that verifies (ties: the newest). None if none."""

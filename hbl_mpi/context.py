@@ -83,9 +83,12 @@ class RunContext:
     dataset: Dataset
     plan: Plan
     device: torch.device
+    run_info: object = None  # resume.RestartInfo, set by the run command (rank 0 decides)
     strategy: EpochStrategy = field(init=False)
     _tables: object = field(default=None, init=False, repr=False)
     _initial: ModelState | None = field(default=None, init=False, repr=False)
+    _data_checksum: str | None = field(default=None, init=False, repr=False)
+    _ckpt_params: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.strategy = self.cfg.epoch_strategy
@@ -98,6 +101,31 @@ class RunContext:
         return cls(cfg, ds, plan, resolve_device(cfg.device))
 
     # ---- lazily built, per rank ---------------------------------------------
+    @property
+    def data_checksum(self) -> str:
+        if self._data_checksum is None:
+            known = getattr(self.run_info, "data_checksum", "")
+            self._data_checksum = known or self.dataset.checksum()
+        return self._data_checksum
+
+    @property
+    def fingerprint(self) -> str:
+        """What this run's nodes compute (config + data); stamped on every checkpoint."""
+        if self.run_info is not None:
+            return self.run_info.fingerprint
+        from .resume import run_fingerprint
+
+        return run_fingerprint(self.cfg, self.data_checksum)
+
+    @property
+    def ckpt_params(self):
+        """The run's ``CkptParams`` (CANDLE names), with run metadata for ckpt-info.json."""
+        if self._ckpt_params is None:
+            from .resume import ckpt_params
+
+            self._ckpt_params = ckpt_params(self.cfg, self.data_checksum, self.fingerprint)
+        return self._ckpt_params
+
     @property
     def tables(self):
         if self._tables is None:
@@ -148,13 +176,22 @@ class RunContext:
         if node in self.cfg.fault_fail_nodes:
             raise RuntimeError(f"injected failure (fault_fail_nodes) in node {node}")
 
-    def train(self, node: str, init: ModelState, train_state: TrainState, group=None, poll=None):
-        """Train one node from ``init``; returns the trainer's NodeOutcome."""
+    def train(self, node: str, init: ModelState, train_state: TrainState, group=None, poll=None,
+              checkpoints=None):
+        """Train one node from ``init``; returns the trainer's NodeOutcome.
+
+        ``checkpoints`` (a ``resume.Checkpointing``): resume the node from its last epoch
+        checkpoint when the restart allows it, and checkpoint every epoch in the background.
+        """
         from .trainer import train_node
 
         self.check_injected_failure(node)
-        return train_node(self.tables, self.plan.rows(node), init, self.spec_for(node),
-                          train_state=train_state, group=group, poll=poll)
+        spec = self.spec_for(node)
+        session = checkpoints.begin(node, init, spec.max_epochs) if checkpoints is not None else None
+        return train_node(self.tables, self.plan.rows(node), init, spec,
+                          train_state=train_state, group=group, poll=poll,
+                          on_epoch=checkpoints.hook(session) if checkpoints is not None else None,
+                          resume=session.resume if session is not None else None)
 
     # ---- results ------------------------------------------------------------
     def payload(self, outcome, transfer_s: float = 0.0) -> dict:
@@ -170,7 +207,7 @@ class RunContext:
                 "n_train_cells": o.n_train_cells, "n_val_cells": o.n_val_cells, "steps": o.steps,
                 "train_s": o.train_s, "transfer_s": transfer_s, "best_epoch": o.best_epoch,
                 "start_checksum": o.start_checksum,
-                "inherit_checksum": o.inherit_state.checksum(),
+                "inherit_checksum": o.inherit_state.checksum(), "resumed_from": o.resumed_from,
             },
             "history": [_history_dict(o.node, h) for h in o.history],
             "cell_val": (np.asarray(cells, dtype=np.int64), np.asarray(n_rows, dtype=np.int64),
@@ -192,7 +229,7 @@ class RunContext:
 
     def run_attrs(self) -> dict:
         return {"config": self.cfg.as_dict(), "versions": versions(),
-                "data_checksum": self.dataset.checksum()}
+                "data_checksum": self.data_checksum}
 
 
 def _history_dict(node: str, h) -> dict:

@@ -125,10 +125,29 @@ class TreeState:
             if group is not None:
                 self.holder[node] = group
             for c in self.children[node]:
+                if self.status[c] is Status.WAITING:  # (a restart's finished child stays done)
+                    self._set(c, Status.READY)
+
+    def restore_done(self, node: str) -> None:
+        """Restart: ``node`` finished in an earlier run; nobody holds its state in memory.
+
+        Call parents before children. A finished node may sit under a parent that runs
+        again (the parent's state was lost with no checkpoint): it stays done, and its
+        own children take its state from its checkpoint, not from the rerun parent.
+        """
+        self._expect(node, Status.READY, Status.WAITING)
+        self.unplaced_children[parent_of(node)] -= 1
+        self._set(node, Status.DONE)
+        for c in self.children[node]:
+            if self.status[c] is Status.WAITING:
                 self._set(c, Status.READY)
 
     def mark_failed(self, node: str) -> list[str]:
-        """Node failed: every descendant is skipped. Returns the skipped names."""
+        """Node failed: every descendant that needs it is skipped. Returns the skipped names.
+
+        A descendant that finished in an earlier run (restart) is not skipped, and neither
+        is its subtree: it gets its state from its own checkpoint.
+        """
         self._expect(node, Status.RUNNING, Status.READY)
         if self.status[node] is Status.READY:
             self.unplaced_children[parent_of(node)] -= 1
@@ -137,6 +156,8 @@ class TreeState:
         stack = list(self.children[node])
         while stack:
             c = stack.pop()
+            if self.status[c] is Status.DONE:
+                continue
             self._set(c, Status.SKIPPED)
             skipped.append(c)
             stack.extend(self.children[c])

@@ -28,7 +28,7 @@ NODE_COLUMNS = [
     "node", "parent", "stage", "status", "group", "start", "stop", "epochs_planned", "epochs_run",
     "stopped_early", "train_loss", "val_loss", "val_loss_last", "test_loss", "n_train_rows",
     "n_val_rows", "n_train_cells", "n_val_cells", "steps", "train_s", "transfer_s", "error",
-    "best_epoch", "start_checksum", "inherit_checksum", "source", "rank",
+    "best_epoch", "start_checksum", "inherit_checksum", "source", "rank", "resumed_from",
 ]
 HISTORY_COLUMNS = ["node", "epoch", "loss", "val_loss", "seconds"]
 CELL_VAL_COLUMNS = ["node", "cell", "n_rows", "mse"]
@@ -36,7 +36,7 @@ TABLES = ("nodes", "history", "cell_val", "plan", "truth")
 
 _FLOAT_NODE = {"start", "stop", "train_loss", "val_loss", "val_loss_last", "test_loss", "train_s", "transfer_s"}
 _INT_NODE = {"stage", "group", "epochs_planned", "epochs_run", "n_train_rows", "n_val_rows",
-             "n_train_cells", "n_val_cells", "steps", "best_epoch", "rank"}
+             "n_train_cells", "n_val_cells", "steps", "best_epoch", "rank", "resumed_from"}
 
 
 def results_path(out_dir: str) -> str:

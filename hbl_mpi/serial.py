@@ -5,7 +5,9 @@ rows, epoch budgets and initial states; see ``context.py``), and the way to run 
 trees where MPI is not wanted (``run --serial``, or ``run`` with one rank).
 
 Nodes run depth-first so that only the states of the current path's parents are held
-in memory (at most S states), each freed when its last child has started.
+in memory (at most S states), each freed when its last child has started. On a restart
+(``run --restart``) finished nodes are walked through, not trained; a finished parent's
+state comes from its checkpoint, and an interrupted node resumes from its last epoch.
 """
 
 from __future__ import annotations
@@ -23,60 +25,80 @@ from .state import ModelState
 
 def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | None = None,
                log=print) -> dict:
-    """Train every node not in ``done_before``; returns run statistics."""
+    """Train every node not finished before; returns run statistics.
+
+    ``done_before`` defaults to the restart's finished nodes (``ctx.run_info``). A finished
+    node's children start from its checkpoint (``resume.parent_state_from_checkpoint``),
+    loaded once and held until its last child has started.
+    """
+    from .resume import Checkpointing, parent_state_from_checkpoint
+
     plan = ctx.plan
     tree = TreeState.from_plan(plan)
-    done_before = done_before or set()
+    if done_before is None:
+        done_before = set(ctx.run_info.done) if ctx.run_info is not None else set()
+    done_before = set(done_before)
     for node in sorted(done_before, key=node_sort_key):
         if node in tree.status:
-            tree.mark_done(node, None)
-    todo = [n for n in plan.trained_nodes() if n not in done_before]
-    unresumable = [n for n in todo if plan.nodes[n].parent in done_before]
-    if unresumable:
-        raise RuntimeError(
-            f"restart needs the states of finished parents (e.g. of {unresumable[0]}); "
-            "checkpoint-based restart is not available in the serial driver"
-        )
+            tree.restore_done(node)
     progress = Progress(len(plan.trained_nodes()), ctx.cfg.progress_every, already_done=len(done_before))
     train_state = ctx.new_train_state()
+    checkpoints = Checkpointing(ctx)
+    checkpoints = checkpoints if checkpoints.active else None
     held: dict[str, ModelState] = {}
     t0 = time.monotonic()
     wall0 = time.perf_counter()
 
-    stack = [n for n in reversed(plan.nodes[ROOT].children) if n not in done_before]
-    while stack:
-        node = stack.pop()
-        if tree.status[node] is not Status.READY:
-            continue
-        parent = plan.nodes[node].parent
-        init = ctx.initial_state() if parent == ROOT else held[parent]
-        tree.mark_running(node)
-        start = time.monotonic() - t0
-        try:
-            outcome = ctx.train(node, init, train_state)
-        except Exception as e:  # a node failure is contained: record, skip the subtree
-            msg = f"{type(e).__name__}: {e}"
-            skipped = tree.mark_failed(node)
-            writer.add(ctx.node_row(node, "failed", group=0, rank=0, start=start,
-                                    stop=time.monotonic() - t0, error=msg))
-            for s in skipped:
-                writer.add(ctx.node_row(s, "skipped", error=f"ancestor {node} failed"))
-            log(f"[hbl_mpi] node {node} failed: {msg}")
-        else:
-            payload = ctx.payload(outcome)
-            tree.mark_done(node, 0)
-            row = ctx.node_row(node, "done", group=0, rank=0, start=start,
-                               stop=time.monotonic() - t0, source="fresh" if parent == ROOT else "local",
-                               **payload["row"])
-            writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]))
-            if ctx.has_children(node):
-                held[node] = outcome.inherit_state
+    stack = list(reversed(plan.nodes[ROOT].children))
+    try:
+        while stack:
+            node = stack.pop()
+            if node in done_before:  # finished earlier: walk on into its unfinished subtree
                 stack.extend(reversed(plan.nodes[node].children))
-        if parent in held and tree.unplaced_children[parent] == 0:
-            del held[parent]
-        writer.maybe_flush()
-        c = tree.counts()
-        progress.update(c["done"], 0, c["failed"], c["skipped"])
+                continue
+            if tree.status[node] is not Status.READY:
+                continue
+            parent = plan.nodes[node].parent
+            tree.mark_running(node)
+            start = time.monotonic() - t0
+            source, transfer_s = ("fresh" if parent == ROOT else "local"), 0.0
+            try:
+                if parent == ROOT:
+                    init = ctx.initial_state()
+                elif parent in held:
+                    init = held[parent]
+                else:  # a parent finished in an earlier run: its state is in its checkpoint
+                    t1 = time.perf_counter()
+                    init = held[parent] = parent_state_from_checkpoint(ctx, parent)
+                    source, transfer_s = "checkpoint", time.perf_counter() - t1
+                outcome = ctx.train(node, init, train_state, checkpoints=checkpoints)
+            except Exception as e:  # a node failure is contained: record, skip the subtree
+                msg = f"{type(e).__name__}: {e}"
+                skipped = tree.mark_failed(node)
+                writer.add(ctx.node_row(node, "failed", group=0, rank=0, start=start,
+                                        stop=time.monotonic() - t0, error=msg))
+                for s in skipped:
+                    writer.add(ctx.node_row(s, "skipped", error=f"ancestor {node} failed"))
+                log(f"[hbl_mpi] node {node} failed: {msg}")
+                # a restart's finished children do not need this node: walk on into them
+                stack.extend(reversed([c for c in plan.nodes[node].children if c in done_before]))
+            else:
+                payload = ctx.payload(outcome, transfer_s)
+                tree.mark_done(node, 0)
+                row = ctx.node_row(node, "done", group=0, rank=0, start=start,
+                                   stop=time.monotonic() - t0, source=source, **payload["row"])
+                writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]))
+                if ctx.has_children(node):
+                    held[node] = outcome.inherit_state
+                    stack.extend(reversed(plan.nodes[node].children))
+            if parent in held and tree.unplaced_children[parent] == 0:
+                del held[parent]
+            writer.maybe_flush()
+            c = tree.counts()
+            progress.update(c["done"], 0, c["failed"], c["skipped"])
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()  # the queued epoch writes reach the disk before we report
     writer.flush()
     c = tree.counts()
     return {"wall_s": time.perf_counter() - wall0, "counts": c,

@@ -85,6 +85,7 @@ class EpochEnd:
     state: Callable[[], ModelState]  # snapshot of the current (last) state
     best: ModelState  # the best epoch's state (a view: copy before keeping it)
     will_stop: bool
+    start_checksum: str = ""  # checksum of the node's initial state (checkpoints record it)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class NodeOutcome:
     start_checksum: str
     inherit_state: ModelState
     best_state: ModelState = field(repr=False, default=None)
+    resumed_from: int = 0  # epochs taken from a ResumePoint (0: trained from the start)
 
 
 def derive_seed(seed: int, node: str, epoch: int = 0) -> int:
@@ -272,7 +274,7 @@ def train_node(
         if on_epoch is not None:
             on_epoch(EpochEnd(spec.node, epoch, history, improved, best_epoch, best_val, wait,
                               ts.snapshot, ModelState(best, ts.n_params, step_at(best_epoch)),
-                              stop or epoch >= spec.max_epochs))
+                              stop or epoch >= spec.max_epochs, start_checksum))
         if poll is not None:
             poll()
 
@@ -291,7 +293,7 @@ def train_node(
         n_train_cells=len(rows.train_cells), n_val_cells=len(rows.val_cells),
         steps=spe * len(history),
         train_s=time.perf_counter() - t0, start_checksum=start_checksum, inherit_state=inherit,
-        best_state=best_state,
+        best_state=best_state, resumed_from=resume.epochs_done if resume is not None else 0,
     )
 
 
