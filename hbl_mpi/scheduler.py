@@ -43,7 +43,7 @@ class Scheduler:
         self.done_before = set(done_before or ())
         for node in sorted(self.done_before, key=node_sort_key):
             if node in self.tree.status:
-                self.tree.mark_done(node, None)  # state not in memory: children load checkpoints
+                self.tree.restore_done(node)  # state not in memory: children load checkpoints
         self.free = list(range(len(topo.groups)))
         self.running: dict[int, tuple[str, float, str]] = {}  # group -> (node, start, source)
         self.transfer_id = 0

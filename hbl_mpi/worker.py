@@ -7,6 +7,11 @@ non-blocking send of a held parent; ``Release`` frees a parent once its sends ar
 While training, the trainer's ``poll`` hook serves ``SendState``/``Release`` and tests
 pending sends, so a busy holder never delays the children it feeds.
 
+With ``ckpt_enabled`` every epoch is checkpointed by a background thread (the group
+leader writes), so neither training nor a fork waits for the disk; on a restart a node
+resumes from its last epoch checkpoint and a ``checkpoint`` source loads a parent that
+finished in an earlier run (``resume.py``).
+
 Every rank of a group receives the same control messages and trains in lock-step
 (gradient allreduce on the group communicator); rank i of the holder group sends to
 rank i of the target group, so group transfers run in parallel. Only the group leader
@@ -57,6 +62,14 @@ class Worker:
         self.train_state = None
         self.nodes_finished = 0
         self._busy = False
+        from .resume import Checkpointing
+
+        # only the group leader writes (the group's ranks hold identical states); all read,
+        # and agree on the epoch they resume from
+        agree = (lambda epoch: group_comm.allgather(epoch)) if self.group is not None else None
+        ckpts = Checkpointing(ctx, write=topo.is_leader, agree=agree,
+                              log=lambda m: print(f"{m} (rank {topo.rank})", flush=True))
+        self.checkpoints = ckpts if ckpts.active else None
 
     # ---- control messages ------------------------------------------------------
     def _handle(self, msg) -> bool:
@@ -94,6 +107,8 @@ class Worker:
             self.outgoing.progress()
             backoff.sleep()
         self.outgoing.drain()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
     # ---- one node ------------------------------------------------------------
     def _initial(self, msg: Assign) -> tuple[ModelState, float]:
@@ -123,7 +138,8 @@ class Worker:
         try:
             try:
                 init, transfer_s = self._initial(msg)
-                outcome = self.ctx.train(msg.node, init, self.train_state, group=self.group, poll=self.poll)
+                outcome = self.ctx.train(msg.node, init, self.train_state, group=self.group, poll=self.poll,
+                                         checkpoints=self.checkpoints)
             except Exception as e:  # contained: the node fails, the run goes on
                 report = NodeReport(msg.node, self.topo.group, False, error=f"{type(e).__name__}: {e}")
             else:

@@ -44,13 +44,20 @@ def _writable_dir(path: str) -> None:
 
 
 def prepare(args):
-    """Rank 0: everything that can fail on user input, with no side effects."""
+    """Rank 0: everything that can fail on user input, with no side effects.
+
+    Returns the context (with ``ctx.run_info``: what a restart skips, reruns and resumes)
+    and the previous run's results to continue (minus the nodes that run again).
+    """
     from ..config import load_config
     from ..context import RunContext
+    from ..resume import drop_rerun, plan_restart
     from ..results import read_results, results_path
 
     if args.config is None and not args.overrides:
         raise InputError("run needs a CONFIG.toml (or --set data=... at least)")
+    if args.restart and args.overwrite:
+        raise InputError("--restart continues the run in OUT and --overwrite replaces it: give one of them")
     cfg = load_config(args.config, args.overrides, args.out)
     _writable_dir(cfg.out)
     path = results_path(cfg.out)
@@ -58,24 +65,33 @@ def prepare(args):
     if args.restart:
         if os.path.exists(path):
             previous = read_results(path)
-        elif cfg.ckpt_restart_mode == "required":
-            raise InputError(f"--restart with ckpt_restart_mode = required but {path!r} does not exist")
+    elif cfg.ckpt_restart_mode == "required":
+        raise InputError("ckpt_restart_mode = required continues an earlier run from its checkpoints: "
+                         "add --restart (with that run's --out)")
     elif os.path.exists(path) and not args.overwrite:
         raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
                          "or another --out")
     ctx = RunContext.build(cfg)
     if previous is not None:
         _check_compatible(previous, ctx)
-    return ctx, previous
+    ctx.run_info = plan_restart(ctx.plan, previous, ctx.ckpt_params, ctx.fingerprint, bool(args.restart),
+                                ctx.data_checksum)
+    return ctx, drop_rerun(previous, ctx.run_info.rerun)
 
 
 def _check_compatible(previous, ctx) -> None:
+    from ..resume import TRAINING_KEYS
+
     old = previous.config
-    for key in ("data", "n", "s", "order", "seed", "partition", "holdout_fraction", "model",
-                "strategy", "epochs", "inherit", "patience", "batch_size", "learning_rate"):
+    for key in ("data",) + TRAINING_KEYS:
         if key in old and old[key] != getattr(ctx.cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(ctx.cfg, key)!r}; restart with the same settings or another --out")
+
+
+def _log_restart(ctx) -> None:
+    for line in ctx.run_info.summary(len(ctx.plan.trained_nodes())) if ctx.run_info is not None else ():
+        print(f"[hbl_mpi] {line}", flush=True)
 
 
 def _make_writer(ctx, previous):
@@ -120,8 +136,8 @@ def run_serial_command(args) -> int:
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
     writer = _make_writer(ctx, previous)
     print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
-    done = previous.done_nodes() if previous is not None else set()
-    stats = run_serial(ctx, writer, done)
+    _log_restart(ctx)
+    stats = run_serial(ctx, writer, ctx.run_info.done)
     _summary(ctx, stats, writer.path)
     return _exit_code(stats)
 
@@ -150,7 +166,7 @@ def run_mpi(args) -> int:
         t0 = time.perf_counter()
         try:
             ctx, previous = prepare(args)
-            verdict = ("ok", ctx.cfg, ctx.dataset, previous.done_nodes() if previous else set())
+            verdict = ("ok", ctx.cfg, ctx.dataset, ctx.run_info)
         except InputError as e:
             verdict = ("error", str(e))
     _wait_quietly(comm)
@@ -159,13 +175,13 @@ def run_mpi(args) -> int:
         if rank == 0:
             print(f"hbl_mpi: error: {verdict[1]}", file=sys.stderr, flush=True)
         return EXIT_INPUT
-    _, cfg, dataset, done_before = verdict
+    _, cfg, dataset, run_info = verdict
     try:
         topo = build_topology(comm, cfg.group_size)
         if rank != 0:
             cfg.device = bind_device(cfg.device, topo.local_rank)
             ctx = RunContext(cfg, dataset, plan_for(dataset, PlanSpec.from_config(cfg)),
-                             torch.device(cfg.device))
+                             torch.device(cfg.device), run_info=run_info)
     except InputError as e:  # identical on every rank
         if rank == 0:
             print(f"hbl_mpi: error: {e}", file=sys.stderr, flush=True)
@@ -183,7 +199,8 @@ def run_mpi(args) -> int:
         if idle:
             print(f"[hbl_mpi] note: ranks {idle} stay idle: rank 0 takes a slot on its host, so "
                   f"its workers do not fill whole groups of {cfg.group_size}", flush=True)
-        stats = scheduler_main(ctx, topo, comm, writer, done_before)
+        _log_restart(ctx)
+        stats = scheduler_main(ctx, topo, comm, writer, run_info.done)
         with open(os.path.join(cfg.out, "run_stats.json"), "w") as f:
             json.dump(stats, f, indent=1, default=str)
         _summary(ctx, stats, writer.path)
