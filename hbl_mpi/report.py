@@ -161,6 +161,7 @@ def fig_outlier(cdfs: pd.DataFrame, counts: pd.DataFrame, labels):
     for y in (1, 2):
         ax.axhline(y, color="k", lw=0.8, ls=":")
     ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)  # only increasing nodes are plotted: levels are > 0
     ax.set_xlabel("cumulative fraction of the nodes that increased val_loss")
     ax.set_ylabel("outlier level = Δval_loss / parent val_loss (ratio)")
     ax.grid(alpha=0.3)
@@ -422,7 +423,9 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
             "Detection of the planted cells",
             f"The data has {len(truth)} planted anomalous cells ({kinds}). Per kind: that kind's cells against "
             "all clean cells; k = the number of positives. Compute: epochs and row-epochs (epochs x training "
-            "rows) spent training; seconds of training (Isolation Forest: fitting).",
+            "rows) spent training; seconds = training time summed over the models (HBL: every node's `train_s`, "
+            "however many ran at once; K-fold: its K models one after another; cleanlab adds its scoring to the "
+            "K-fold models it reuses; Isolation Forest: fitting).",
             rep.png("fig_detection_roc.png", fig_roc(curves, truth)),
             [("detection.csv", det),
              ("ranking_methods.csv (every candidate cell score, kind = all)", cmp[cmp["kind"] == "all"])]))
@@ -430,7 +433,27 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         rep.summary["methods"] = cmp
     elif baselines:
         log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
+    rep.sections.insert(0, summary_section(rep, truth, method))
     return rep
+
+
+def summary_section(rep: Report, truth: pd.DataFrame | None, method: str, top: int = 10) -> Section:
+    """The answer first: the most suspicious cells and, with a truth, how well each method found the planted ones."""
+    ranking = rep.summary["ranking"]
+    cols = [c for c in ["rank", "cell", "score", "node", "mse_ratio", "stages"] if c in ranking.columns]
+    head = ranking.head(top)[cols].copy()
+    tables = [(f"the {len(head)} most suspicious cells (score `{method}`; all cells in cell_ranking.csv)", head)]
+    text = ("Cells ranked by how badly models that never trained on them predict their responses, "
+            "relative to the other cells held out at the same stage.")
+    if truth is not None:
+        head.insert(2, "planted (truth)", head["cell"].map(dict(zip(truth["cell"], truth["kind"]))).fillna(""))
+        det = rep.summary.get("detection")
+        if det is not None:
+            d = det[det["kind"] == "all"][["method", "k", "auroc", "average_precision", "precision_at_k", "epochs",
+                                          "row_epochs", "seconds"]]
+            tables.append(("detection of the planted cells (kind = all; per kind below)", d))
+            text += f" The data has {len(truth)} planted anomalous cells."
+    return Section("Summary", text, None, tables)
 
 
 def _data_path(run: A.RunTables) -> str:
@@ -467,11 +490,22 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _td(v) -> str:
+    text = html.escape(_fmt(v))
+    numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    return f"<td>{text}</td>" if numeric else f"<td class='t'>{text}</td>"
+
+
 def html_table(df: pd.DataFrame) -> str:
+    """A scrollable HTML table: numbers right-aligned, text left-aligned."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _inline(text: str) -> str:
+    """Escape text for HTML; `code` spans (as in the markdown) become <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def render_markdown(rep: Report) -> str:
@@ -488,24 +522,26 @@ def render_markdown(rep: Report) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:right}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;
-margin-top:1.6em}.cap{font-style:italic;font-size:12px;color:#555}"""
+.tw{overflow-x:auto;margin:.3em 0 1.2em}table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}td.t{text-align:left}
+th{background:#f2f2f2;position:sticky;top:0}img{max-width:100%;border:1px solid #eee}
+h2{border-bottom:1px solid #ddd;margin-top:1.6em}.cap{font-style:italic;font-size:12px;color:#555}
+code{background:#f4f4f4;padding:0 3px;border-radius:3px;font-size:90%}"""
 
 
 def render_html(rep: Report) -> str:
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(rep.title)}</title>",
-           f"<style>{CSS}</style></head><body><h1>{html.escape(rep.title)}</h1><p>{html.escape(rep.intro)}</p>"]
+           f"<style>{CSS}</style></head><body><h1>{html.escape(rep.title)}</h1><p>{_inline(rep.intro)}</p>"]
     out.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>"
                                 for i, s in enumerate(rep.sections)) + "</ul>")
     for i, s in enumerate(rep.sections):
         out.append(f"<h2 id='s{i}'>{html.escape(s.title)}</h2>")
         if s.text:
-            out.append(f"<p>{html.escape(s.text)}</p>")
+            out.append(f"<p>{_inline(s.text)}</p>")
         if s.figure:
             out.append(f"<img src='{html.escape(s.figure)}' alt='{html.escape(s.title)}'>")
         for cap, t in s.tables:
-            out.append(f"<div class='cap'>{html.escape(cap)}</div>{html_table(t)}")
+            out.append(f"<div class='cap'>{_inline(cap)}</div>{html_table(t)}")
     out.append("</body></html>")
     return "\n".join(out)
 

@@ -182,3 +182,16 @@ def test_report_with_baselines_on_a_real_tiny_run(tmp_path, capsys):
     assert allk.loc["IsolationForest features", "epochs"] == 0
     html = (out / "report.html").read_text()
     assert "K-fold OOF residual" in html
+
+
+def test_summary_comes_first_and_html_is_readable(tmp_path):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+    rep = REP.build([a], log=lambda *x: None)
+    assert rep.sections[0].title == "Summary"
+    top, det = rep.sections[0].tables[0][1], rep.sections[0].tables[1][1]
+    assert set(top["cell"].head(3)) == set(PLANTED) and list(top["rank"]) == list(range(1, 11))
+    assert list(det["method"]) == ["HBL EXP2"] and det["auroc"].iloc[0] == 1.0
+    page = REP.render_html(rep)
+    assert "<code>mean_log_ratio</code>" in page and "`" not in page  # code spans, no raw backticks
+    assert page.count("<div class='tw'><table>") == sum(len(s.tables) for s in rep.sections)
+    assert "<td class='t'>C03</td>" in page  # text cells left-aligned, numbers right
