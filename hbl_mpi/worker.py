@@ -67,8 +67,8 @@ class Worker:
         # only the group leader writes (the group's ranks hold identical states); all read,
         # and agree on the epoch they resume from
         agree = (lambda epoch: group_comm.allgather(epoch)) if self.group is not None else None
-        ckpts = Checkpointing(ctx, write=topo.is_leader, agree=agree,
-                              log=lambda m: print(f"{m} (rank {topo.rank})", flush=True))
+        say = (lambda m: print(f"{m} (rank {topo.rank})", flush=True)) if topo.is_leader else (lambda m: None)
+        ckpts = Checkpointing(ctx, write=topo.is_leader, agree=agree, log=say)
         self.checkpoints = ckpts if ckpts.active else None
 
     # ---- control messages ------------------------------------------------------

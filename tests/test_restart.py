@@ -1,0 +1,346 @@
+"""``run --restart``: killed runs continue from results.h5 and the epoch checkpoints.
+
+The yardstick is always the uninterrupted run: after any interruption and restart the
+node table must hold every node exactly once, with the same losses bit for bit (CPU,
+one thread per rank: the trainer seeds every epoch from (seed, node, epoch), so a node
+resumed at an epoch boundary continues exactly as if never stopped).
+
+Interruptions: ``kill -9`` of the whole ``mpiexec`` process group at seeded random
+times (real, timing-dependent), a SIGKILL at a chosen epoch of the serial driver (a
+subprocess), and cheap in-process interruptions (an exception that escapes the driver
+like a kill: nothing flushed) to cover the checkpoint variants. Every launch runs under
+a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hbl_mpi.__main__ import main
+from mpiutil import mpi_env, mpiexec
+
+NODES = [f"1.{a}" for a in (1, 2, 3)] + [f"1.{a}.{b}" for a in (1, 2, 3) for b in (1, 2, 3)]
+
+CONFIG = """
+data = "{data}"
+n = 3
+s = 2
+strategy = "exp2:3"
+patience = 2
+batch_size = 64
+learning_rate = 0.003
+model = "tiny"
+seed = 5
+threads = 1
+flush_seconds = 0.0
+"""
+
+SLOW = f"fault_slow_nodes = {NODES!r}\nfault_slow_seconds = {{slow}}\n".replace("'", '"')
+
+
+class Killed(BaseException):
+    """Escapes the driver's per-node error handling, like a kill: nothing more is flushed."""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from hbl_mpi.data import synthesize, write_uno
+
+    root = tmp_path_factory.mktemp("restart")
+    ds = synthesize("small", seed=3, cells=36, drugs=10)
+    data = root / "tiny.h5"
+    write_uno(ds, str(data))
+    cfg = root / "run.toml"
+    cfg.write_text(CONFIG.format(data=data))
+    assert main(["run", str(cfg), "--serial", "--out", str(root / "reference")]) == 0
+    reference = pd.read_hdf(root / "reference" / "results.h5", "nodes").set_index("node")
+    assert sorted(reference.index) == sorted(NODES)
+    return root, cfg, reference
+
+
+def compare(reference: pd.DataFrame, out) -> pd.DataFrame:
+    """The restarted run's table equals the uninterrupted one; returns it (indexed by node)."""
+    nodes = pd.read_hdf(os.path.join(out, "results.h5"), "nodes")
+    assert nodes["node"].is_unique, nodes["node"].tolist()  # every node exactly once
+    nodes = nodes.set_index("node")
+    assert sorted(nodes.index) == sorted(reference.index)
+    nodes = nodes.loc[reference.index]
+    assert (nodes["status"] == "done").all()
+    for col in ("val_loss", "val_loss_last", "test_loss", "train_loss"):
+        np.testing.assert_array_equal(nodes[col].to_numpy(), reference[col].to_numpy(), err_msg=col)
+    for col in ("epochs_run", "best_epoch", "steps", "stopped_early", "start_checksum", "inherit_checksum"):
+        assert list(nodes[col]) == list(reference[col]), col
+    history = pd.read_hdf(os.path.join(out, "results.h5"), "history")
+    assert not history.duplicated(["node", "epoch"]).any()
+    assert len(history) == int(reference["epochs_run"].sum())
+    cell_val = pd.read_hdf(os.path.join(out, "results.h5"), "cell_val")
+    assert not cell_val.duplicated(["node", "cell"]).any()
+    return nodes
+
+
+def interrupted_run(cfg, out, target: tuple[str, int], extra=(), restart=False):
+    """Run in-process and stop dead right after ``target`` = (node, epoch) was checkpointed."""
+    from hbl_mpi import resume
+
+    original = resume.NodeSession.on_epoch
+
+    def on_epoch(self, ev):
+        original(self, ev)
+        if (ev.node, ev.epoch) == target:
+            self.owner.writer.flush()
+            raise Killed(target)
+
+    resume.NodeSession.on_epoch = on_epoch
+    try:
+        with pytest.raises(Killed):
+            main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true", *extra,
+                  *(["--restart"] if restart else [])])
+    finally:
+        resume.NodeSession.on_epoch = original
+
+
+# --------------------------------------------------------------------------- MPI
+
+
+def _newest_checkpoint(out) -> float:
+    newest = 0.0
+    for dirpath, _, files in os.walk(os.path.join(out, "ckpts")):
+        if "ckpt-info.json" in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(dirpath, "ckpt-info.json")).st_mtime)
+            except FileNotFoundError:  # pruned meanwhile
+                pass
+    return newest
+
+
+def _launch(cmd, env, out):
+    """Start ``cmd`` in its own process group; returns (proc, output lines, training-started event).
+
+    Training has started when a checkpoint newer than the launch appears (the ranks take
+    seconds to import and build their model first; a kill then tests little).
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own process group: kill -9 takes every rank
+    t0 = time.time()
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+
+    def watch():
+        while proc.poll() is None and not started.is_set():
+            if _newest_checkpoint(out) > t0:
+                break
+            time.sleep(0.02)
+        started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=watch, daemon=True).start()
+    return proc, lines, started
+
+
+@pytest.mark.timeout(240)
+def test_kill9_mpiexec_at_random_times_then_restart(setup, tmp_path):
+    root, cfg, reference = setup
+    slow_cfg = tmp_path / "slow.toml"
+    slow_cfg.write_text(cfg.read_text() + "ckpt_enabled = true\n" + SLOW.format(slow=0.2))
+    out = tmp_path / "out"
+    rng = random.Random(20240611)
+    base = [mpiexec(), "-n", "3", sys.executable, "-m", "hbl_mpi", "run", str(slow_cfg), "--out", str(out)]
+    env = mpi_env()
+    kills = []
+    for attempt in range(3):
+        cmd = base + (["--restart"] if attempt else [])
+        proc, lines, started = _launch(cmd, env, out)
+        try:
+            assert started.wait(120), "run did not start"
+            delay = rng.uniform(0.0, 2.0)
+            time.sleep(delay)
+            finished = proc.poll() is not None
+            if not finished:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            assert finished or proc.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        assert not finished or proc.returncode == 0, "".join(lines)[-3000:]
+        restart_line = [ln for ln in lines if "restart:" in ln]
+        kills.append((round(delay, 2), finished, restart_line[0].strip() if restart_line else ""))
+    proc = subprocess.run(base + ["--restart"], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "restart:" in proc.stdout
+    print(kills, [ln for ln in proc.stdout.splitlines() if "restart:" in ln or "resuming" in ln])
+    nodes = compare(reference, out)
+    # at least one kill hit a live run (not one that had already finished)
+    assert not all(k[1] for k in kills), kills
+
+
+# --------------------------------------------------------------------------- serial
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from hbl_mpi import resume
+    original = resume.NodeSession.on_epoch
+    target = (sys.argv[1], int(sys.argv[2]))
+
+    def on_epoch(self, ev):
+        original(self, ev)
+        if (ev.node, ev.epoch) == target:
+            self.owner.writer.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    resume.NodeSession.on_epoch = on_epoch
+    from hbl_mpi.__main__ import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+@pytest.mark.timeout(120)
+def test_serial_sigkill_mid_node_resumes_from_its_last_epoch(setup, tmp_path):
+    root, cfg, reference = setup
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", KILLER, "1.2", "2", "run", str(cfg), "--serial", "--out",
+                           str(out), "--set", "ckpt_enabled=true"],
+                          capture_output=True, text=True, timeout=100, env=mpi_env())
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert os.readlink(out / "ckpts" / "1.2" / "last") == "epochs/002"
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart",
+                 "--set", "ckpt_enabled=true"]) == 0
+    nodes = compare(reference, out)
+    assert nodes.loc["1.2", "resumed_from"] == 2
+    assert (nodes.loc[["1.3", "1.2.1"], "resumed_from"] == 0).all()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("variant", [
+    ("1.3", 2, ()),  # best kept by reference (the store's `best` is the trainer's)
+    ("1.2", 2, ("--set", "ckpt_save_best=false", "--set", "ckpt_keep_limit=0")),  # best inline
+    ("1.1", 2, ("--set", "inherit='last'", "--set", "ckpt_save_interval=2")),
+])
+def test_interrupted_serial_restart_variants(setup, tmp_path, variant, capsys):
+    root, cfg, reference = setup
+    node, epoch, extra = variant
+    if "inherit='last'" in extra:  # another tree: its own reference
+        ref_out = tmp_path / "ref"
+        assert main(["run", str(cfg), "--serial", "--out", str(ref_out), *extra]) == 0
+        reference = pd.read_hdf(ref_out / "results.h5", "nodes").set_index("node")
+    out = tmp_path / "out"
+    interrupted_run(cfg, out, (node, epoch), extra)
+    # a second interruption, during the restart, in a node that had not started
+    interrupted_run(cfg, out, ("1.3.1" if node != "1.3" else "1.3.2", 1), extra, restart=True)
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true",
+                 *extra]) == 0
+    log = capsys.readouterr().out
+    assert "restart:" in log
+    nodes = compare(reference, out)
+    assert (nodes["resumed_from"] > 0).any() or "pass their state on from a checkpoint" in log
+
+
+@pytest.mark.timeout(120)
+def test_finished_parent_state_from_checkpoint_or_rerun(setup, tmp_path, capsys):
+    """Finished parents with unfinished children: their checkpoint if final, else they rerun."""
+    root, cfg, reference = setup
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true"]) == 0
+    full = pd.read_hdf(out / "results.h5", "nodes")
+    # pretend the run died after these nodes: cut the rest out of results.h5
+    from hbl_mpi.results import read_results
+
+    keep = {"1.1", "1.1.1", "1.2", "1.3", "1.3.2"}
+    prev = read_results(str(out / "results.h5"))
+    _rewrite_results(out, prev, keep)
+    shutil.rmtree(out / "ckpts" / "1.3")  # 1.3's state is lost: it must run again
+    for n in set(NODES) - keep - {"1.1.2"}:
+        shutil.rmtree(out / "ckpts" / n)  # unfinished nodes without checkpoints start over
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true"]) == 0
+    log = capsys.readouterr().out
+    assert "1 finished nodes run again" in log and ": 1.3" in log
+    nodes = compare(reference, out)
+    assert nodes.loc["1.1.2", "source"] == "checkpoint" and nodes.loc["1.2.1", "source"] == "checkpoint"
+    assert nodes.loc["1.1.2", "resumed_from"] == 1  # its final checkpoint: evaluated, not retrained
+    assert nodes.loc["1.3", "source"] == "fresh" and nodes.loc["1.3.1", "source"] == "local"
+    assert set(full["node"]) == set(nodes.index)
+
+
+def _rewrite_results(out, prev, keep):
+    from hbl_mpi.results import FinishedRun, ResultsWriter
+
+    cut = FinishedRun(prev.nodes[prev.nodes["node"].isin(keep)], prev.history[prev.history["node"].isin(keep)],
+                      prev.cell_val[prev.cell_val["node"].isin(keep)], prev.config)
+    w = ResultsWriter(str(out / "results.h5"), config=prev.config, versions={}, data_checksum="",
+                      plan_frame=pd.read_hdf(out / "results.h5", "plan"), truth=None, previous=cut)
+    w.flush()
+
+
+@pytest.mark.timeout(120)
+def test_restart_without_checkpoints_reruns_needed_parents(setup, tmp_path, capsys):
+    """No checkpoints: finished nodes whose state an unfinished child needs run again."""
+    root, cfg, reference = setup
+    out = tmp_path / "out"
+    shutil.copytree(root / "reference", out)
+    from hbl_mpi.results import read_results
+
+    _rewrite_results(out, read_results(str(out / "results.h5")), {"1.1", "1.1.1", "1.1.2", "1.1.3", "1.2"})
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart"]) == 0
+    log = capsys.readouterr().out
+    assert "restart: 4 of 12 nodes finished before and skipped" in log
+    assert "1 finished nodes run again" in log and "no usable final checkpoint" in log
+    nodes = compare(reference, out)
+    assert nodes.loc["1.2", "source"] == "fresh"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.timeout(60)
+def test_required_without_checkpoint_exits_2(setup, tmp_path, capsys):
+    root, cfg, _ = setup
+    out = tmp_path / "out"
+    shutil.copytree(root / "reference", out)  # results but no checkpoints
+    before = os.stat(out / "results.h5").st_mtime_ns
+    capsys.readouterr()
+    code = main(["run", str(cfg), "--serial", "--out", str(out), "--restart",
+                 "--set", "ckpt_restart_mode='required'"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("hbl_mpi: error: ckpt_restart_mode = required but no checkpoint")
+    assert os.stat(out / "results.h5").st_mtime_ns == before  # nothing touched
+    assert main(["run", str(cfg), "--serial", "--out", str(tmp_path / "new"),
+                 "--set", "ckpt_restart_mode='required'"]) == 2
+    assert "add --restart" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--overwrite"]) == 2
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart",
+                 "--set", "learning_rate=0.01"]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.timeout(120)
+def test_required_under_mpi_exits_2_on_every_rank(setup, tmp_path):
+    root, cfg, _ = setup
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "hbl_mpi", "run", str(cfg), "--out",
+                           str(tmp_path / "none"), "--restart", "--set", "ckpt_restart_mode='required'"],
+                          capture_output=True, text=True, timeout=100, env=mpi_env())
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hbl_mpi: error:")]
+    assert len(lines) == 1 and "no checkpoint found" in lines[0] and "Traceback" not in proc.stderr
