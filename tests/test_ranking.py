@@ -242,8 +242,26 @@ def test_run_baselines_all_scored_on_the_same_cells(tmp_path):
     names = [b.name for b in out]
     assert names[:3] == ["IsolationForest features", "IsolationForest responses", "K-fold OOF residual (K=3)"]
     if B.cleanlab_available():
-        assert names[3].startswith("cleanlab") and out[3].score.idxmax() == "C09"
+        assert names[3] == "cleanlab outre (K=3 OOF)" and out[3].score.idxmax() == "C09"
         assert out[3].epochs == out[2].epochs and out[3].seconds >= out[2].seconds
     for b in out:
         assert set(b.score.index) == set(ds.cell_ids)
     assert out[0].epochs == 0 and out[2].epochs > 0 and out[2].row_epochs > 0
+
+
+def test_cleanlab_switches_to_residual_above_the_row_limit():
+    from hbl_mpi import baselines as B
+
+    if not B.cleanlab_available():
+        pytest.skip("cleanlab is not installed")
+    ds = tiny_dataset()
+    rows = np.arange(ds.n_rows)
+    pred = ds.label.astype(np.float64) + 0.01
+    pred[ds.cell_index == 9] -= 0.6  # the biased cell's labels are far from its predictions
+    oof = B.OutOfFold(rows, pred, pd.Series(dtype=float), 3, 30.0, 1.0, [])
+    small = B.cleanlab_scores(ds, oof, 3, max_outre_rows=10_000)
+    big = B.cleanlab_scores(ds, oof, 3, max_outre_rows=100)
+    assert small.detail["method"] == "outre" and big.detail["method"] == "residual"
+    assert big.name == "cleanlab residual (K=3 OOF)"
+    assert small.score.idxmax() == big.score.idxmax() == "C09"
+    assert small.epochs == 3 and small.row_epochs == 30.0 and small.seconds >= 1.0
