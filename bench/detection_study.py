@@ -82,6 +82,18 @@ def write_config(path: str, data: str, out: str, plan_seed: int, run: dict) -> N
             f.write(f"{k} = {json.dumps(v)}\n")
 
 
+def complete(results: str) -> bool:
+    """A finished run: every node of the plan is in the nodes table (a killed run is not reused)."""
+    if not os.path.exists(results):
+        return False
+    try:
+        nodes = pd.read_hdf(results, "nodes")
+        plan = pd.read_hdf(results, "plan")
+    except (KeyError, OSError, ValueError):
+        return False
+    return set(plan["node"].astype(str)) <= set(nodes.loc[nodes["status"] == "done", "node"].astype(str))
+
+
 def study_one(args) -> None:
     from hbl_mpi import analysis as A
     from hbl_mpi import ranking as R
@@ -97,12 +109,14 @@ def study_one(args) -> None:
     results = os.path.join(out, "results.h5")
     cfg_path = os.path.join(d, "run.toml")
     write_config(cfg_path, data, out, args.plan_seed if args.plan_seed is not None else args.seed, run)
-    if not os.path.exists(results) or args.rerun:
+    if not complete(results) or args.rerun:
         with heavy_lock(not args.no_lock):
             t0 = time.perf_counter()
             subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(args.ranks), sys.executable, "-m", "hbl_mpi", "run", cfg_path,
                             "--overwrite"], check=True, stdout=subprocess.DEVNULL)
             print(f"[study] {args.name}: tree trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not complete(results):
+        sys.exit(f"{results}: the run did not finish every node")
     r = A.read_run(results)
     parts = []
     t = R.cell_stage_table(r.cell_val, r.nodes)
