@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .checkpoint import AsyncCheckpointWriter, Checkpoint, CheckpointWriteError, CkptParams, NodeCheckpoints, restart_check
+from .errors import InputError
 from .plan import node_sort_key, stage_of
 from .state import ModelState
 
@@ -152,6 +153,9 @@ def plan_restart(plan, previous, params: CkptParams, fingerprint: str, restart: 
     stores = {n: NodeCheckpoints(root, n, params) for n in found if n in trained}
     info.foreign = sorted(n for n, s in stores.items()
                           if info_metadata(s.peek_last()).get("run_fingerprint") != fingerprint)
+    if params.ckpt_restart_mode == "required" and not set(stores) - set(info.foreign):
+        raise InputError(f"ckpt_restart_mode = required but the checkpoints in {root} were made by a run "
+                         "with other settings or data")
 
     def needed(p: str) -> bool:
         return any(c not in done for c in plan.nodes[p].children)

@@ -328,6 +328,15 @@ def test_required_without_checkpoint_exits_2(setup, tmp_path, capsys):
     assert main(["run", str(cfg), "--serial", "--out", str(tmp_path / "new"),
                  "--set", "ckpt_restart_mode='required'"]) == 2
     assert "add --restart" in capsys.readouterr().err
+    # checkpoints, but of a run with other settings: required still refuses
+    other = tmp_path / "other"
+    assert main(["run", str(cfg), "--serial", "--out", str(other), "--set", "ckpt_enabled=true",
+                 "--set", "learning_rate=0.01"]) == 0
+    os.remove(other / "results.h5")
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--serial", "--out", str(other), "--restart",
+                 "--set", "ckpt_restart_mode='required'"]) == 2
+    assert "made by a run with other settings or data" in capsys.readouterr().err
     assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--overwrite"]) == 2
     assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart",
                  "--set", "learning_rate=0.01"]) == 2
