@@ -7,7 +7,10 @@ only collects timings):
     mpiexec -n 3 python bench/fork.py --full     # more repetitions
 
 Compared, on the same state (weights + Adam moments, float32), in one run:
-  (a) hbl_mpi's transfer: header + one Isend/Irecv straight into the child's buffer;
+  (a) hbl_mpi's transfer: header + one Isend/Irecv straight into the child's buffer, both
+      buffers allocated as the runtime allocates them (``state.flat_buffer``: huge-page
+      backed on Linux), and (a0) the same from/into plain torch allocations (4 KB pages,
+      how the runtime allocated them before);
   (b) CANDLE's way: torch.save to a file, torch.load, copy into the child's buffer
       (page cache only), and (b') the same with an fsync before the child reads;
   (c) mpi4py's pickled lowercase send of the tensors, copied into the child's buffer;
@@ -32,7 +35,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.state import ModelState  # noqa: E402
+from hbl_mpi.state import ModelState, flat_buffer  # noqa: E402
 from hbl_mpi.transfer import OutgoingStates, recv_state_into, wait_all  # noqa: E402
 
 
@@ -63,13 +66,16 @@ def main() -> None:
     n_params = comm.bcast(n_params, root=0)
     folder = comm.bcast(args.dir or (tempfile.mkdtemp(prefix="hbl_fork_") if rank == 0 else None), root=0)
     times: dict[str, list[float]] = {
-        k: [] for k in ("hbl_transfer", "file", "file_fsync", "pickle", "raw_send", "memcpy")}
+        k: [] for k in ("hbl_transfer", "hbl_transfer_4k", "file", "file_fsync", "pickle", "raw_send", "memcpy")}
 
     if rank == 1:
-        state = ModelState(torch.randn(3 * n_params, generator=torch.Generator().manual_seed(1)), n_params, 7)
+        values = torch.randn(3 * n_params, generator=torch.Generator().manual_seed(1))
+        state = ModelState(flat_buffer(3 * n_params).copy_(values), n_params, 7)  # as TrainState.snapshot()
+        state_4k = ModelState(values, n_params, 7)
         out = OutgoingStates(comm)
     if rank == 2:
-        buf = torch.zeros(3 * n_params)
+        buf = flat_buffer(3 * n_params).zero_()  # as TrainState.flat
+        buf_4k = torch.zeros(3 * n_params)
 
     def sync() -> float:
         wait_all([comm.Ibarrier()])
@@ -88,6 +94,17 @@ def main() -> None:
             recv_state_into(comm, buf, source=1, transfer_id=rep)
             times["hbl_transfer"].append(time.perf_counter() - t0)
             checks.append(ModelState(buf, n_params, 7).checksum())
+        # (a0) the same from/into plain torch allocations (4 KB pages)
+        t0 = sync()
+        if rank == 1:
+            out.hold("p4", state_4k)
+            out.send("p4", dest=2, transfer_id=1000 + rep)
+            out.release("p4")
+            out.drain()
+        if rank == 2:
+            recv_state_into(comm, buf_4k, source=1, transfer_id=1000 + rep)
+            times["hbl_transfer_4k"].append(time.perf_counter() - t0)
+            checks.append(ModelState(buf_4k, n_params, 7).checksum())
         # (b) torch.save -> torch.load through the filesystem
         path = os.path.join(folder, f"state_{rep}.pt")
         t0 = sync()
@@ -146,8 +163,8 @@ def main() -> None:
             times["raw_send"].append(time.perf_counter() - t0)
         # (e) warm memcpy
         if rank == 2:
-            src = buf.clone()
-            dst = torch.empty_like(src)
+            src = buf
+            dst = flat_buffer(src.numel())
             dst.copy_(src)
             t0 = time.perf_counter()
             dst.copy_(src)
@@ -166,6 +183,8 @@ def main() -> None:
             "speedup_vs_file": med["file"] / med["hbl_transfer"],
             "speedup_vs_file_fsync": med["file_fsync"] / med["hbl_transfer"],
             "speedup_vs_pickle": med["pickle"] / med["hbl_transfer"],
+            "speedup_vs_file_4k": med["file"] / med["hbl_transfer_4k"],
+            "hugepage_gain": med["hbl_transfer_4k"] / med["hbl_transfer"],
             "fraction_of_raw_send": med["raw_send"] / med["hbl_transfer"],
             "hbl_transfer_GBps": nbytes / med["hbl_transfer"] / 1e9,
             "raw_send_GBps": nbytes / med["raw_send"] / 1e9,
@@ -176,7 +195,8 @@ def main() -> None:
         print(f"fork of a {n_params / 1e6:.1f} M-parameter state (weights + Adam moments = "
               f"{nbytes / 1e6:.0f} MB), median of {reps}")
         print(f"{'method':<34}{'seconds':>10}{'GB/s':>8}")
-        names = {"hbl_transfer": "(a) hbl_mpi Isend/Irecv", "file": "(b) torch.save -> torch.load",
+        names = {"hbl_transfer": "(a) hbl_mpi Isend/Irecv", "hbl_transfer_4k": "(a0) the same, 4 KB-page buffers",
+                 "file": "(b) torch.save -> torch.load",
                  "file_fsync": "(b') the same, fsync'd",
                  "pickle": "(c) pickled comm.send", "raw_send": "(d) raw Send (limit)",
                  "memcpy": "(e) warm memcpy (limit)"}

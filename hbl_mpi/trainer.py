@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .plan import NodeRows
-from .state import ModelState, TrainState
+from .state import ModelState, TrainState, clone_flat
 from .tables import DeviceTables
 
 EVAL_CHUNK = 16384
@@ -216,7 +216,7 @@ def train_node(
     ts.load(resume.state if resume is not None else init)
     ts.zero_grad()
     ts.optimizer.param_groups[0]["lr"] = spec.learning_rate
-    best = (resume.best if resume is not None else ts.snapshot()).flat.clone()
+    best = clone_flat(resume.best.flat) if resume is not None else ts.snapshot().flat
     history = list(resume.history) if resume is not None else []
     best_val = resume.best_val if resume is not None else math.inf
     best_epoch = resume.best_epoch if resume is not None else 0
