@@ -56,7 +56,10 @@ def _compare(reference: pd.DataFrame, other: pd.DataFrame) -> None:
 def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     root, cfg, reference = tiny_run
     out = root / f"mpi{ranks}"
-    proc = run_mpi(ranks, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(out)], timeout=360)
+    # with several groups, hold 1.1's group on a slow 1.1.1 (a sleep: the numbers don't
+    # change) so that idle groups must take 1.1's other children by MPI transfer
+    slow = ["--set", "fault_slow_nodes=['1.1.1']", "--set", "fault_slow_seconds=4.0"] if ranks > 2 else []
+    proc = run_mpi(ranks, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(out), *slow], timeout=360)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     nodes = pd.read_hdf(out / "results.h5", "nodes")
     assert nodes["node"].is_unique  # every plan node exactly once
