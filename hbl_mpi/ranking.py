@@ -138,7 +138,7 @@ METHODS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
     "pooled_ratio": score_pooled_ratio,
     "node_outlier": score_node_outlier,
 }
-DEFAULT_METHOD = "mean_log_ratio"
+DEFAULT_METHOD = "depth_weighted"
 """Chosen by measurement (docs/findings.md, "Choosing the cell score")."""
 
 

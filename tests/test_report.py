@@ -9,6 +9,7 @@ import pytest
 
 from hbl_mpi import analysis as A
 from hbl_mpi import report as REP
+from hbl_mpi import ranking as R
 from hbl_mpi.commands import report as cmd
 from hbl_mpi.errors import InputError
 
@@ -192,6 +193,6 @@ def test_summary_comes_first_and_html_is_readable(tmp_path):
     assert set(top["cell"].head(3)) == set(PLANTED) and list(top["rank"]) == list(range(1, 11))
     assert list(det["method"]) == ["HBL EXP2"] and det["auroc"].iloc[0] == 1.0
     page = REP.render_html(rep)
-    assert "<code>mean_log_ratio</code>" in page and "`" not in page  # code spans, no raw backticks
+    assert f"<code>{R.DEFAULT_METHOD}</code>" in page and "`" not in page  # code spans, no raw backticks
     assert page.count("<div class='tw'><table>") == sum(len(s.tables) for s in rep.sections)
     assert "<td class='t'>C03</td>" in page  # text cells left-aligned, numbers right
