@@ -79,8 +79,8 @@ def _grouped_bars(ax, table: pd.DataFrame, value: str, labels: list[str]) -> Non
     ax.set_xticks(np.arange(len(stages)), [str(s) for s in stages])
     ax.set_xlabel("stage")
     ax.grid(axis="y", alpha=0.3)
-    if len(labels) > 1:
-        ax.legend(title="epoch strategy", fontsize=8)
+    if len(labels) > 1:  # outside the axes: bars may reach any height
+        ax.legend(title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def fig_early_stop(t: pd.DataFrame, labels):
@@ -125,7 +125,8 @@ def fig_percentiles(t: pd.DataFrame, labels, levels=A.PAPER_PERCENTILES):
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(LOSS_UNIT)
-    axes[0, -1].legend(title="percentile\n(99 % = best)", fontsize=8)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, title="percentile\n(99 % = best)", fontsize=8, loc="outside right upper")
     fig.suptitle("Fig. 10: validation loss percentiles by stage and epoch strategy")
     return fig
 
