@@ -134,18 +134,25 @@ def tissue_table(cells, cosmic: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cell_ids_of(path: str) -> list[str]:
-    """The cell ids of a Uno file from its ``y_*`` tables' Sample column (no feature rows read)."""
+def responses_of(path: str) -> pd.DataFrame:
+    """The response table (Sample, label) of a Uno file from its ``y_*`` tables (no feature rows read)."""
     if not os.path.exists(path):
         raise InputError(f"data file {path!r} does not exist")
-    cells: set[str] = set()
+    parts = []
     with pd.HDFStore(path, mode="r") as st:
         for key in ("y_train", "y_val", "y_test"):
             if f"/{key}" in st.keys():
-                cells.update(st.select(key, columns=["Sample"])["Sample"].astype(str))
-    if not cells:
-        raise InputError(f"{path!r}: no y_train/y_val/y_test table with a Sample column")
-    return sorted(cells)
+                y = st.select(key)
+                label = "AUC" if "AUC" in y.columns else "Growth"
+                parts.append(pd.DataFrame({"cell": y["Sample"].astype(str), "label": y[label].astype(float)}))
+    if not parts:
+        raise InputError(f"{path!r}: no y_train/y_val/y_test table")
+    return pd.concat(parts, ignore_index=True)
+
+
+def cell_ids_of(path: str) -> list[str]:
+    """The cell ids of a Uno file."""
+    return sorted(responses_of(path)["cell"].unique())
 
 
 # ----------------------------------------------------------------------------- tables
@@ -165,21 +172,55 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def ranking_with_tissue(report_dir: str, tissues: str | None) -> pd.DataFrame:
+def ranking_with_tissue(report_dir: str, tissues: str | None, data: str | None = None) -> pd.DataFrame:
+    """cell_ranking.csv's evidence columns, plus tissue (``tissues``) and the cell's mean label (``data``)."""
     rk = pd.read_csv(os.path.join(report_dir, "cell_ranking.csv"))
     cols = [c for c in EVIDENCE if c in rk.columns]
     rk = rk[cols]
+    if data:
+        y = responses_of(data)
+        stats = y.groupby("cell")["label"].agg(mean_auc="mean", sd_auc="std").reset_index()
+        rk = rk.merge(stats, on="cell", how="left")
     if tissues:
         t = pd.read_csv(tissues)[["cell", "tissue", "subtype", "tcga"]]
         rk = rk.merge(t, on="cell", how="left")
     return rk
 
 
-def planted_ranks(report_dir: str, truth: pd.DataFrame) -> pd.DataFrame:
+def tissue_enrichment(ranked: pd.DataFrame, top: int) -> pd.DataFrame:
+    """Per tissue: cells in the top ``top`` of the ranking vs all ranked cells, and the ratio of shares."""
+    if "tissue" not in ranked:
+        raise InputError("tissue enrichment needs --tissues")
+    t = ranked["tissue"].fillna("(unknown)")
+    out = pd.DataFrame({"top": t.head(top).value_counts(), "all": t.value_counts()}).fillna(0).astype(int)
+    out["share_top"] = out["top"] / min(top, len(t))
+    out["share_all"] = out["all"] / len(t)
+    out["ratio"] = out["share_top"] / out["share_all"]
+    out = out.rename_axis("tissue").reset_index()
+    return out.sort_values(["top", "all"], ascending=False).reset_index(drop=True)
+
+
+def planted_ranks(report_dir: str, truth: pd.DataFrame, clean_dir: str | None = None) -> pd.DataFrame:
+    """Rank, score and mse_ratio of each planted cell; with ``clean_dir`` also its rank in the clean run."""
     rk = pd.read_csv(os.path.join(report_dir, "cell_ranking.csv"))
     out = truth[["cell"]].astype(str).merge(rk[["cell", "rank", "score", "mse_ratio"]], on="cell", how="left")
+    if clean_dir:
+        clean = pd.read_csv(os.path.join(clean_dir, "cell_ranking.csv"))[["cell", "rank", "score"]]
+        out = out.merge(clean.rename(columns={"rank": "clean_rank", "score": "clean_score"}), on="cell", how="left")
     out["of"] = len(rk)
     return out.sort_values("rank").reset_index(drop=True)
+
+
+def run_to_run(report_dir: str, clean_dir: str, truth: pd.DataFrame, top: int = 20) -> dict:
+    """How much the ranking of the *unplanted* cells moved between the clean and the planted run."""
+    a = pd.read_csv(os.path.join(clean_dir, "cell_ranking.csv"))
+    b = pd.read_csv(os.path.join(report_dir, "cell_ranking.csv"))
+    planted = set(truth["cell"].astype(str))
+    a, b = a[~a["cell"].isin(planted)], b[~b["cell"].isin(planted)]
+    m = a[["cell", "score"]].merge(b[["cell", "score"]], on="cell", suffixes=("_clean", "_planted"))
+    overlap = len(set(a["cell"].head(top)) & set(b["cell"].head(top)))
+    return {"cells": len(m), "spearman": float(m["score_clean"].corr(m["score_planted"], method="spearman")),
+            "top": top, "top_overlap": overlap, "planted_top": b["cell"].head(top).tolist()}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -201,10 +242,13 @@ def main(argv=None) -> int:
     b = sub.add_parser("table", help="top of REPORT_DIR/cell_ranking.csv with evidence (and tissue) as markdown")
     b.add_argument("report_dir")
     b.add_argument("--tissues")
+    b.add_argument("--data", help="the run's data file: adds each cell's mean AUC")
+    b.add_argument("--enrichment", type=int, default=0, help="also tissue counts in the top N vs all (needs --tissues)")
     b.add_argument("--top", type=int, default=20)
     c = sub.add_parser("planted", help="ranks of the planted cells and the report's detection scores")
     c.add_argument("report_dir")
     c.add_argument("--results", required=True, help="results.h5 of the planted run (its truth table)")
+    c.add_argument("--clean", help="report directory of the clean run: adds each planted cell's clean rank")
     args = p.parse_args(argv)
     try:
         return _dispatch(args)
@@ -238,10 +282,25 @@ def _dispatch(args) -> int:
         os.replace(tmp, args.out)
         print(f"wrote {args.out}: {int(t['tissue'].notna().sum())} of {len(t)} cells with a tissue")
     elif args.cmd == "table":
-        print(markdown(ranking_with_tissue(args.report_dir, args.tissues).head(args.top)))
+        ranked = ranking_with_tissue(args.report_dir, args.tissues, args.data)
+        print(markdown(ranked.head(args.top)))
+        if args.enrichment:
+            print()
+            print(markdown(tissue_enrichment(ranked, args.enrichment)))
+        if "mean_auc" in ranked:
+            top = ranked.head(args.enrichment or args.top)
+            print(f"\nmean AUC of the top {len(top)} cells {top['mean_auc'].mean():.3f}, "
+                  f"of all {len(ranked)} cells {ranked['mean_auc'].mean():.3f}; Spearman(score, mean AUC) "
+                  f"{ranked['score'].corr(ranked['mean_auc'], method='spearman'):.3f}; "
+                  f"sd of AUC across drugs: top {top['sd_auc'].mean():.3f}, all {ranked['sd_auc'].mean():.3f}, "
+                  f"Spearman(score, sd) {ranked['score'].corr(ranked['sd_auc'], method='spearman'):.3f}")
     elif args.cmd == "planted":
         truth = pd.read_hdf(args.results, "truth")
-        print(markdown(planted_ranks(args.report_dir, truth)))
+        print(markdown(planted_ranks(args.report_dir, truth, args.clean)))
+        if args.clean:
+            r = run_to_run(args.report_dir, args.clean, truth)
+            print(f"\nunplanted cells ({r['cells']}): Spearman of clean vs planted scores {r['spearman']:.3f}; "
+                  f"{r['top_overlap']} of the clean top {r['top']} are in the planted run's top {r['top']}")
         det = os.path.join(args.report_dir, "detection.csv")
         if os.path.exists(det):
             print()
