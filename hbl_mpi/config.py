@@ -191,6 +191,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         value = raw
     if _TYPES.get(key) is str and not isinstance(value, str):
         value = raw  # a string key takes the text as written: `--set out=2024`, `--set data=true`
+    if _TYPES.get(key) is list and not isinstance(value, (list, str)):
+        value = raw  # node names: `--set fault_fail_nodes=1.2` is not the float 1.2
     return key, value
 
 

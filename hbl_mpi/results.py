@@ -196,7 +196,9 @@ class ResultsWriter:
             warnings.simplefilter("ignore")  # PyTables performance warnings on object columns
             with pd.HDFStore(tmp, mode="w") as store:
                 for key, df in self.tables().items():
-                    store.put(key, _hdf_safe(df), format="table")
+                    # PyTables' table format silently stores nothing for an empty frame (then
+                    # the file has no `nodes` to hold the attributes): the fixed format does
+                    store.put(key, _hdf_safe(df), format="table" if len(df) else "fixed")
                 attrs = store.get_storer("nodes").attrs
                 attrs.config = self.config
                 attrs.versions = self.versions

@@ -10,7 +10,11 @@ Mechanism only; the decisions come from ``policy.place``. The loop:
    record it, flush results (rate-limited, atomic), update progress.
 
 A worker that reports ``WorkerFatal`` (or any exception here) aborts the whole job with
-a message: an MPI job must never hang.
+a message: an MPI job must never hang. Rank 0 flushes the results before it aborts, so
+the file holds every node reported until then. While it waits, rank 0 also checks that
+the worker processes on its host still exist (``liveness.py``): a worker that dies
+without a word under a launcher that does not end the job (``srun`` without
+``--kill-on-bad-exit``) aborts the run within a second instead of hanging it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import time
 from mpi4py import MPI
 
 from .context import RunContext
+from .errors import EXIT_FATAL
+from .faults import maybe_crash
+from .liveness import PeerWatch, RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .plan import node_sort_key
@@ -52,6 +59,9 @@ class Scheduler:
                                  already_done=len(self.done_before))
         self.busy_trace: list[tuple[float, int]] = []
         self.messages_sent = 0
+        self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
+        self.watch = PeerWatch.on_my_host(list(range(1, topo.world_size)), topo.procs,
+                                          topo.host_of_rank, topo.rank)
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:
@@ -85,6 +95,7 @@ class Scheduler:
         status = MPI.Status()
         while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
             self.writer.maybe_flush()
+            self._check_alive()
             backoff.sleep()
         return self.comm.recv(source=status.Get_source(), tag=TAG_REPORT)
 
@@ -110,6 +121,12 @@ class Scheduler:
                 self.writer.add(ctx.node_row(s, "skipped", error=f"ancestor {rep.node} failed"))
             self.log(f"[hbl_mpi] node {rep.node} failed on group {rep.group}: {rep.error}")
 
+    def _check_alive(self) -> None:
+        for rank, who in self.watch.dead().items():
+            doing = [f"node {node} (group {g})" for g, (node, _, _) in self.running.items()
+                     if rank in self.topo.groups[g]]
+            raise RankGone(describe_death(rank, who) + (f" while training {doing[0]}" if doing else ""))
+
     # ---- main loop -------------------------------------------------------------
     def run(self) -> dict:
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -127,6 +144,8 @@ class Scheduler:
             if isinstance(msg, WorkerFatal):
                 raise RuntimeError(f"rank {msg.rank} failed: {msg.error}")
             self._record(msg)
+            self.recorded += 1
+            maybe_crash(self.ctx.cfg, self.topo.rank, self.recorded)
             self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
             self.writer.maybe_flush()
             recorded = True
@@ -145,14 +164,16 @@ class Scheduler:
 
 def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: ResultsWriter,
                    done_before: set[str] | None = None) -> dict:
-    """Run the scheduler; any error aborts every rank (never a hang)."""
+    """Run the scheduler; any error (Ctrl-C and SystemExit too) aborts every rank, never a hang."""
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
-    except Exception as e:
-        print(f"hbl_mpi: fatal: rank 0: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        cause = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        print(f"hbl_mpi: fatal: rank 0: {cause}", file=sys.stderr, flush=True)
         try:
             writer.flush()
             print(f"hbl_mpi: results so far are in {writer.path}; rerun with --restart to continue",
                   file=sys.stderr, flush=True)
         finally:
-            comm.Abort(4)
+            comm.Abort(130 if interrupted else EXIT_FATAL)

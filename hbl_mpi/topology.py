@@ -13,11 +13,12 @@ start) rather than making every multi-host group layout impossible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mpi4py import MPI
 
 from .errors import InputError
+from .liveness import ProcessIdentity, identity
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Topology:
     ranks_on_host: int
     groups: list[list[int]]  # group id -> world ranks (ascending)
     group_host: dict[int, int]
+    procs: list[ProcessIdentity] = field(default_factory=list)  # world rank -> pid (liveness.py)
 
     @property
     def group(self) -> int | None:
@@ -93,11 +95,12 @@ def build_topology(comm: MPI.Comm, group_size: int) -> Topology:
     leaders = comm.allgather(leader)
     hosts = {ldr: i for i, ldr in enumerate(sorted(set(leaders)))}
     host_of_rank = [hosts[ldr] for ldr in leaders]
+    procs = comm.allgather(identity())
     groups = group_layout(host_of_rank, group_size)
     return Topology(
         world_size=comm.Get_size(), rank=comm.Get_rank(), host_of_rank=host_of_rank,
         local_rank=local_rank, ranks_on_host=ranks_on_host, groups=groups,
-        group_host={g: host_of_rank[ranks[0]] for g, ranks in enumerate(groups)},
+        group_host={g: host_of_rank[ranks[0]] for g, ranks in enumerate(groups)}, procs=procs,
     )
 
 

@@ -20,8 +20,6 @@ reports to rank 0.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 import traceback
@@ -30,6 +28,9 @@ import torch
 from mpi4py import MPI
 
 from .context import RunContext
+from .errors import EXIT_FATAL
+from .faults import maybe_crash
+from .liveness import PeerWatch, RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .state import ModelState
@@ -62,6 +63,8 @@ class Worker:
         self.train_state = None
         self.nodes_finished = 0
         self._busy = False
+        # rank 0 on this host: if it dies and the launcher keeps the job, stop waiting for it
+        self.watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank)
         from .resume import Checkpointing
 
         # only the group leader writes (the group's ranks hold identical states); all read,
@@ -105,6 +108,8 @@ class Worker:
                 backoff.reset()
                 continue
             self.outgoing.progress()
+            for rank, who in self.watch.dead().items():
+                raise RankGone(describe_death(rank, who) + " (rank 0 is the scheduler)")
             backoff.sleep()
         self.outgoing.drain()
         if self.checkpoints is not None:
@@ -153,34 +158,39 @@ class Worker:
         if self.topo.is_leader:
             self.comm.send(report, dest=0, tag=TAG_REPORT)
         self.nodes_finished += 1
-        self._maybe_injected_crash()
+        maybe_crash(self.ctx.cfg, self.topo.rank, self.nodes_finished)
 
-    def _maybe_injected_crash(self) -> None:
-        """Fault injection (tests): die after ``fault_crash_after`` finished nodes."""
-        cfg = self.ctx.cfg
-        if cfg.fault_crash_rank != self.topo.rank or self.nodes_finished < cfg.fault_crash_after:
-            return
-        print(f"hbl_mpi: rank {self.topo.rank}: injected crash ({cfg.fault_crash_kind}) after "
-              f"{self.nodes_finished} nodes", file=sys.stderr, flush=True)
-        if cfg.fault_crash_kind == "exit":
-            os._exit(17)
-        if cfg.fault_crash_kind == "signal":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected exception outside node work on rank {self.topo.rank}")
+
+FATAL_GRACE_S = 10.0
+"""How long a failing worker lets rank 0 flush the results and abort the job itself
+before it aborts the job on its own (rank 0 may be mid-flush, or gone)."""
 
 
 def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> None:
-    """Run the worker loop; any error outside node work aborts the whole job."""
+    """Run the worker loop; any error outside node work aborts the whole job.
+
+    ``BaseException``, not ``Exception``: a ``SystemExit`` (``sys.exit`` in a library) or a
+    ``KeyboardInterrupt`` that let this rank return and finalize MPI would leave rank 0
+    waiting for its report forever, and mpiexec waits for rank 0.
+    """
     try:
         Worker(ctx, topo, comm, group_comm).run()
-    except Exception as e:
+    except BaseException as e:
         msg = f"{type(e).__name__}: {e}"
         print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
-        traceback.print_exc()
         try:
-            req = comm.isend(WorkerFatal(topo.rank, msg), dest=0, tag=TAG_REPORT)
-            deadline = time.monotonic() + 2.0
-            while not req.Test() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            if not isinstance(e, RankGone):
+                traceback.print_exc()
+                _let_rank0_abort(comm, topo, msg)
         finally:
-            comm.Abort(4)
+            comm.Abort(EXIT_FATAL)
+
+
+def _let_rank0_abort(comm: MPI.Comm, topo: Topology, msg: str) -> None:
+    """Tell rank 0, which flushes the results and aborts the job; wait for that, a while."""
+    req = comm.isend(WorkerFatal(topo.rank, msg), dest=0, tag=TAG_REPORT)
+    watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank, interval=0.5)
+    deadline = time.monotonic() + FATAL_GRACE_S
+    while time.monotonic() < deadline and not watch.dead():
+        req.Test()  # drive the send; rank 0's Abort ends this process
+        time.sleep(0.05)

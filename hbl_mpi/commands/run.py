@@ -6,7 +6,13 @@ Start-up order is what keeps bad input from hanging or half-writing anything:
 2. rank 0 broadcasts either the error (every rank exits 2, rank 0 prints one line) or
    the validated config and the normalised dataset (never read P times);
 3. all ranks agree on the topology (same verdict on a bad ``group_size`` everywhere);
-4. only then rank 0 creates the output directory and the results file.
+4. only then rank 0 creates the output directory and the results file (written at once,
+   so a crash at any later moment leaves a file to read).
+
+A failure that is not the user's (a bug, a dead rank) ends every rank with exit 4 and a
+message naming the rank and the cause, never a hang: an unexpected error in ``prepare``
+is broadcast like an input error; every wait here sleeps and, under launchers that keep
+a job running when one rank dies, watches the other ranks' processes (``liveness.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import json
 import os
 import sys
 import time
+import traceback
 
-from ..errors import EXIT_INPUT, InputError
+from ..errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 
 def configure(p) -> None:
@@ -50,6 +57,7 @@ def prepare(args):
     and the previous run's results to continue (minus the nodes that run again).
     """
     from ..config import load_config
+    from ..faults import check_fault_nodes
     from ..context import RunContext
     from ..resume import drop_rerun, plan_restart
     from ..results import read_results, results_path
@@ -72,6 +80,7 @@ def prepare(args):
         raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
                          "or another --out")
     ctx = RunContext.build(cfg)
+    check_fault_nodes(cfg, ctx.plan.trained_nodes())
     if previous is not None:
         _check_compatible(previous, ctx)
     ctx.run_info = plan_restart(ctx.plan, previous, ctx.ckpt_params, ctx.fingerprint, bool(args.restart),
@@ -100,11 +109,13 @@ def _make_writer(ctx, previous):
     os.makedirs(ctx.cfg.out, exist_ok=True)
     attrs = ctx.run_attrs()
     truth = ctx.dataset.truth
-    return ResultsWriter(
+    writer = ResultsWriter(
         results_path(ctx.cfg.out), config=attrs["config"], versions=attrs["versions"],
         data_checksum=attrs["data_checksum"], plan_frame=ctx.plan.to_frame(), truth=truth,
         flush_seconds=ctx.cfg.flush_seconds, previous=previous,
     )
+    writer.flush()  # the file exists before any node trains: a crash from now on leaves one
+    return writer
 
 
 def _summary(ctx, stats: dict, path: str) -> None:
@@ -142,11 +153,40 @@ def run_serial_command(args) -> int:
     return _exit_code(stats)
 
 
-def _wait_quietly(comm) -> None:
-    """A barrier that sleeps instead of spinning while rank 0 reads the data."""
+def _wait_quietly(comm, watch=None) -> None:
+    """A barrier that sleeps instead of spinning (while rank 0 reads the data, while idle
+    ranks wait for the end); a peer in ``watch`` that dies aborts the job."""
+    from ..liveness import describe_death
     from ..transfer import wait_all
 
-    wait_all([comm.Ibarrier()])
+    def poll() -> None:
+        for rank, who in watch.dead().items():
+            print(f"hbl_mpi: fatal: rank {comm.Get_rank()}: {describe_death(rank, who)}",
+                  file=sys.stderr, flush=True)
+            comm.Abort(EXIT_FATAL)
+
+    wait_all([comm.Ibarrier()], poll=poll if watch is not None and watch.peers else None)
+
+
+def _watch_rank0(comm):
+    """Workers on rank 0's host watch it while it reads the data (it may die of OOM there)."""
+    from mpi4py import MPI
+
+    from ..liveness import PeerWatch, identity, is_alive
+
+    name = MPI.Get_processor_name()
+    root_name, root = comm.bcast((name, identity()) if comm.Get_rank() == 0 else None, root=0)
+    if comm.Get_rank() == 0 or name != root_name or not is_alive(root):
+        return None  # another host (or PID namespace): the launcher's job
+    return PeerWatch({0: root})
+
+
+def _watch_peers(topo):
+    """Rank 0 watches every worker on its host; a worker (or idle rank) watches rank 0."""
+    from ..liveness import PeerWatch
+
+    ranks = list(range(1, topo.world_size)) if topo.rank == 0 else [0]
+    return PeerWatch.on_my_host(ranks, topo.procs, topo.host_of_rank, topo.rank)
 
 
 def run_mpi(args) -> int:
@@ -154,6 +194,7 @@ def run_mpi(args) -> int:
     from mpi4py import MPI
 
     from ..context import RunContext, default_threads
+    from ..faults import check_fault_rank
     from ..plan import PlanSpec, plan_for
     from ..scheduler import scheduler_main
     from ..topology import bind_device, build_topology, idle_ranks
@@ -161,6 +202,7 @@ def run_mpi(args) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    root_watch = _watch_rank0(comm)
     verdict = None
     if rank == 0:
         t0 = time.perf_counter()
@@ -169,8 +211,15 @@ def run_mpi(args) -> int:
             verdict = ("ok", ctx.cfg, ctx.dataset, ctx.run_info)
         except InputError as e:
             verdict = ("error", str(e))
-    _wait_quietly(comm)
+        except Exception as e:  # not the user's fault: still, every rank ends, none waits
+            traceback.print_exc()
+            verdict = ("fatal", f"{type(e).__name__}: {e}")
+    _wait_quietly(comm, root_watch)
     verdict = comm.bcast(verdict, root=0)
+    if verdict[0] == "fatal":
+        if rank == 0:
+            print(f"hbl_mpi: fatal: rank 0: {verdict[1]}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
     if verdict[0] == "error":
         if rank == 0:
             print(f"hbl_mpi: error: {verdict[1]}", file=sys.stderr, flush=True)
@@ -178,6 +227,7 @@ def run_mpi(args) -> int:
     _, cfg, dataset, run_info = verdict
     try:
         topo = build_topology(comm, cfg.group_size)
+        check_fault_rank(cfg, topo.world_size)
         if rank != 0:
             cfg.device = bind_device(cfg.device, topo.local_rank)
             ctx = RunContext(cfg, dataset, plan_for(dataset, PlanSpec.from_config(cfg)),
@@ -191,7 +241,12 @@ def run_mpi(args) -> int:
     group = topo.group
     group_comm = comm.Split(group if group is not None else MPI.UNDEFINED, rank)
     if rank == 0:
-        writer = _make_writer(ctx, previous)
+        try:
+            writer = _make_writer(ctx, previous)
+        except BaseException as e:  # e.g. the disk filled up since prepare() looked
+            print(f"hbl_mpi: fatal: rank 0: cannot write the results file: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            comm.Abort(EXIT_FATAL)
         print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
               f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
               f"(setup {time.perf_counter() - t0:.1f} s)", flush=True)
@@ -210,7 +265,7 @@ def run_mpi(args) -> int:
         code = 0
     else:
         code = 0  # an idle rank: wait (sleeping) for the end
-    _wait_quietly(comm)
+    _wait_quietly(comm, _watch_peers(topo))
     return comm.bcast(code, root=0)
 
 

@@ -1,0 +1,114 @@
+"""Noticing a rank that died without a word, for launchers that do not notice it for us.
+
+MPICH's hydra ``mpiexec`` (the pip ``mpich`` wheel), Open MPI and jsrun tear the whole
+job down when one rank exits or is killed, so no rank waits for a dead one. Others do
+not: ``srun`` without ``--kill-on-bad-exit`` (Slurm's default unless ``KillOnBadExit``
+is set), hydra with ``-disable-auto-cleanup``. There a worker killed by the OOM killer
+leaves rank 0 waiting for its report forever, and a dead rank 0 leaves every worker
+waiting for its next order: the allocation burns until the wall-clock limit.
+
+Plain MPI-3 cannot tell a dead rank from a slow one, and a heartbeat with a timeout
+would have to outlast the longest blocking step (building the device tables, reading a
+checkpoint, a slow peer in an allreduce): minutes, and a false alarm kills a healthy
+1,000-node run. Process ids need no timeout: at start-up every rank publishes its pid
+and the kernel's start time of that pid (``build_topology``), and a rank checks, at most
+once a second, that the processes it waits for *on its own host* still exist. Rank 0
+watches its host's workers; workers on rank 0's host watch rank 0. A rank on another host
+is left to the launcher (use ``srun --kill-on-bad-exit=1``).
+
+A pid that is gone, a zombie, or reused by another process (different start time) is
+dead. A pid rank 0 cannot see at start-up (another PID namespace) is not watched, so a
+container layout never turns into a false alarm.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as the kernel names it: the pid and its start time (``""`` if unknown)."""
+
+    pid: int
+    start: str = ""
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (which may hold spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def identity(pid: int | None = None) -> ProcessIdentity:
+    """This process's (or ``pid``'s) identity; the start time is field 22 of its stat line."""
+    pid = os.getpid() if pid is None else pid
+    fields = _stat_fields(pid)
+    return ProcessIdentity(pid, fields[19] if fields and len(fields) > 19 else "")
+
+
+def is_alive(who: ProcessIdentity) -> bool:
+    """False when the process has exited (gone or a zombie) or its pid now names another."""
+    try:
+        os.kill(who.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    fields = _stat_fields(who.pid)
+    if fields is None:  # gone since the signal, or no procfs (macOS): then signal 0 is all we have
+        return not os.path.isdir("/proc/self")
+    if fields[0] in ("Z", "X", "x"):
+        return False
+    return not who.start or len(fields) <= 19 or fields[19] == who.start
+
+
+@dataclass
+class PeerWatch:
+    """Ranks whose processes one rank watches; ``dead()`` checks at most every ``interval`` s."""
+
+    peers: dict[int, ProcessIdentity]
+    interval: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _next: float = field(default=0.0, init=False)
+
+    @classmethod
+    def on_my_host(cls, ranks: list[int], procs: list[ProcessIdentity], host_of_rank: list[int],
+                   me: int, interval: float = 1.0) -> "PeerWatch":
+        """Watch those of ``ranks`` on this rank's host that are visible (alive) right now."""
+        peers = {}
+        if procs:
+            for r in ranks:
+                if r != me and host_of_rank[r] == host_of_rank[me] and is_alive(procs[r]):
+                    peers[r] = procs[r]
+        return cls(peers, interval)
+
+    def dead(self) -> dict[int, ProcessIdentity]:
+        """Ranks found dead by this check (each reported once); {} between checks."""
+        if not self.peers:
+            return {}
+        now = self.clock()
+        if now < self._next:
+            return {}
+        self._next = now + self.interval
+        gone = {r: who for r, who in self.peers.items() if not is_alive(who)}
+        for r in gone:
+            del self.peers[r]
+        return gone
+
+
+def describe_death(rank: int, who: ProcessIdentity) -> str:
+    """The one-line cause, as far as a process that is not the parent can know it."""
+    return (f"rank {rank} (pid {who.pid}) is gone: it exited or was killed (a signal, the OOM "
+            f"killer, os._exit) without reporting, and the launcher did not end the job")
+
+
+class RankGone(RuntimeError):
+    """A watched rank's process no longer exists: the job must end (``comm.Abort``)."""
