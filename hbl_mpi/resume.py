@@ -325,7 +325,7 @@ class Checkpointing:
     @property
     def writer(self) -> AsyncCheckpointWriter:
         if self._writer is None:
-            self._writer = AsyncCheckpointWriter(max_pending=2)
+            self._writer = AsyncCheckpointWriter(max_pending=2, nice=10)
         return self._writer
 
     def _resume_point(self, store: NodeCheckpoints, node: str, init: ModelState, max_epochs: int):
