@@ -187,6 +187,10 @@ def main() -> None:
             "critical_path_s": crit, "total_work_s": total,
             "makespan_over_bound": makespan / bound,
             "busy_fraction": timed["busy_s"] / (workers * makespan),
+            # worker time not spent in a task, per task: dispatch latency (rank 0's and the
+            # workers' poll back-off), messages, forks; independent of task length, so it
+            # says what makespan/bound becomes for real tasks (seconds to hours)
+            "idle_ms_per_task": 1e3 * (workers * makespan - timed["busy_s"]) / len(names),
             "rank0_cpu_fraction_timed": timed["rank0_cpu_fraction"],
             "transfers": timed["transfers"],
         }
@@ -198,6 +202,7 @@ def main() -> None:
               f"work/workers {total / workers:.2f})")
         print(f"{'  makespan / bound':<40}{res['makespan_over_bound']:>10.3f}")
         print(f"{'  worker busy fraction':<40}{res['busy_fraction']:>10.3f}")
+        print(f"{'  worker idle per task':<40}{res['idle_ms_per_task']:>10.1f} ms")
         print(f"{'  rank 0 CPU / wall':<40}{res['rank0_cpu_fraction_timed']:>10.3f}")
         print(json.dumps(res))
         for f in os.listdir(out_dir):
