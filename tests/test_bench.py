@@ -1,0 +1,118 @@
+"""Smoke tests of the benchmarks: each runs at a tiny size, prints a table and, last, one
+JSON object whose figures are consistent with what the script measured.
+
+Timings are not asserted (a shared 2-core host makes them noise at these sizes); what is
+asserted is what must hold at any size: correct transfers, exact data-byte arithmetic,
+every node of the tree scheduled, the simulated tree finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from mpiutil import ROOT, run_mpi, run_py
+
+
+def last_json(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) >= 3, proc.stdout  # a human table before the JSON
+    return json.loads(lines[-1])
+
+
+@pytest.mark.timeout(60)
+def test_train_bench_tiny():
+    rows, batch = 1024, 64
+    res = last_json(run_py([str(ROOT / "bench/train.py"), "--rows", str(rows), "--steps", "3", "--epochs", "1",
+                            "--batch", str(batch), "--preset", "tiny"], timeout=55))
+    for key in ("speedup_vs_dataloader", "memory_ratio", "memory_ratio_full_top21_computed",
+                "data_path_speedup_vs_dataloader"):
+        assert res[key] > 0, key
+    v = res["variants"]
+    assert set(v) == {"trainer", "dataloader", "batched"}
+    # the duplicated layout's bytes are exact: one float32 row of every feature + the label per row
+    assert v["dataloader"]["data_tensor_bytes"] == rows * (942 + 5270 + 1) * 4
+    cells, drugs = res["cells"], res["drugs"]
+    assert v["trainer"]["data_tensor_bytes"] == cells * 942 * 4 + drugs * 5270 * 4 + rows * 36
+    assert res["memory_ratio_tables_only"] == pytest.approx(
+        v["dataloader"]["data_tensor_bytes"] / v["trainer"]["data_tensor_bytes"])
+    full = res["full_top21_computed"]
+    assert full["duplicated_bytes"] == 529_940 * 6213 * 4
+    assert res["memory_ratio_full_top21_computed"] > 50
+    for name in v:
+        assert v[name]["train_rows"] == 3 * batch and v[name]["samples_per_s"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_fork_bench_tiny():
+    res = last_json(run_mpi(3, [str(ROOT / "bench/fork.py"), "--params", "200000", "--reps", "2"], timeout=55))
+    assert res["checksums_consistent"] is True
+    assert res["state_bytes"] == 3 * 200_000 * 4
+    for key in ("speedup_vs_file", "speedup_vs_pickle", "fraction_of_raw_send", "hugepage_gain"):
+        assert res[key] > 0, key
+
+
+@pytest.mark.timeout(60)
+def test_fork_bench_needs_three_ranks():
+    proc = run_mpi(2, [str(ROOT / "bench/fork.py"), "--params", "1000", "--reps", "1"], timeout=55)
+    assert proc.returncode != 0 and "3 ranks" in proc.stderr
+
+
+@pytest.mark.timeout(90)
+def test_schedule_bench_tiny():
+    res = last_json(run_mpi(3, [str(ROOT / "bench/schedule.py"), "--n", "2", "--s", "3", "--scale", "0.01"],
+                            timeout=85))
+    assert res["nodes"] == 2 + 4 + 8
+    assert res["tasks_per_s"] > 0 and res["futures_tasks_per_s"] > 0
+    # the makespan can never beat the DAG's lower bound
+    assert res["makespan_over_bound"] >= 1.0
+    assert 0 < res["busy_fraction"] <= 1.0
+
+
+@pytest.mark.timeout(60)
+def test_simulate_small_machines(tmp_path):
+    png = tmp_path / "load.png"
+    res = last_json(run_py([str(ROOT / "bench/simulate.py"), "--nodes", "1,2", "--s", "3", "--plot", str(png)],
+                           timeout=55))
+    runs = res["runs"]
+    assert [r["summit_nodes"] for r in runs] == [1, 2]
+    for r in runs:
+        assert r["tree_nodes"] == 4 + 16 + 64
+        assert r["groups"] == r["gpus"] - 1  # rank 0 takes one GPU slot
+        assert 0 < r["gpu_utilization"] <= 1 and r["peak_busy_groups"] <= r["groups"]
+        assert all(0 <= u <= 1 + 1e-9 for u in r["utilization_over_time"])
+    # more GPUs never lengthen the makespan of the same tree by more than noise
+    assert runs[1]["makespan_h"] <= runs[0]["makespan_h"] * 1.05
+    assert png.stat().st_size > 0
+
+
+def test_state_buffers_are_huge_page_backed_when_linux_allows():
+    """state.flat_buffer asks for transparent huge pages (forks pin fewer pages): check the
+    kernel actually gave them, when THP is in madvise/always mode."""
+    from hbl_mpi.state import clone_flat, flat_buffer
+
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        pytest.skip("no transparent huge pages on this system")
+    if "[never]" in mode or not sys.platform.startswith("linux"):
+        pytest.skip("transparent huge pages disabled")
+    t = flat_buffer(8 << 20).zero_()  # 32 MB
+    c = clone_flat(t)
+    assert torch.equal(c, t) and c.data_ptr() != t.data_ptr()
+    start, end = t.data_ptr(), t.data_ptr() + t.numel() * 4
+    huge_kb = 0
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo < end and hi > start
+            elif inside and head == "AnonHugePages:":
+                huge_kb += int(line.split()[1])
+    assert huge_kb >= 16 * 1024, f"only {huge_kb} kB of huge pages in a 32 MB state buffer"
