@@ -57,9 +57,9 @@ def prepare(args):
     and the previous run's results to continue (minus the nodes that run again).
     """
     from ..config import load_config
+    from ..data import read_uno
     from ..faults import check_fault_nodes
-    from ..context import RunContext
-    from ..resume import drop_rerun, plan_restart
+    from ..plan import PlanSpec, plan_for
     from ..results import read_results, results_path
 
     if args.config is None and not args.overrides:
@@ -79,8 +79,14 @@ def prepare(args):
     elif os.path.exists(path) and not args.overwrite:
         raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
                          "or another --out")
-    ctx = RunContext.build(cfg)
-    check_fault_nodes(cfg, ctx.plan.trained_nodes())
+    dataset = read_uno(cfg.data)
+    plan = plan_for(dataset, PlanSpec.from_config(cfg))
+    check_fault_nodes(cfg, plan.trained_nodes())
+    # torch only now: a bad config or data file is rejected in a fraction of a second
+    from ..context import RunContext, resolve_device
+    from ..resume import drop_rerun, plan_restart
+
+    ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
         _check_compatible(previous, ctx)
     ctx.run_info = plan_restart(ctx.plan, previous, ctx.ckpt_params, ctx.fingerprint, bool(args.restart),
@@ -138,12 +144,12 @@ def _exit_code(stats: dict) -> int:
 
 
 def run_serial_command(args) -> int:
+    ctx, previous = prepare(args)
     import torch
 
     from ..context import default_threads
     from ..serial import run_serial
 
-    ctx, previous = prepare(args)
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
     writer = _make_writer(ctx, previous)
     print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
