@@ -106,7 +106,8 @@ def fig_epochs(t: pd.DataFrame, labels):
     ax.set_xticks(sorted(t["stage"].unique()))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # outside the axes: with several strategies the legend covered the stage-2..3 lines
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Fig. 9: epochs actually trained by stage (mean) vs budget")
     return fig
 
@@ -315,10 +316,24 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
     def pick(df, cols):
         return df[[c for c in ["strategy"] + cols if c in df.columns]]
 
+    failed = pd.concat([A.failed_nodes(r.nodes).assign(strategy=r.label) for r in runs], ignore_index=True)
+    failed_sections = []
+    if len(failed):
+        rep.csv("failed_nodes.csv", failed)
+        skipped = [f"`{r.label}`: " + ", ".join(r.nodes.loc[r.nodes["status"] == "skipped", "node"].head(20))
+                   for r in runs if (r.nodes["status"] == "skipped").any()]
+        failed_sections.append(Section(
+            "Failed nodes",
+            f"{len(failed)} node(s) failed (an exception or a non-finite loss while training); their "
+            f"descendants were skipped, never trained: the run is partial. `run --restart` with the same "
+            f"--out trains them again. Skipped: {'; '.join(skipped) or 'none'}.",
+            None, [("failed_nodes.csv", failed)]))
+
     rep.sections += [
         Section("Run totals", "Nodes, epochs, training row-epochs (epochs x training rows) and time per run; "
                 "utilisation = mean busy groups / groups over the run's span.", None,
                 [("run_totals.csv", totals)]),
+        *failed_sections,
         Section("Fig. 7: trajectories", "Every leaf's path through the tree (val_loss of each node on it).",
                 rep.png("fig07_trajectories.png", fig_trajectories(runs))),
         Section("Fig. 8: early stopping", "Fraction of each stage's nodes that stopped early (patience on val_loss).",
