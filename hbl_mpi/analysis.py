@@ -370,6 +370,27 @@ def compute_totals(nodes: pd.DataFrame) -> dict:
     }
 
 
+def failed_nodes(nodes: pd.DataFrame) -> pd.DataFrame:
+    """Every failed node with its error and how many descendants were skipped because of it.
+
+    A partial run (exit status 3) is only as useful as the list of what is missing: the
+    skipped nodes are counted under the failed ancestor their error names.
+    """
+    cols = ["node", "stage", "status", "error", "skipped_below"]
+    failed = nodes[nodes["status"] == "failed"]
+    if failed.empty:
+        return pd.DataFrame(columns=cols)
+    errors = nodes["error"].astype(str) if "error" in nodes else pd.Series("", index=nodes.index)
+    skipped = errors[nodes["status"] == "skipped"]
+    out = pd.DataFrame({
+        "node": failed["node"].to_numpy(), "stage": failed["stage"].to_numpy(), "status": "failed",
+        "error": errors[failed.index].to_numpy(),
+        "skipped_below": [int((skipped == f"ancestor {n} failed").sum()) for n in failed["node"]],
+    })
+    order = sorted(range(len(out)), key=lambda i: node_sort_key(out["node"].iloc[i]))
+    return out.iloc[order].reset_index(drop=True)[cols]
+
+
 # ---------------------------------------------------------------------------
 # Fig 14: busy workers over time
 # ---------------------------------------------------------------------------
