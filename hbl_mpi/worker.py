@@ -93,7 +93,9 @@ class Worker:
         return True
 
     def poll(self) -> None:
-        """Called by the trainer between steps: serve forks, drive pending sends."""
+        """Called by the trainer between steps: serve forks, drive pending sends, and notice
+        a dead rank 0 (a node may train for hours: it must not outlive the scheduler)."""
+        self._check_rank0()
         while self.comm.iprobe(source=0, tag=TAG_CTRL):
             self._handle(self.comm.recv(source=0, tag=TAG_CTRL))
         if self.outgoing.held:
@@ -108,12 +110,17 @@ class Worker:
                 backoff.reset()
                 continue
             self.outgoing.progress()
-            for rank, who in self.watch.dead().items():
-                raise RankGone(describe_death(rank, who) + " (rank 0 is the scheduler)")
+            self._check_rank0()
             backoff.sleep()
         self.outgoing.drain()
         if self.checkpoints is not None:
             self.checkpoints.close()
+
+    def _check_rank0(self) -> None:
+        """RankGone when rank 0's process (watched when on this host) has died; cheap: the
+        watch looks at /proc at most once a second."""
+        for rank, who in self.watch.dead().items():
+            raise RankGone(describe_death(rank, who) + " (rank 0 is the scheduler)")
 
     # ---- one node ------------------------------------------------------------
     def _initial(self, msg: Assign) -> tuple[ModelState, float]:
@@ -145,6 +152,8 @@ class Worker:
                 init, transfer_s = self._initial(msg)
                 outcome = self.ctx.train(msg.node, init, self.train_state, group=self.group, poll=self.poll,
                                          checkpoints=self.checkpoints)
+            except RankGone:  # not the node's fault: the job ends (worker_main aborts)
+                raise
             except Exception as e:  # contained: the node fails, the run goes on
                 report = NodeReport(msg.node, self.topo.group, False, error=f"{type(e).__name__}: {e}")
             else:
