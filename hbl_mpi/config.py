@@ -116,7 +116,7 @@ DOCS: dict[str, str] = {
     "fault_slow_nodes": "testing: nodes that sleep `fault_slow_seconds` per epoch",
     "fault_slow_seconds": "testing: the sleep per epoch of `fault_slow_nodes`",
     "fault_crash_rank": "testing: this rank dies after `fault_crash_after` finished nodes (-1 = none)",
-    "fault_crash_after": "testing: nodes the crashing rank finishes before it dies",
+    "fault_crash_after": "testing: nodes the crashing rank finishes before it dies (rank 0: reports it records; it dies having handed out the next nodes)",
     "fault_crash_kind": "testing: `exit` (os._exit), `signal` (SIGKILL) or `raise` (exception outside a node)",
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 CRASH_EXIT_STATUS = 17
 """Status of an injected ``exit`` crash (os._exit: no cleanup, no MPI_Finalize)."""
@@ -25,8 +26,10 @@ def maybe_crash(cfg, rank: int, finished: int) -> None:
     """
     if cfg.fault_crash_rank != rank or finished < cfg.fault_crash_after:
         return
-    print(f"hbl_mpi: rank {rank}: injected crash ({cfg.fault_crash_kind}) after {finished} nodes",
-          file=sys.stderr, flush=True)
+    # the wall-clock time lets a test measure time-to-exit from the crash itself, whatever
+    # the launcher's output forwarding delays
+    print(f"hbl_mpi: rank {rank}: injected crash ({cfg.fault_crash_kind}) after {finished} nodes "
+          f"at unix time {time.time():.3f}", file=sys.stderr, flush=True)
     if cfg.fault_crash_kind == "exit":
         os._exit(CRASH_EXIT_STATUS)
     if cfg.fault_crash_kind == "signal":

@@ -133,6 +133,8 @@ class Scheduler:
         recorded = False
         while not self.tree.finished():
             self._dispatch()
+            # fault injection: rank 0 dies with the next nodes handed out (workers busy)
+            maybe_crash(self.ctx.cfg, self.topo.rank, self.recorded)
             if recorded:  # after re-dispatch, so "running" counts the groups actually busy
                 c = self.tree.counts()
                 self.progress.update(c["done"], len(self.running), c["failed"], c["skipped"])
@@ -145,7 +147,6 @@ class Scheduler:
                 raise RuntimeError(f"rank {msg.rank} failed: {msg.error}")
             self._record(msg)
             self.recorded += 1
-            maybe_crash(self.ctx.cfg, self.topo.rank, self.recorded)
             self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
             self.writer.maybe_flush()
             recorded = True
