@@ -135,3 +135,20 @@ def test_launcher_that_keeps_the_job_liveness_ends_it(cfg, tmp_path, rank):
     assert any(line.startswith("hbl_mpi: fatal: rank ") and f"rank {rank} (pid " in line and "is gone" in line
                for line in run.stderr.splitlines()), run.stderr
     assert run.returncode == 4, run.returncode  # the watcher's MPI_Abort(EXIT_FATAL)
+
+
+@pytest.mark.timeout(120)
+def test_worker_failing_after_the_last_node_is_not_waited_for(cfg, tmp_path):
+    """One worker trains all 6 nodes, then raises outside node work: rank 0 has stopped
+    scheduling (all done, waiting at the final barrier) and must still act on its report
+    at once, not leave the job to the worker's 10 s grace (worker.FATAL_GRACE_S)."""
+    out = tmp_path / "out"
+    faults = sets(fault_crash_rank=1, fault_crash_kind="raise", fault_crash_after=len(NODES))
+    run = run_mpi_timed(2, run_cmd(cfg, out, *faults), marker=str(out), timeout=100)
+    seconds = crash_seconds(run, 1, "raise")
+    assert seconds is not None, run.stdout[-2000:] + run.stderr[-3000:]
+    print(f"\n[time-to-exit] rank 1 raise after the last node: {seconds:.2f} s, exit status {run.returncode}")
+    assert "hbl_mpi: fatal: rank 0: rank 1 failed after the last node: RuntimeError: injected exception" \
+        in run.stderr, run.stderr
+    assert run.returncode == 4
+    check_complete(out)  # every node was reported and flushed before the failure

@@ -159,19 +159,34 @@ def run_serial_command(args) -> int:
     return _exit_code(stats)
 
 
-def _wait_quietly(comm, watch=None) -> None:
+def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
     """A barrier that sleeps instead of spinning (while rank 0 reads the data, while idle
-    ranks wait for the end); a peer in ``watch`` that dies aborts the job."""
+    ranks wait for the end); a peer in ``watch`` that dies aborts the job.
+
+    ``worker_fatal`` (rank 0, after the last node): a worker that failed outside node work
+    once the scheduler had stopped listening never reaches this barrier; its report aborts
+    the job now, not after the worker's ``FATAL_GRACE_S`` wait for it.
+    """
+    from mpi4py import MPI
+
     from ..liveness import describe_death
+    from ..messages import TAG_REPORT, WorkerFatal
     from ..transfer import wait_all
 
     def poll() -> None:
-        for rank, who in watch.dead().items():
+        for rank, who in (watch.dead() if watch is not None else {}).items():
             print(f"hbl_mpi: fatal: rank {comm.Get_rank()}: {describe_death(rank, who)}",
                   file=sys.stderr, flush=True)
             comm.Abort(EXIT_FATAL)
+        if worker_fatal and comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT):
+            msg = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REPORT)
+            if isinstance(msg, WorkerFatal):
+                print(f"hbl_mpi: fatal: rank 0: rank {msg.rank} failed after the last node: {msg.error}",
+                      file=sys.stderr, flush=True)
+                comm.Abort(EXIT_FATAL)
 
-    wait_all([comm.Ibarrier()], poll=poll if watch is not None and watch.peers else None)
+    active = worker_fatal or (watch is not None and bool(watch.peers))
+    wait_all([comm.Ibarrier()], poll=poll if active else None)
 
 
 def _watch_rank0(comm):
@@ -271,7 +286,7 @@ def run_mpi(args) -> int:
         code = 0
     else:
         code = 0  # an idle rank: wait (sleeping) for the end
-    _wait_quietly(comm, _watch_peers(topo))
+    _wait_quietly(comm, _watch_peers(topo), worker_fatal=rank == 0)
     return comm.bcast(code, root=0)
 
 
