@@ -88,10 +88,12 @@ class Scheduler:
 
     # ---- receiving -------------------------------------------------------------
     def _wait_report(self):
-        # a 4 ms cap: nodes take seconds, so 4 ms of assignment latency is free, and the
-        # idle wake-ups cost a quarter of what the workers' 1 ms cap does (rank 0's CPU
-        # budget is 5 % of the run)
-        backoff = Backoff(limit=4e-3)
+        # the workers' 1 ms cap (mpi4py.futures' too): a 4 ms cap left every worker idle
+        # 8.2 ms per task in bench/schedule.py (makespan 1.078 x the DAG bound with 0.1 s
+        # tasks) against 4.0 ms at 1 ms (1.039 x); rank 0's CPU went from 2.3 % to 3.7 %
+        # of the run there, and an idle rank 0 costs ~1 % of a core (rank 0's CPU budget
+        # is 5 % of the run)
+        backoff = Backoff()
         status = MPI.Status()
         while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
             self.writer.maybe_flush()
