@@ -311,8 +311,10 @@ def main() -> None:
           f"trajectory{'' if args.time_scale == 1 else f', x{args.time_scale} time scale'}); fork "
           f"{PAPER_STATE_BYTES / (args.fork_gbps * 1e9):.3f} s; rank 0 {1e3 * args.master_task_s:.2f} ms/task + policy")
     for depth in depths:
+        # per group, as simulate() times it: a group of g GPUs trains g times faster
         mean_task[depth] = sum(mean_epochs(st, depth) * args.n ** st * epoch_s * stage_rows(args.n, st)
-                               for st in range(1, depth + 1)) / sum(args.n ** st for st in range(1, depth + 1))
+                               for st in range(1, depth + 1)) / sum(args.n ** st for st in range(1, depth + 1)) \
+            / args.group_size
     print(f"{'S':>2} {'nodes':>6} {'GPUs':>6} {'tree':>6} {'makespan h':>10} {'GPU util':>8} {'peak busy':>9} "
           f"{'rank0 util':>10} {'msgs/s':>7} {'peak/s':>7} {'policy ms/ev':>12} {'r0 wait s':>9}  "
           f"busy fraction per tenth of the run")
