@@ -55,6 +55,25 @@ def child_name(parent: str, k: int) -> str:
     return f"{parent}{SEP}{k}"
 
 
+def full_tree(n: int, s: int) -> dict[str, list[str]]:
+    """The node tree of an N, S plan without data: node -> children (leaves map to []).
+
+    The shape alone is what the placement policy, its tests and the simulator need.
+    """
+    children: dict[str, list[str]] = {ROOT: []}
+    frontier = [ROOT]
+    for _ in range(s):
+        nxt = []
+        for p in frontier:
+            for k in range(1, n + 1):
+                c = child_name(p, k)
+                children[p].append(c)
+                children[c] = []
+                nxt.append(c)
+        frontier = nxt
+    return children
+
+
 def node_sort_key(name: str) -> tuple:
     """Breadth-first then numeric order: ``1.2`` < ``1.10`` < ``1.1.1``."""
     c = components(name)

@@ -6,24 +6,9 @@ import random
 import pytest
 
 from hbl_mpi.errors import InputError
-from hbl_mpi.plan import ROOT, child_name, parent_of
+from hbl_mpi.plan import ROOT, full_tree, parent_of
 from hbl_mpi.policy import Status, TreeState, place
 from hbl_mpi.topology import group_layout, idle_ranks
-
-
-def full_tree(n: int, s: int) -> dict[str, list[str]]:
-    children = {ROOT: []}
-    frontier = [ROOT]
-    for _ in range(s):
-        nxt = []
-        for p in frontier:
-            for k in range(1, n + 1):
-                c = child_name(p, k)
-                children[p].append(c)
-                children[c] = []
-                nxt.append(c)
-        frontier = nxt
-    return children
 
 
 def test_stage1_nodes_start_fresh_largest_subtree_first():
