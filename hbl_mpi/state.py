@@ -150,6 +150,13 @@ class TrainState:
     def snapshot(self) -> ModelState:
         return ModelState(clone_flat(self.flat), self.n_params, self.step)
 
+    def disk_snapshot(self) -> ModelState:
+        """A private copy in ordinary (4 KB) pages, for a reader that never sends it over MPI
+        (the checkpoint writer). A fresh huge-page buffer is slow to first touch on some
+        hosts: on this VM a 160 MB ``clone_flat`` took 0.43-0.54 s in most epochs against
+        0.03-0.07 s for a plain clone, and that per-epoch copy is on the training path."""
+        return ModelState(self.flat.detach().clone(), self.n_params, self.step)
+
     def load(self, state: ModelState) -> None:
         """Copy a snapshot in (weights and Adam moments and step)."""
         if state.n_params != self.n_params:

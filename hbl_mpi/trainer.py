@@ -273,7 +273,7 @@ def train_node(
         stop = wait >= spec.patience
         if on_epoch is not None:
             on_epoch(EpochEnd(spec.node, epoch, history, improved, best_epoch, best_val, wait,
-                              ts.snapshot, ModelState(best, ts.n_params, step_at(best_epoch)),
+                              ts.disk_snapshot, ModelState(best, ts.n_params, step_at(best_epoch)),
                               stop or epoch >= spec.max_epochs, start_checksum))
         if poll is not None:
             poll()
