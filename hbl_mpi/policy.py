@@ -253,3 +253,25 @@ def place(
         out.append(source_of(node, g))
         taken.add(node)
     return out
+
+
+POLL_CAP_FRACTION = 0.01
+POLL_CAP_MIN_S = 1e-3
+POLL_CAP_MAX_S = 10e-3
+
+
+def poll_cap(recent_task_seconds: list[float]) -> float:
+    """Rank 0's longest sleep between polls for reports, from how long nodes take.
+
+    A report waits up to one cap before rank 0 sees it, and the reporting group idles
+    meanwhile, so the cap costs about cap / task time of the makespan; each wake-up costs
+    rank 0 CPU, so a short cap on long nodes burns its 5 % budget for nothing. The cap is
+    1 % of the median recent node time, kept within [1 ms, 10 ms]: 1 ms (the workers'
+    cap, mpi4py.futures') until a node has finished and for sub-second nodes, 10 ms once
+    nodes take a second or more (then 100 wake-ups/s at most, and < 1 % of a node).
+    """
+    if not recent_task_seconds:
+        return POLL_CAP_MIN_S
+    s = sorted(recent_task_seconds)
+    median = s[len(s) // 2]
+    return min(POLL_CAP_MAX_S, max(POLL_CAP_MIN_S, POLL_CAP_FRACTION * median))

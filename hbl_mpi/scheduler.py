@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 
 from mpi4py import MPI
 
@@ -31,7 +32,7 @@ from .liveness import PeerWatch, RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .plan import node_sort_key
-from .policy import Status, TreeState, place
+from .policy import Status, TreeState, place, poll_cap
 from .progress import Progress
 from .results import ResultsWriter
 from .topology import Topology
@@ -60,6 +61,7 @@ class Scheduler:
         self.busy_trace: list[tuple[float, int]] = []
         self.messages_sent = 0
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
+        self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
         self.watch = PeerWatch.on_my_host(list(range(1, topo.world_size)), topo.procs,
                                           topo.host_of_rank, topo.rank)
 
@@ -88,12 +90,11 @@ class Scheduler:
 
     # ---- receiving -------------------------------------------------------------
     def _wait_report(self):
-        # the workers' 1 ms cap (mpi4py.futures' too): a 4 ms cap left every worker idle
-        # 8.2 ms per task in bench/schedule.py (makespan 1.078 x the DAG bound with 0.1 s
-        # tasks) against 4.0 ms at 1 ms (1.039 x); rank 0's CPU went from 2.3 % to 3.7 %
-        # of the run there, and an idle rank 0 costs ~1 % of a core (rank 0's CPU budget
-        # is 5 % of the run)
-        backoff = Backoff()
+        # the cap follows the node times (policy.poll_cap): a fixed 4 ms cap left every
+        # worker idle 8.2 ms per task in bench/schedule.py (makespan 1.078 x the DAG bound
+        # with 0.1 s tasks; 1 ms: 1.039 x), while a fixed 1 ms cap cost rank 0 5 % of the
+        # demo's wall time in wake-ups on nodes of seconds (its budget is 5 %)
+        backoff = Backoff(limit=poll_cap(list(self.recent_task_s)))
         status = MPI.Status()
         while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
             self.writer.maybe_flush()
@@ -108,6 +109,7 @@ class Scheduler:
         self.free.append(rep.group)
         self.free.sort()
         stop = time.monotonic() - self.t0
+        self.recent_task_s.append(stop - start)
         ctx = self.ctx
         if rep.ok:
             self.tree.mark_done(rep.node, rep.group)

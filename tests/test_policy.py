@@ -147,3 +147,13 @@ def test_group_layout():
         group_layout([0, 0, 0, 0, 0, 0], 4)
     with pytest.raises(InputError, match="at least 2 ranks"):
         group_layout([0], 1)
+
+
+def test_poll_cap_follows_node_times_within_bounds():
+    from hbl_mpi.policy import POLL_CAP_MAX_S, POLL_CAP_MIN_S, poll_cap
+
+    assert poll_cap([]) == POLL_CAP_MIN_S  # nothing finished yet: react fast
+    assert poll_cap([0.01, 0.02, 0.05]) == POLL_CAP_MIN_S  # sub-second nodes: the floor
+    assert poll_cap([0.4, 0.5, 0.6]) == pytest.approx(0.005)  # 1 % of the median
+    assert poll_cap([0.5, 30.0, 40.0]) == POLL_CAP_MAX_S  # long nodes: the ceiling
+    assert poll_cap([0.3, 0.3, 0.3, 100.0]) == pytest.approx(0.003)  # the median, not the mean
