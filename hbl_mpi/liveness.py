@@ -81,12 +81,20 @@ class PeerWatch:
 
     @classmethod
     def on_my_host(cls, ranks: list[int], procs: list[ProcessIdentity], host_of_rank: list[int],
-                   me: int, interval: float = 1.0) -> "PeerWatch":
-        """Watch those of ``ranks`` on this rank's host that are visible (alive) right now."""
+                   me: int, interval: float = 1.0, visible: list[bool] | None = None) -> "PeerWatch":
+        """Watch those of ``ranks`` on this rank's host that this rank can see.
+
+        ``visible`` (``Topology.visible``) says which pids this rank saw alive when every rank
+        had just published its pid: the only moment "not visible" surely means "another
+        PID namespace". Without it, visibility is judged now, which takes a peer that has
+        *already died* for an invisible one and never reports it (a worker that exits right
+        after its last report left rank 0 in the final barrier for good).
+        """
         peers = {}
         if procs:
             for r in ranks:
-                if r != me and host_of_rank[r] == host_of_rank[me] and is_alive(procs[r]):
+                seen = visible[r] if visible is not None else is_alive(procs[r])
+                if r != me and host_of_rank[r] == host_of_rank[me] and seen:
                     peers[r] = procs[r]
         return cls(peers, interval)
 

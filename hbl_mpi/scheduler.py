@@ -63,7 +63,8 @@ class Scheduler:
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
         self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
         self.watch = PeerWatch.on_my_host(list(range(1, topo.world_size)), topo.procs,
-                                          topo.host_of_rank, topo.rank)
+                                          topo.host_of_rank, topo.rank,
+                                          visible=topo.visible)
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:

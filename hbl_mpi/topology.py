@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from mpi4py import MPI
 
 from .errors import InputError
-from .liveness import ProcessIdentity, identity
+from .liveness import ProcessIdentity, identity, is_alive
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Topology:
     groups: list[list[int]]  # group id -> world ranks (ascending)
     group_host: dict[int, int]
     procs: list[ProcessIdentity] = field(default_factory=list)  # world rank -> pid (liveness.py)
+    visible: list[bool] = field(default_factory=list)  # world rank -> this rank saw its pid at start-up
 
     @property
     def group(self) -> int | None:
@@ -96,11 +97,13 @@ def build_topology(comm: MPI.Comm, group_size: int) -> Topology:
     hosts = {ldr: i for i, ldr in enumerate(sorted(set(leaders)))}
     host_of_rank = [hosts[ldr] for ldr in leaders]
     procs = comm.allgather(identity())
+    visible = [is_alive(p) for p in procs]  # every rank is alive here: unseen = another namespace
     groups = group_layout(host_of_rank, group_size)
     return Topology(
         world_size=comm.Get_size(), rank=comm.Get_rank(), host_of_rank=host_of_rank,
         local_rank=local_rank, ranks_on_host=ranks_on_host, groups=groups,
         group_host={g: host_of_rank[ranks[0]] for g, ranks in enumerate(groups)}, procs=procs,
+        visible=visible,
     )
 
 

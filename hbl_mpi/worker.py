@@ -64,7 +64,8 @@ class Worker:
         self.nodes_finished = 0
         self._busy = False
         # rank 0 on this host: if it dies and the launcher keeps the job, stop waiting for it
-        self.watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank)
+        self.watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank,
+                                          visible=topo.visible)
         from .resume import Checkpointing
 
         # only the group leader writes (the group's ranks hold identical states); all read,
@@ -198,7 +199,8 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
 def _let_rank0_abort(comm: MPI.Comm, topo: Topology, msg: str) -> None:
     """Tell rank 0, which flushes the results and aborts the job; wait for that, a while."""
     req = comm.isend(WorkerFatal(topo.rank, msg), dest=0, tag=TAG_REPORT)
-    watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank, interval=0.5)
+    watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank, interval=0.5,
+                                visible=topo.visible)
     deadline = time.monotonic() + FATAL_GRACE_S
     while time.monotonic() < deadline and not watch.dead():
         req.Test()  # drive the send; rank 0's Abort ends this process

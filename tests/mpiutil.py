@@ -107,7 +107,9 @@ def run_mpi_timed(n: int, args: list[str], marker: str, timeout: float = 120, cw
             except ProcessLookupError:
                 pass
         proc.wait()
-        raise
+        # the hung job's last output, so a hang seen once can be diagnosed
+        tail = "".join(f"[{k}] {line}\n" for _, k, line in lines[-60:])
+        raise subprocess.TimeoutExpired(cmd, timeout, output=tail) from None
     end = time.time()
     for t in readers:
         t.join(timeout=5)

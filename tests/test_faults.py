@@ -138,6 +138,26 @@ def test_launcher_that_keeps_the_job_liveness_ends_it(cfg, tmp_path, rank):
 
 
 @pytest.mark.timeout(120)
+def test_worker_dying_after_the_last_report_under_a_launcher_that_keeps_the_job(cfg, tmp_path):
+    """One worker trains all 6 nodes, reports the last and exits at once; hydra
+    -disable-auto-cleanup keeps the job. Rank 0 is then in the final barrier with a peer
+    that died *before* rank 0 built that barrier's pid watch: the watch must still see
+    it (visibility is judged at start-up, Topology.visible). It once judged visibility
+    when the watch was built, took the dead worker for one in another PID namespace, and
+    waited forever (seen once in the soak)."""
+    out = tmp_path / "out"
+    faults = sets(fault_crash_rank=1, fault_crash_kind="exit", fault_crash_after=len(NODES))
+    run = run_mpi_timed(2, run_cmd(cfg, out, *faults), marker=str(out), timeout=100,
+                        mpiexec_args=["-disable-auto-cleanup"])
+    seconds = crash_seconds(run, 1, "exit")
+    assert seconds is not None, run.stdout[-2000:] + run.stderr[-3000:]
+    print(f"\n[time-to-exit] rank 1 exit after its last report (launcher keeps the job): {seconds:.2f} s")
+    assert seconds < EXIT_LIMIT_S
+    assert "rank 1 (pid " in run.stderr and "is gone" in run.stderr, run.stderr
+    check_complete(out)  # every node was reported and flushed before the exit
+
+
+@pytest.mark.timeout(120)
 def test_worker_failing_after_the_last_node_is_not_waited_for(cfg, tmp_path):
     """One worker trains all 6 nodes, then raises outside node work: rank 0 has stopped
     scheduling (all done, waiting at the final barrier) and must still act on its report

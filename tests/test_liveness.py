@@ -110,3 +110,18 @@ def test_on_my_host_watches_only_visible_ranks_of_this_host():
 def test_describe_death_names_rank_and_pid():
     text = describe_death(3, ProcessIdentity(4242, "9"))
     assert "rank 3" in text and "pid 4242" in text and "killed" in text
+
+
+def test_a_peer_dead_before_the_watch_is_built_is_still_reported():
+    """Visibility judged at start-up (Topology.visible): a peer that was seen then and has
+    died since is watched, and found dead at the first check (not taken for a pid of
+    another namespace, which would leave the watcher waiting for it forever)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    who = identity(proc.pid)
+    proc.wait()
+    me = identity()
+    watch = PeerWatch.on_my_host([1], [me, who], [0, 0], me=0, visible=[True, True])
+    assert set(watch.peers) == {1}
+    assert set(watch.dead()) == {1}
+    unseen = PeerWatch.on_my_host([1], [me, who], [0, 0], me=0, visible=[True, False])
+    assert unseen.peers == {}  # not seen at start-up: another PID namespace, never watched

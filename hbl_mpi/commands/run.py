@@ -207,7 +207,7 @@ def _watch_peers(topo):
     from ..liveness import PeerWatch
 
     ranks = list(range(1, topo.world_size)) if topo.rank == 0 else [0]
-    return PeerWatch.on_my_host(ranks, topo.procs, topo.host_of_rank, topo.rank)
+    return PeerWatch.on_my_host(ranks, topo.procs, topo.host_of_rank, topo.rank, visible=topo.visible)
 
 
 def run_mpi(args) -> int:
