@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.__main__ import main
-from mpiutil import mpi_env, mpiexec
+from mpiutil import mpi_env, mpiexec, run_py
 
 NODES = [f"1.{a}" for a in (1, 2, 3)] + [f"1.{a}.{b}" for a in (1, 2, 3) for b in (1, 2, 3)]
 
@@ -353,3 +353,22 @@ def test_required_under_mpi_exits_2_on_every_rank(setup, tmp_path):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hbl_mpi: error:")]
     assert len(lines) == 1 and "no checkpoint found" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_overwrite_removes_the_replaced_runs_checkpoints(tmp_path):
+    """--overwrite replaces OUT's run and its checkpoints: a later --restart must not find
+    the old run's checkpoints in OUT/ckpts and take them for the new run's."""
+    from faultutil import run_cmd, write_config
+
+    cfg = write_config(tmp_path)
+    out = tmp_path / "out"
+    first = run_py(run_cmd(cfg, out, "--serial"), timeout=100)
+    assert first.returncode == 0, first.stderr[-2000:]
+    stale = out / "ckpts" / "stale-from-the-replaced-run"
+    stale.mkdir(parents=True)
+    again = run_py(run_cmd(cfg, out, "--serial", "--overwrite"), timeout=100)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "removed the replaced run's checkpoints" in again.stdout
+    assert not stale.exists()
+    assert any((out / "ckpts").iterdir())  # the new run's own checkpoints

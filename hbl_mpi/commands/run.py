@@ -109,6 +109,20 @@ def _log_restart(ctx) -> None:
         print(f"[hbl_mpi] {line}", flush=True)
 
 
+def _clear_overwritten_checkpoints(ctx, overwrite: bool) -> None:
+    """``--overwrite`` replaces the run in OUT, its checkpoints in OUT/ckpts too: left there,
+    a later ``--restart`` of the new run would take the old run's final checkpoints for
+    its own. A ``ckpt_directory`` set in the config is the user's to manage: left alone."""
+    import shutil
+
+    if not overwrite or ctx.cfg.ckpt_directory:
+        return
+    ckpts = ctx.ckpt_params.ckpt_directory
+    if os.path.isdir(ckpts):
+        shutil.rmtree(ckpts)
+        print(f"[hbl_mpi] --overwrite: removed the replaced run's checkpoints in {ckpts}", flush=True)
+
+
 def _make_writer(ctx, previous):
     from ..results import ResultsWriter, results_path
 
@@ -151,6 +165,7 @@ def run_serial_command(args) -> int:
     from ..serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
+    _clear_overwritten_checkpoints(ctx, args.overwrite)
     writer = _make_writer(ctx, previous)
     print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
     _log_restart(ctx)
@@ -263,6 +278,7 @@ def run_mpi(args) -> int:
     group_comm = comm.Split(group if group is not None else MPI.UNDEFINED, rank)
     if rank == 0:
         try:
+            _clear_overwritten_checkpoints(ctx, args.overwrite)
             writer = _make_writer(ctx, previous)
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
             print(f"hbl_mpi: fatal: rank 0: cannot write the results file: {type(e).__name__}: {e}",
