@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.plan import ROOT, child_name  # noqa: E402
+from hbl_mpi.plan import ROOT, full_tree  # noqa: E402
 from hbl_mpi.policy import TreeState, place  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,21 +50,6 @@ PAPER_EXP2_TRAJECTORY_HOURS = 1.46  # Table 2 of the paper
 PAPER_STATE_BYTES = 3 * 16_224_001 * 4  # Uno paper preset at Top21 widths (uno.PRESETS["paper"]), weights + Adam moments
 FLUSH_SHARE = 1 / 51  # ResultsWriter.maybe_flush: interval >= 50 x the last flush's duration
 BINS = 10  # utilization over time: busy fraction per tenth of the makespan
-
-
-def full_tree(n: int, s: int) -> dict[str, list[str]]:
-    children: dict[str, list[str]] = {ROOT: []}
-    frontier = [ROOT]
-    for _ in range(s):
-        nxt = []
-        for p in frontier:
-            for k in range(1, n + 1):
-                c = child_name(p, k)
-                children[p].append(c)
-                children[c] = []
-                nxt.append(c)
-        frontier = nxt
-    return children
 
 
 def epochs_from_results(paths: list[str]) -> dict[int, list[int]]:

@@ -2,6 +2,8 @@
 
 Rank 0 prints one JSON line with the checks (checksums equal, the sender computed while
 its send was pending, and rank 0's CPU time during a 1 s wait); exit 1 on a mismatch.
+Launched by tests/test_transfer_mpi.py through mpiutil.run_mpi, under a timeout (a
+deadlock here fails that test instead of hanging CI).
 """
 
 import json
