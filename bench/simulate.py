@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.plan import ROOT, full_tree  # noqa: E402
+from hbl_mpi.plan import full_tree  # noqa: E402
 from hbl_mpi.policy import TreeState, place  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
