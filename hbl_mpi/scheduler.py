@@ -28,7 +28,7 @@ from mpi4py import MPI
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
-from .liveness import PeerWatch, RankGone, describe_death
+from .liveness import RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .plan import node_sort_key
@@ -62,9 +62,7 @@ class Scheduler:
         self.messages_sent = 0
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
         self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
-        self.watch = PeerWatch.on_my_host(list(range(1, topo.world_size)), topo.procs,
-                                          topo.host_of_rank, topo.rank,
-                                          visible=topo.visible)
+        self.watch = topo.peer_watch()  # the workers on rank 0's host
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:

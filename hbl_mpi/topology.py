@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from mpi4py import MPI
 
 from .errors import InputError
-from .liveness import ProcessIdentity, identity, is_alive
+from .liveness import PeerWatch, ProcessIdentity, identity, is_alive
 
 
 @dataclass
@@ -32,6 +32,13 @@ class Topology:
     group_host: dict[int, int]
     procs: list[ProcessIdentity] = field(default_factory=list)  # world rank -> pid (liveness.py)
     visible: list[bool] = field(default_factory=list)  # world rank -> this rank saw its pid at start-up
+
+    def peer_watch(self, interval: float = 1.0) -> PeerWatch:
+        """The same-host processes this rank must notice dying (``liveness.py``): rank 0
+        watches every worker, a worker (or idle rank) watches rank 0."""
+        ranks = list(range(1, self.world_size)) if self.rank == 0 else [0]
+        return PeerWatch.on_my_host(ranks, self.procs, self.host_of_rank, self.rank, interval,
+                                    visible=self.visible)
 
     @property
     def group(self) -> int | None:

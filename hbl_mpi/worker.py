@@ -30,7 +30,7 @@ from mpi4py import MPI
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
-from .liveness import PeerWatch, RankGone, describe_death
+from .liveness import RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .state import ModelState
@@ -64,8 +64,7 @@ class Worker:
         self.nodes_finished = 0
         self._busy = False
         # rank 0 on this host: if it dies and the launcher keeps the job, stop waiting for it
-        self.watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank,
-                                          visible=topo.visible)
+        self.watch = topo.peer_watch()
         from .resume import Checkpointing
 
         # only the group leader writes (the group's ranks hold identical states); all read,
@@ -199,8 +198,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
 def _let_rank0_abort(comm: MPI.Comm, topo: Topology, msg: str) -> None:
     """Tell rank 0, which flushes the results and aborts the job; wait for that, a while."""
     req = comm.isend(WorkerFatal(topo.rank, msg), dest=0, tag=TAG_REPORT)
-    watch = PeerWatch.on_my_host([0], topo.procs, topo.host_of_rank, topo.rank, interval=0.5,
-                                visible=topo.visible)
+    watch = topo.peer_watch(interval=0.5)
     deadline = time.monotonic() + FATAL_GRACE_S
     while time.monotonic() < deadline and not watch.dead():
         req.Test()  # drive the send; rank 0's Abort ends this process

@@ -217,14 +217,6 @@ def _watch_rank0(comm):
     return PeerWatch({0: root})
 
 
-def _watch_peers(topo):
-    """Rank 0 watches every worker on its host; a worker (or idle rank) watches rank 0."""
-    from ..liveness import PeerWatch
-
-    ranks = list(range(1, topo.world_size)) if topo.rank == 0 else [0]
-    return PeerWatch.on_my_host(ranks, topo.procs, topo.host_of_rank, topo.rank, visible=topo.visible)
-
-
 def run_mpi(args) -> int:
     import torch
     from mpi4py import MPI
@@ -302,7 +294,7 @@ def run_mpi(args) -> int:
         code = 0
     else:
         code = 0  # an idle rank: wait (sleeping) for the end
-    _wait_quietly(comm, _watch_peers(topo), worker_fatal=rank == 0)
+    _wait_quietly(comm, topo.peer_watch(), worker_fatal=rank == 0)
     return comm.bcast(code, root=0)
 
 
