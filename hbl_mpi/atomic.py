@@ -1,0 +1,141 @@
+"""The one way this package replaces a file: temporary name, verify, fsync, ``os.replace``.
+
+Every file hbl_mpi writes (results.h5, checkpoints, run_stats.json, report files, plan
+CSVs, data files) goes through :func:`replace_file`, so the rules below hold everywhere:
+
+* **No symlink is followed.** The temporary file is created by ``tempfile.mkstemp`` in the
+  target's own directory: a fresh random name opened with ``O_CREAT | O_EXCL`` (which
+  refuses an existing name, a dangling symlink included), so a link planted at a
+  predictable ``*.tmp`` name is never written through. ``os.replace`` then renames over
+  the target *entry*: a symlink planted at the target is replaced, its destination is
+  never touched.
+* **Nothing half-written is installed.** The writer fills the temporary file; the
+  optional ``verify`` callback reopens it (e.g. reads results.h5 back) before it may
+  replace the old file. Any failure removes the temporary file and leaves the previous
+  file exactly as it was.
+* **fsync policy: always.** The file is fsync'd before the rename and its directory after
+  it, so after a crash or power loss the name holds either the old or the new complete
+  file. Every file written here is the product of minutes of training or of a user's
+  command; a few milliseconds of fsync are nothing beside that.
+* **A full disk is named.** A failure whose cause is ``ENOSPC``/``EDQUOT`` (also through
+  HDF5's wrapped errors, which keep only the message) raises :class:`WriteFailed` with
+  ``disk_full=True``; callers turn it into the one-line messages of README's exit codes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import Callable
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
+
+
+class WriteFailed(OSError):
+    """Replacing ``path`` failed; the previous file (if any) is intact."""
+
+    def __init__(self, path: str, cause: BaseException, disk_full: bool):
+        self.path = path
+        self.cause = cause
+        self.disk_full = disk_full
+        what = "disk full" if disk_full else f"{type(cause).__name__}: {cause}"
+        super().__init__(errno.ENOSPC if disk_full else errno.EIO, f"{what} while writing {path}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything in its cause/context chain) says the disk is full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, WriteFailed):
+            return exc.disk_full
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if any(t in str(exc).lower() for t in _FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: str, write: Callable[[str], object], *,
+                 verify: Callable[[str], object] | None = None, mode: int = 0o644) -> None:
+    """Atomically replace ``path`` with what ``write(tmp_path)`` puts in a fresh file.
+
+    ``write`` receives the path of an empty temporary file in ``path``'s directory (it may
+    truncate and rewrite it, as HDF5 libraries do). ``verify(tmp_path)``, when given, must
+    raise if the file is not what it should be. Raises :class:`WriteFailed` (the old file
+    kept) on any failure of writing, syncing or verifying.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        try:
+            os.chmod(tmp, mode & ~_umask())
+            write(tmp)
+            if os.path.islink(tmp):  # the writer must fill the file, not swap in a link
+                raise OSError(errno.ELOOP, f"temporary file {tmp} became a symlink")
+            _fsync_file(tmp)
+            if verify is not None:
+                verify(tmp)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise WriteFailed(path, e, is_disk_full(e)) from e
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(folder)
+
+
+def replace_bytes(path: str, data: bytes, **kw) -> None:
+    """Atomically replace ``path`` with ``data`` (see :func:`replace_file`)."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+
+    replace_file(path, _write, **kw)
+
+
+def replace_text(path: str, text: str, **kw) -> None:
+    """Atomically replace ``path`` with UTF-8 ``text``."""
+    replace_bytes(path, text.encode("utf-8"), **kw)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
