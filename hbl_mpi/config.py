@@ -1,7 +1,8 @@
 """Run configuration: a TOML file plus ``--set key=value`` overrides, validated up front.
 
-Every key is declared once in ``FIELDS`` with its type, default, check and the line of
-documentation the README's key table repeats. Unknown keys get the nearest valid name
+Every key is a field of ``RunConfig`` (its type and default); ``DOCS`` gives its line of
+documentation (the README's key table is generated from it, a test keeps them in sync),
+``CHOICES``/``MINIMUM``/``validate`` its checks. Unknown keys get the nearest valid name
 as a suggestion; every problem is an ``InputError`` (one line, exit 2) raised before any
 rank trains.
 """

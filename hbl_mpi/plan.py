@@ -155,13 +155,6 @@ class Plan:
     def __len__(self) -> int:
         return len(self.nodes) - 1
 
-    def subtree_size(self) -> dict[str, int]:
-        """Nodes in each node's subtree, itself included."""
-        size: dict[str, int] = {}
-        for name in reversed(list(self.nodes)):
-            size[name] = 1 + sum(size[c] for c in self.nodes[name].children)
-        return size
-
     def ancestors(self, name: str) -> list[str]:
         out = []
         p = parent_of(name)

@@ -170,13 +170,6 @@ class TreeState:
     def release(self, parent: str) -> int:
         return self.holder.pop(parent)
 
-    def drop_holder(self, group: int) -> list[str]:
-        """Forget states held by ``group`` (e.g. it died); returns the parents affected."""
-        lost = [p for p, g in self.holder.items() if g == group]
-        for p in lost:
-            del self.holder[p]
-        return lost
-
 
 def place(
     tree: TreeState,

@@ -83,10 +83,6 @@ class ModelState:
         h.update(int(self.step).to_bytes(8, "little"))
         return h.hexdigest()[:16]
 
-    def params_checksum(self) -> str:
-        h = hashlib.sha256(self.params().detach().to("cpu").contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
     def to(self, device) -> "ModelState":
         return ModelState(self.flat.to(device), self.n_params, self.step)
 

@@ -55,10 +55,6 @@ class Topology:
     def is_leader(self) -> bool:
         return self.group is not None and self.index_in_group == 0
 
-    @property
-    def n_workers(self) -> int:
-        return self.world_size - 1
-
 
 def group_layout(host_of_rank: list[int], group_size: int) -> list[list[int]]:
     """Split workers (ranks >= 1) into groups of ``group_size`` consecutive ranks per host.
