@@ -63,11 +63,12 @@ def overhead(args, root: Path) -> dict:
 
 CHILD = """
 import os, signal, sys, time
-from hbl_mpi import resume, trainer
+from hbl_mpi import context
+from hbl_mpi.checkpoint import session
 stamp, stop_node, stop_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-original_train, original_on_epoch = trainer.train_node, resume.NodeSession.on_epoch
+original_train, original_on_epoch = context.train_node, session.NodeSession.on_epoch
 
-def timed_train(*a, **kw):  # ctx.train imports train_node at call time
+def timed_train(*a, **kw):  # the name ctx.train calls
     if not os.path.exists(stamp):
         with open(stamp, "w") as f:
             f.write(repr(time.time()))
@@ -79,9 +80,9 @@ def on_epoch(self, ev):
         self.owner.writer.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-trainer.train_node = timed_train
+context.train_node = timed_train
 if stop_node:
-    resume.NodeSession.on_epoch = on_epoch
+    session.NodeSession.on_epoch = on_epoch
 from hbl_mpi.__main__ import main
 sys.exit(main(sys.argv[4:]))
 """

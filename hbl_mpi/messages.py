@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .policy import Source
+
 TAG_CTRL = 11  # scheduler -> worker
 TAG_REPORT = 12  # worker -> scheduler
 TAG_STATE_BASE = 1000  # worker -> worker state transfers: base + 2 * (transfer_id % TAG_STATE_SPAN)
@@ -20,7 +22,7 @@ class Assign:
     """Train ``node``; the initial state comes from ``source`` (see policy.Placement)."""
 
     node: str
-    source: str  # fresh | local | group | checkpoint
+    source: Source
     source_group: int | None = None
     transfer_id: int = -1
 
@@ -55,7 +57,7 @@ class NodeReport:
     node: str
     group: int
     ok: bool
-    result: dict[str, Any] = field(default_factory=dict)  # plain data: see results.node_row
+    result: dict[str, Any] = field(default_factory=dict)  # plain data: results.payload
     error: str = ""
 
 

@@ -34,18 +34,23 @@ class Status(str, Enum):
 FINAL = (Status.DONE, Status.FAILED, Status.SKIPPED)
 
 
+class Source(str, Enum):
+    """Where a node's initial state comes from (the ``source`` column of results.h5)."""
+
+    FRESH = "fresh"  # stage 1: the seeded initial state
+    LOCAL = "local"  # the group already holds the parent's state (fork in place)
+    GROUP = "group"  # receive the parent's state from the group holding it
+    CHECKPOINT = "checkpoint"  # restart: nobody holds it in memory; load the parent's checkpoint
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Run ``node`` on ``group``; its initial state comes from ``source``.
-
-    ``source`` is ``"fresh"`` (stage 1: the seeded initial state), ``"local"`` (the group
-    already holds the parent's state), ``"group"`` (receive it from ``source_group``)
-    or ``"checkpoint"`` (restart: nobody holds it in memory; load the parent's checkpoint).
-    """
+    """Run ``node`` on ``group``; its initial state comes from ``source`` (``source_group``
+    holds it when the source is ``Source.GROUP``)."""
 
     node: str
     group: int
-    source: str
+    source: Source
     source_group: int | None = None
 
 
@@ -89,8 +94,14 @@ class TreeState:
             self._ready.add(node)
 
     @classmethod
-    def from_plan(cls, plan) -> "TreeState":
-        return cls.from_children({n: list(v.children) for n, v in plan.nodes.items()})
+    def from_plan(cls, plan, done_before=()) -> "TreeState":
+        """The plan's tree; a restart's ``done_before`` nodes (finished in an earlier run)
+        start done, with nobody holding their state: their children load checkpoints."""
+        t = cls.from_children({n: list(v.children) for n, v in plan.nodes.items()})
+        for node in sorted(done_before, key=node_sort_key):
+            if node in t.status:
+                t.restore_done(node)
+        return t
 
     # ---- queries ---------------------------------------------------------
     def ready(self) -> list[str]:
@@ -167,8 +178,27 @@ class TreeState:
         """Held parents all of whose children are placed: (parent, holder group)."""
         return [(p, g) for p, g in self.holder.items() if self.unplaced_children[p] == 0]
 
+    def hold(self, parent: str, group: int) -> None:
+        """``group`` holds finished ``parent``'s state from now on (the serial driver, after
+        loading it from the parent's checkpoint: its other children fork in place)."""
+        self._expect(parent, Status.DONE)
+        self.holder[parent] = group
+
     def release(self, parent: str) -> int:
         return self.holder.pop(parent)
+
+
+def source_for(tree: TreeState, node: str, group: int) -> Placement:
+    """``node`` on ``group``: where its initial state comes from (who holds the parent's)."""
+    parent = parent_of(node)
+    if parent == ROOT:
+        return Placement(node, group, Source.FRESH)
+    holder = tree.holder.get(parent)
+    if holder is None:
+        return Placement(node, group, Source.CHECKPOINT)
+    if holder == group:
+        return Placement(node, group, Source.LOCAL)
+    return Placement(node, group, Source.GROUP, holder)
 
 
 def place(
@@ -182,17 +212,6 @@ def place(
     taken: set[str] = set()
     out: list[Placement] = []
     free = list(free_groups)
-
-    def source_of(node: str, group: int) -> Placement:
-        parent = parent_of(node)
-        if parent == ROOT:
-            return Placement(node, group, "fresh")
-        holder = tree.holder.get(parent)
-        if holder is None:
-            return Placement(node, group, "checkpoint")
-        if holder == group:
-            return Placement(node, group, "local")
-        return Placement(node, group, "group", holder)
 
     # 1. locality: a free group holding a parent takes that parent's biggest ready child
     # (visit only holders, not every free group: Summit has ~27,000 groups)
@@ -208,7 +227,7 @@ def place(
                       if c in tree._ready and c not in taken]
         if candidates:
             node = min(candidates, key=tree.priority.__getitem__)
-            out.append(source_of(node, g))
+            out.append(source_for(tree, node, g))
             taken.add(node)
             used.add(g)
     if used:
@@ -243,7 +262,7 @@ def place(
             g = take(by_host.get(group_host.get(holder)))
         if g is None:
             g = take(order)
-        out.append(source_of(node, g))
+        out.append(source_for(tree, node, g))
         taken.add(node)
     return out
 

@@ -65,6 +65,7 @@ class FinishedRun:
     history: pd.DataFrame
     cell_val: pd.DataFrame
     config: dict
+    data_checksum: str = ""  # of the data the nodes were trained on ("" in files that lack it)
 
     def done_nodes(self) -> set[str]:
         return set(self.nodes.loc[self.nodes["status"] == "done", "node"])
@@ -82,7 +83,8 @@ def read_results(path: str) -> FinishedRun:
                 raise InputError(f"{path!r} is not an hbl_mpi results file (missing {', '.join(sorted(missing))})")
             attrs = store.get_storer("nodes").attrs
             config = dict(getattr(attrs, "config", {}) or {})
-            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config)
+            checksum = str(getattr(attrs, "data_checksum", "") or "")
+            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config, checksum)
     except InputError:
         raise
     except Exception as e:  # HDF5 errors come in many types
@@ -229,3 +231,53 @@ def _hdf_safe(df: pd.DataFrame) -> pd.DataFrame:
         if not (pd.api.types.is_numeric_dtype(out[c]) or pd.api.types.is_bool_dtype(out[c])):
             out[c] = np.asarray(out[c].astype(str), dtype=object)
     return out
+
+
+# --------------------------------------------------------------------------- node rows
+# What one node contributes to the tables above, as plain data: a worker builds the
+# payload, rank 0 turns it into rows (``lifecycle.Ledger``).
+
+
+def payload(outcome, transfer_s: float = 0.0) -> dict:
+    """A trained node (``trainer.NodeOutcome``) as plain data: row fields, history, per-cell
+    validation error (what a worker reports to rank 0)."""
+    o = outcome
+    cells, n_rows, mse = o.cell_val
+    return {
+        "row": {
+            "epochs_planned": o.epochs_planned, "epochs_run": o.epochs_run,
+            "stopped_early": bool(o.stopped_early), "train_loss": o.train_loss,
+            "val_loss": o.val_loss, "val_loss_last": o.val_loss_last, "test_loss": o.test_loss,
+            "n_train_rows": o.n_train_rows, "n_val_rows": o.n_val_rows,
+            "n_train_cells": o.n_train_cells, "n_val_cells": o.n_val_cells, "steps": o.steps,
+            "train_s": o.train_s, "transfer_s": transfer_s, "best_epoch": o.best_epoch,
+            "start_checksum": o.start_checksum,
+            "inherit_checksum": o.inherit_state.checksum(), "resumed_from": o.resumed_from,
+        },
+        "history": [_history_dict(o.node, h) for h in o.history],
+        "cell_val": (np.asarray(cells, dtype=np.int64), np.asarray(n_rows, dtype=np.int64),
+                     np.asarray(mse, dtype=np.float64)),
+    }
+
+
+def node_row(node: str, parent: str, stage: int, status: str, epochs_planned: int, **fields) -> dict:
+    """One row of the ``nodes`` table (``NODE_COLUMNS``); ``fields`` fill the rest."""
+    row = {"node": node, "parent": parent, "stage": stage, "status": status,
+           "epochs_planned": epochs_planned, "error": ""}
+    row.update(fields)
+    return row
+
+
+def cell_val_records(cell_ids, cell_val) -> tuple:
+    """(cell ids, n_rows, mse) arrays of a reported per-cell validation error; ``cell_val``
+    holds cell indices into ``cell_ids`` (the dataset's)."""
+    cells, n_rows, mse = cell_val
+    return (np.asarray(cell_ids)[np.asarray(cells, dtype=np.int64)], np.asarray(n_rows, dtype=np.int64),
+            np.asarray(mse, dtype=np.float64))
+
+
+def _history_dict(node: str, h) -> dict:
+    d = dict(h) if isinstance(h, dict) else {k: getattr(h, k) for k in ("epoch", "loss", "val_loss", "seconds")}
+    d["node"] = node
+    return {k: d[k] for k in HISTORY_COLUMNS}
+

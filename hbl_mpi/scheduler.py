@@ -28,11 +28,11 @@ from mpi4py import MPI
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
+from .lifecycle import Ledger, NodeResult
 from .liveness import RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
-from .plan import node_sort_key
-from .policy import Status, TreeState, place, poll_cap
+from .policy import Source, place, poll_cap
 from .progress import Progress
 from .results import ResultsWriter
 from .topology import Topology
@@ -47,17 +47,13 @@ class Scheduler:
         self.comm = comm
         self.writer = writer
         self.log = log
-        self.tree = TreeState.from_plan(ctx.plan)
-        self.done_before = set(done_before or ())
-        for node in sorted(self.done_before, key=node_sort_key):
-            if node in self.tree.status:
-                self.tree.restore_done(node)  # state not in memory: children load checkpoints
+        self.ledger = Ledger(ctx, writer, done_before or (), log)
+        self.tree = self.ledger.tree
         self.free = list(range(len(topo.groups)))
-        self.running: dict[int, tuple[str, float, str]] = {}  # group -> (node, start, source)
+        self.running: dict[int, tuple[str, float, Source]] = {}  # group -> (node, start, source)
         self.transfer_id = 0
-        self.t0 = time.monotonic()
         self.progress = Progress(len(ctx.plan.trained_nodes()), ctx.cfg.progress_every,
-                                 already_done=len(self.done_before))
+                                 already_done=len(self.ledger.done_before))
         self.busy_trace: list[tuple[float, int]] = []
         self.messages_sent = 0
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
@@ -73,19 +69,18 @@ class Scheduler:
     def _dispatch(self) -> None:
         for p in place(self.tree, self.free, self.topo.group_host):
             tid = -1
-            if p.source == "group":
+            if p.source is Source.GROUP:
                 tid = self.transfer_id
                 self.transfer_id += 1
                 parent = self.ctx.plan.nodes[p.node].parent
                 self._send_group(p.source_group, SendState(parent, p.group, tid))
-            self.tree.mark_running(p.node)
+            start = self.ledger.start(p.node)
             self._send_group(p.group, Assign(p.node, p.source, p.source_group, tid))
             self.free.remove(p.group)
-            self.running[p.group] = (p.node, time.monotonic() - self.t0, p.source)
-        for parent, group in self.tree.releasable():
-            self.tree.release(parent)
+            self.running[p.group] = (p.node, start, p.source)
+        for parent, group in self.ledger.releasable():
             self._send_group(group, Release(parent))
-        self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
+        self.busy_trace.append((self.ledger.now(), len(self.running)))
 
     # ---- receiving -------------------------------------------------------------
     def _wait_report(self):
@@ -107,22 +102,10 @@ class Scheduler:
             raise RuntimeError(f"protocol error: group {rep.group} reported {rep.node}, was running {node}")
         self.free.append(rep.group)
         self.free.sort()
-        stop = time.monotonic() - self.t0
+        result = NodeResult(rep.node, rep.ok, rep.result, rep.error)
+        stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
+                                  source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
-        ctx = self.ctx
-        if rep.ok:
-            self.tree.mark_done(rep.node, rep.group)
-            res = rep.result
-            row = ctx.node_row(rep.node, "done", group=rep.group, start=start, stop=stop, source=source,
-                               **res["row"])
-            self.writer.add(row, res["history"], ctx.cell_val_records(res["cell_val"]))
-        else:
-            skipped = self.tree.mark_failed(rep.node)
-            self.writer.add(ctx.node_row(rep.node, "failed", group=rep.group, start=start, stop=stop,
-                                         rank=self.topo.groups[rep.group][0], error=rep.error))
-            for s in skipped:
-                self.writer.add(ctx.node_row(s, "skipped", error=f"ancestor {rep.node} failed"))
-            self.log(f"[hbl_mpi] node {rep.node} failed on group {rep.group}: {rep.error}")
 
     def _check_alive(self) -> None:
         for rank, who in self.watch.dead().items():
@@ -150,7 +133,7 @@ class Scheduler:
                 raise RuntimeError(f"rank {msg.rank} failed: {msg.error}")
             self._record(msg)
             self.recorded += 1
-            self.busy_trace.append((time.monotonic() - self.t0, len(self.running)))
+            self.busy_trace.append((self.ledger.now(), len(self.running)))
             self.writer.maybe_flush()
             recorded = True
         c = self.tree.counts()

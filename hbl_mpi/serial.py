@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import time
 
+from .checkpoint import open_checkpointing
 from .context import RunContext
 from .errors import EXIT_PARTIAL
-from .plan import ROOT, node_sort_key
-from .policy import Status, TreeState
+from .lifecycle import Ledger, NodeRunner, ParentStates
+from .plan import ROOT
+from .policy import Status, source_for
 from .progress import Progress, fmt_seconds
 from .results import ResultsWriter
-from .state import ModelState
+
+SERIAL_GROUP = 0
+"""The serial driver is one "group" of one rank (0): its rows say group 0, rank 0."""
 
 
 def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | None = None,
@@ -28,79 +32,48 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
     """Train every node not finished before; returns run statistics.
 
     ``done_before`` defaults to the restart's finished nodes (``ctx.run_info``). A finished
-    node's children start from its checkpoint (``resume.parent_state_from_checkpoint``),
-    loaded once and held until its last child has started.
+    node's children start from its checkpoint, loaded once and held until its last child
+    has started (``NodeRunner(keep_loaded_parents=True)``).
     """
-    from .resume import Checkpointing, parent_state_from_checkpoint
-
     plan = ctx.plan
-    tree = TreeState.from_plan(plan)
     if done_before is None:
         done_before = set(ctx.run_info.done) if ctx.run_info is not None else set()
-    done_before = set(done_before)
-    for node in sorted(done_before, key=node_sort_key):
-        if node in tree.status:
-            tree.restore_done(node)
-    progress = Progress(len(plan.trained_nodes()), ctx.cfg.progress_every, already_done=len(done_before))
-    train_state = ctx.new_train_state()
-    checkpoints = Checkpointing(ctx)
-    checkpoints = checkpoints if checkpoints.active else None
-    held: dict[str, ModelState] = {}
-    t0 = time.monotonic()
+    ledger = Ledger(ctx, writer, done_before, log)
+    tree = ledger.tree
+    held = ParentStates()
+    runner = NodeRunner(ctx, held, checkpoints=open_checkpointing(ctx), rank=0, keep_loaded_parents=True)
+    progress = Progress(len(plan.trained_nodes()), ctx.cfg.progress_every, already_done=len(ledger.done_before))
     wall0 = time.perf_counter()
 
     stack = list(reversed(plan.nodes[ROOT].children))
     try:
         while stack:
             node = stack.pop()
-            if node in done_before:  # finished earlier: walk on into its unfinished subtree
+            if node in ledger.done_before:  # finished earlier: walk on into its unfinished subtree
                 stack.extend(reversed(plan.nodes[node].children))
                 continue
             if tree.status[node] is not Status.READY:
                 continue
+            placement = source_for(tree, node, SERIAL_GROUP)
+            start = ledger.start(node)
+            result = runner.run(node, placement.source)
             parent = plan.nodes[node].parent
-            tree.mark_running(node)
-            start = time.monotonic() - t0
-            source, transfer_s = ("fresh" if parent == ROOT else "local"), 0.0
-            try:
-                if parent == ROOT:
-                    init = ctx.initial_state()
-                elif parent in held:
-                    init = held[parent]
-                else:  # a parent finished in an earlier run: its state is in its checkpoint
-                    t1 = time.perf_counter()
-                    init = held[parent] = parent_state_from_checkpoint(ctx, parent)
-                    source, transfer_s = "checkpoint", time.perf_counter() - t1
-                outcome = ctx.train(node, init, train_state, checkpoints=checkpoints)
-            except Exception as e:  # a node failure is contained: record, skip the subtree
-                msg = f"{type(e).__name__}: {e}"
-                skipped = tree.mark_failed(node)
-                writer.add(ctx.node_row(node, "failed", group=0, rank=0, start=start,
-                                        stop=time.monotonic() - t0, error=msg))
-                for s in skipped:
-                    writer.add(ctx.node_row(s, "skipped", error=f"ancestor {node} failed"))
-                log(f"[hbl_mpi] node {node} failed: {msg}")
-                # a restart's finished children do not need this node: walk on into them
-                stack.extend(reversed([c for c in plan.nodes[node].children if c in done_before]))
-            else:
-                payload = ctx.payload(outcome, transfer_s)
-                tree.mark_done(node, 0)
-                row = ctx.node_row(node, "done", group=0, rank=0, start=start,
-                                   stop=time.monotonic() - t0, source=source, **payload["row"])
-                writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]))
-                if ctx.has_children(node):
-                    held[node] = outcome.inherit_state
-                    stack.extend(reversed(plan.nodes[node].children))
-            if parent in held and tree.unplaced_children[parent] == 0:
-                del held[parent]
+            if parent in held and parent not in tree.holder:
+                tree.hold(parent, SERIAL_GROUP)  # loaded from its checkpoint: its other children fork in place
+            ledger.finish(result, group=SERIAL_GROUP, rank=0, start=start, source=placement.source)
+            if result.ok:
+                stack.extend(reversed(plan.nodes[node].children))
+            else:  # a restart's finished children do not need this node: walk on into them
+                stack.extend(reversed([c for c in plan.nodes[node].children if c in ledger.done_before]))
+            for p, _ in ledger.releasable():
+                held.release(p)
             writer.maybe_flush()
-            c = tree.counts()
+            c = ledger.counts()
             progress.update(c["done"], 0, c["failed"], c["skipped"])
     finally:
-        if checkpoints is not None:
-            checkpoints.close()  # the queued epoch writes reach the disk before we report
+        runner.close()  # the queued epoch writes reach the disk before we report
     writer.flush()
-    c = tree.counts()
+    c = ledger.counts()
     return {"wall_s": time.perf_counter() - wall0, "counts": c,
             "elapsed": fmt_seconds(time.perf_counter() - wall0)}
 

@@ -27,13 +27,16 @@ import traceback
 import torch
 from mpi4py import MPI
 
+from .checkpoint import open_checkpointing
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
+from .lifecycle import NodeRunner
 from .liveness import RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
-from .state import ModelState
+from .policy import Source
+from .state import ModelState, TrainState
 from .topology import Topology
 from .transfer import Backoff, OutgoingStates, recv_state_into
 
@@ -60,19 +63,17 @@ class Worker:
         self.comm = comm
         self.group = GroupComm(group_comm) if group_comm is not None and group_comm.Get_size() > 1 else None
         self.outgoing = OutgoingStates(comm)
-        self.train_state = None
         self.nodes_finished = 0
         self._busy = False
         # rank 0 on this host: if it dies and the launcher keeps the job, stop waiting for it
         self.watch = topo.peer_watch()
-        from .resume import Checkpointing
-
         # only the group leader writes (the group's ranks hold identical states); all read,
         # and agree on the epoch they resume from
         agree = (lambda epoch: group_comm.allgather(epoch)) if self.group is not None else None
         say = (lambda m: print(f"{m} (rank {topo.rank})", flush=True)) if topo.is_leader else (lambda m: None)
-        ckpts = Checkpointing(ctx, write=topo.is_leader, agree=agree, log=say)
-        self.checkpoints = ckpts if ckpts.active else None
+        self.runner = NodeRunner(ctx, self.outgoing,
+                                 checkpoints=open_checkpointing(ctx, write=topo.is_leader, agree=agree, log=say),
+                                 group=self.group, poll=self.poll, rank=topo.rank)
 
     # ---- control messages ------------------------------------------------------
     def _handle(self, msg) -> bool:
@@ -113,8 +114,7 @@ class Worker:
             self._check_rank0()
             backoff.sleep()
         self.outgoing.drain()
-        if self.checkpoints is not None:
-            self.checkpoints.close()
+        self.runner.close()
 
     def _check_rank0(self) -> None:
         """RankGone when rank 0's process (watched when on this host) has died; cheap: the
@@ -123,48 +123,21 @@ class Worker:
             raise RankGone(describe_death(rank, who) + " (rank 0 is the scheduler)")
 
     # ---- one node ------------------------------------------------------------
-    def _initial(self, msg: Assign) -> tuple[ModelState, float]:
-        parent = self.ctx.plan.nodes[msg.node].parent
-        if msg.source == "fresh":
-            return self.ctx.initial_state(), 0.0
-        if msg.source == "local":
-            return self.outgoing.get(parent), 0.0
-        if msg.source == "group":
-            t0 = time.perf_counter()
-            src = self.topo.groups[msg.source_group][self.topo.index_in_group]
-            ts = self.train_state
-            n_params, step = recv_state_into(self.comm, ts.flat, src, msg.transfer_id, poll=self.poll)
-            return ModelState(ts.flat, n_params, step), time.perf_counter() - t0
-        if msg.source == "checkpoint":
-            from .resume import parent_state_from_checkpoint
-
-            t0 = time.perf_counter()
-            state = parent_state_from_checkpoint(self.ctx, parent)
-            return state, time.perf_counter() - t0
-        raise RuntimeError(f"unknown state source {msg.source!r}")
+    def _receive(self, msg: Assign, ts: TrainState) -> ModelState:
+        """The parent's state from rank i of the holder group, straight into the buffer."""
+        src = self.topo.groups[msg.source_group][self.topo.index_in_group]
+        n_params, step = recv_state_into(self.comm, ts.flat, src, msg.transfer_id, poll=self.poll)
+        return ModelState(ts.flat, n_params, step)
 
     def _run_node(self, msg: Assign) -> None:
-        if self.train_state is None:
-            self.train_state = self.ctx.new_train_state()
         self._busy = True
         try:
-            try:
-                init, transfer_s = self._initial(msg)
-                outcome = self.ctx.train(msg.node, init, self.train_state, group=self.group, poll=self.poll,
-                                         checkpoints=self.checkpoints)
-            except RankGone:  # not the node's fault: the job ends (worker_main aborts)
-                raise
-            except Exception as e:  # contained: the node fails, the run goes on
-                report = NodeReport(msg.node, self.topo.group, False, error=f"{type(e).__name__}: {e}")
-            else:
-                if self.ctx.has_children(msg.node):
-                    self.outgoing.hold(msg.node, outcome.inherit_state)
-                result = self.ctx.payload(outcome, transfer_s)
-                result["row"]["rank"] = self.topo.rank
-                report = NodeReport(msg.node, self.topo.group, True, result=result)
+            receive = (lambda ts: self._receive(msg, ts)) if msg.source is Source.GROUP else None
+            result = self.runner.run(msg.node, msg.source, receive)
         finally:
             self._busy = False
         if self.topo.is_leader:
+            report = NodeReport(msg.node, self.topo.group, result.ok, result=result.payload, error=result.error)
             self.comm.send(report, dest=0, tag=TAG_REPORT)
         self.nodes_finished += 1
         maybe_crash(self.ctx.cfg, self.topo.rank, self.nodes_finished)

@@ -22,7 +22,7 @@ from hbl_mpi.checkpoint import (
     keep_epochs,
     restart_check,
 )
-from hbl_mpi.config import RunConfig
+from hbl_mpi.config import RunConfig, load_config
 from hbl_mpi.errors import InputError
 from hbl_mpi.state import ModelState
 
@@ -33,7 +33,8 @@ def state(seed: int, n: int = 10) -> ModelState:
 
 
 def params(root, **kw) -> CkptParams:
-    return CkptParams(ckpt_directory=str(root), **kw)
+    """The parameters a run with these config keys uses (CkptParams has no defaults of its own)."""
+    return CkptParams.from_config(RunConfig(ckpt_directory=str(root), **kw))
 
 
 def pointer(node_dir, name):
@@ -220,10 +221,12 @@ def test_params_from_config_and_validation(tmp_path):
     assert p.metadata["data_checksum"] == "d1" and p.metadata["model"] == cfg.model
     cfg.ckpt_directory = "/elsewhere"
     assert CkptParams.from_config(cfg).ckpt_directory == "/elsewhere"
+    # the config validates the ckpt_* keys, once, with the other keys
     with pytest.raises(InputError, match="ckpt_keep_mode"):
-        CkptParams(ckpt_keep_mode="fibonacci")
+        load_config(None, ["data='x.h5'", "ckpt_keep_mode='fibonacci'"])
     with pytest.raises(InputError, match="ckpt_save_interval"):
-        CkptParams(ckpt_save_interval=0)
+        load_config(None, ["data='x.h5'", "ckpt_save_interval=0"])
+    assert CkptParams.from_config(RunConfig()).ckpt_enabled is RunConfig().ckpt_enabled
 
 
 def test_restart_continues_best_tracking_and_clear(tmp_path):
@@ -239,15 +242,6 @@ def test_restart_continues_best_tracking_and_clear(tmp_path):
     assert again.save(1, state(7), {}, {"val_loss": 0.9})["is_best"] is True
 
 
-def test_shrink_keeps_one(tmp_path):
-    nc = NodeCheckpoints(tmp_path, "1.1", params(tmp_path, ckpt_keep_limit=3))
-    for e, v in ((1, 0.9), (2, 0.3), (3, 0.5), (4, 0.6)):
-        nc.save(e, state(e), {}, {"val_loss": v})
-    nc.shrink("best")
-    assert nc.epochs() == [2] and pointer(nc.dir, "last") == "epochs/002"
-    assert nc.load_last().epoch == 2
-
-
 # ----------------------------------------------------------------------------- crash injection
 
 CRASH_SCRIPT = textwrap.dedent(
@@ -255,6 +249,7 @@ CRASH_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     from hbl_mpi.checkpoint import CkptParams, NodeCheckpoints
+    from hbl_mpi.config import RunConfig
     from hbl_mpi.state import ModelState
 
     def st(seed):
@@ -262,7 +257,7 @@ CRASH_SCRIPT = textwrap.dedent(
         return ModelState(torch.randn(30, generator=g), 10, seed)
 
     def scenario(root, step, rewrite):
-        p = CkptParams(ckpt_directory=root, ckpt_keep_limit=1)
+        p = CkptParams.from_config(RunConfig(ckpt_directory=root, ckpt_keep_limit=1))
         nc = NodeCheckpoints(root, "1.2", p)
         for e in (1, 2, 3):
             nc.save(e, st(e), {"epoch": e}, {"val_loss": 1.0 / e})
@@ -313,7 +308,7 @@ def test_crash_at_any_step_leaves_last_complete(crashed, step, rewrite):
     base, rcs = crashed
     root = base / f"{step}-{int(rewrite)}"
     assert rcs[str(root)] == 17, "the crash hook did not fire"
-    p = CkptParams(ckpt_directory=str(root), ckpt_keep_limit=1)
+    p = params(root, ckpt_keep_limit=1)
     nc = NodeCheckpoints(root, "1.2", p)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the pointed checkpoint itself must verify
@@ -407,9 +402,10 @@ def test_async_writer_drains_queue_at_interpreter_exit(tmp_path):
         """
         import sys, time, torch
         from hbl_mpi.checkpoint import AsyncCheckpointWriter, CkptParams, NodeCheckpoints
+        from hbl_mpi.config import RunConfig
         from hbl_mpi.state import ModelState
         root = sys.argv[1]
-        nc = NodeCheckpoints(root, "1.1", CkptParams(ckpt_directory=root))
+        nc = NodeCheckpoints(root, "1.1", CkptParams.from_config(RunConfig(ckpt_directory=root)))
         nc._step_hook = lambda s: time.sleep(0.3) if s == "model_written" else None
         w = AsyncCheckpointWriter(poll_seconds=0.1)
         for e in (1, 2):

@@ -92,9 +92,9 @@ def compare(reference: pd.DataFrame, out) -> pd.DataFrame:
 
 def interrupted_run(cfg, out, target: tuple[str, int], extra=(), restart=False):
     """Run in-process and stop dead right after ``target`` = (node, epoch) was checkpointed."""
-    from hbl_mpi import resume
+    from hbl_mpi.checkpoint import session
 
-    original = resume.NodeSession.on_epoch
+    original = session.NodeSession.on_epoch
 
     def on_epoch(self, ev):
         original(self, ev)
@@ -102,13 +102,13 @@ def interrupted_run(cfg, out, target: tuple[str, int], extra=(), restart=False):
             self.owner.writer.flush()
             raise Killed(target)
 
-    resume.NodeSession.on_epoch = on_epoch
+    session.NodeSession.on_epoch = on_epoch
     try:
         with pytest.raises(Killed):
             main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true", *extra,
                   *(["--restart"] if restart else [])])
     finally:
-        resume.NodeSession.on_epoch = original
+        session.NodeSession.on_epoch = original
 
 
 # --------------------------------------------------------------------------- MPI
@@ -196,8 +196,8 @@ def test_kill9_mpiexec_at_random_times_then_restart(setup, tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from hbl_mpi import resume
-    original = resume.NodeSession.on_epoch
+    from hbl_mpi.checkpoint import session
+    original = session.NodeSession.on_epoch
     target = (sys.argv[1], int(sys.argv[2]))
 
     def on_epoch(self, ev):
@@ -206,7 +206,7 @@ KILLER = textwrap.dedent("""
             self.owner.writer.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    resume.NodeSession.on_epoch = on_epoch
+    session.NodeSession.on_epoch = on_epoch
     from hbl_mpi.__main__ import main
     sys.exit(main(sys.argv[3:]))
 """)

@@ -83,25 +83,14 @@ def prepare(args):
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second
+    from ..checkpoint import check_compatible, drop_rerun, plan_restart
     from ..context import RunContext, resolve_device
-    from ..resume import drop_rerun, plan_restart
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
-        _check_compatible(previous, ctx)
-    ctx.run_info = plan_restart(ctx.plan, previous, ctx.ckpt_params, ctx.fingerprint, bool(args.restart),
-                                ctx.data_checksum)
+        check_compatible(previous, cfg, ctx.data_checksum)
+    ctx.run_info = plan_restart(ctx, previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
-
-
-def _check_compatible(previous, ctx) -> None:
-    from ..resume import TRAINING_KEYS
-
-    old = previous.config
-    for key in ("data",) + TRAINING_KEYS:
-        if key in old and old[key] != getattr(ctx.cfg, key):
-            raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
-                             f"{getattr(ctx.cfg, key)!r}; restart with the same settings or another --out")
 
 
 def _log_restart(ctx) -> None:
@@ -256,10 +245,10 @@ def run_mpi(args) -> int:
     try:
         topo = build_topology(comm, cfg.group_size)
         check_fault_rank(cfg, topo.world_size)
-        if rank != 0:
-            cfg.device = bind_device(cfg.device, topo.local_rank)
-            ctx = RunContext(cfg, dataset, plan_for(dataset, PlanSpec.from_config(cfg)),
-                             torch.device(cfg.device), run_info=run_info)
+        if rank != 0:  # the rank's own device (cuda:<local rank>); the config stays as given
+            device = torch.device(bind_device(cfg.device, topo.local_rank))
+            ctx = RunContext(cfg, dataset, plan_for(dataset, PlanSpec.from_config(cfg)), device,
+                             run_info=run_info)
     except InputError as e:  # identical on every rank
         if rank == 0:
             print(f"hbl_mpi: error: {e}", file=sys.stderr, flush=True)
