@@ -192,7 +192,7 @@ class Ledger:
 
     def _row(self, node: str, status: str, **fields) -> dict:
         pn = self.ctx.plan.nodes[node]
-        return node_row(node, pn.parent, pn.stage, status, self.ctx.epoch_budget(node), **fields)
+        return node_row(node, pn.parent, pn.stage, status, **{"epochs_planned": self.ctx.epoch_budget(node), **fields})
 
     def releasable(self) -> list[tuple[str, int]]:
         """Held parents all of whose children have started, forgotten here: (parent, holder

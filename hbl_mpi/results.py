@@ -260,10 +260,9 @@ def payload(outcome, transfer_s: float = 0.0) -> dict:
     }
 
 
-def node_row(node: str, parent: str, stage: int, status: str, epochs_planned: int, **fields) -> dict:
+def node_row(node: str, parent: str, stage: int, status: str, **fields) -> dict:
     """One row of the ``nodes`` table (``NODE_COLUMNS``); ``fields`` fill the rest."""
-    row = {"node": node, "parent": parent, "stage": stage, "status": status,
-           "epochs_planned": epochs_planned, "error": ""}
+    row = {"node": node, "parent": parent, "stage": stage, "status": status, "error": ""}
     row.update(fields)
     return row
 

@@ -244,14 +244,17 @@ def test_interrupted_serial_restart_variants(setup, tmp_path, variant, capsys):
     out = tmp_path / "out"
     interrupted_run(cfg, out, (node, epoch), extra)
     # a second interruption, during the restart, in a node that had not started
-    interrupted_run(cfg, out, ("1.3.1" if node != "1.3" else "1.3.2", 1), extra, restart=True)
+    second = "1.3.1" if node != "1.3" else "1.3.2"
+    interrupted_run(cfg, out, (second, 1), extra, restart=True)
     capsys.readouterr()
     assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true",
                  *extra]) == 0
     log = capsys.readouterr().out
     assert "restart:" in log
     nodes = compare(reference, out)
-    assert (nodes["resumed_from"] > 0).any() or "pass their state on from a checkpoint" in log
+    # each interrupted node continued from the epoch checkpointed just before its kill
+    assert nodes.loc[node, "resumed_from"] == epoch, nodes["resumed_from"].to_dict()
+    assert nodes.loc[second, "resumed_from"] == 1, nodes["resumed_from"].to_dict()
 
 
 @pytest.mark.timeout(120)
@@ -307,6 +310,69 @@ def test_restart_without_checkpoints_reruns_needed_parents(setup, tmp_path, caps
     assert "1 finished nodes run again" in log and "no usable final checkpoint" in log
     nodes = compare(reference, out)
     assert nodes.loc["1.2", "source"] == "fresh"
+
+
+@pytest.mark.timeout(180)
+def test_damaged_final_checkpoint_of_a_finished_parent_reruns_it(setup, tmp_path, capsys):
+    """A truncated model.pt of a finished parent's final checkpoint: the restart verifies it,
+    trains the parent again (from its last good epoch) and finishes the tree bit for bit,
+    instead of failing the parent's children on every restart."""
+    root, cfg, reference = setup
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true"]) == 0
+    from hbl_mpi.results import read_results
+
+    _rewrite_results(out, read_results(str(out / "results.h5")), {"1.1", "1.2", "1.3"})
+    for n in [n for n in NODES if n.count(".") == 2]:
+        shutil.rmtree(out / "ckpts" / n)  # the children never ran
+    final = out / "ckpts" / "1.1" / "last" / "model.pt"
+    data = final.read_bytes()
+    final.write_bytes(data[: len(data) // 2])  # truncated
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        code = main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true"])
+    log = capsys.readouterr().out
+    assert code == 0, log
+    assert "1 finished nodes run again" in log and ": 1.1" in log and "damaged" in log
+    nodes = compare(reference, out)
+    assert nodes.loc["1.2.1", "source"] == "checkpoint" and nodes.loc["1.1.1", "source"] == "local"
+    # and a second restart finds nothing to do
+    assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true"]) == 0
+    assert "12 of 12 nodes finished before" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_restart_compares_the_data_by_content(setup, tmp_path, capsys, monkeypatch):
+    """The same data under another spelling (./d.h5, an absolute path, a moved config) is
+    accepted; other data under the same path is refused with one line, exit 2."""
+    root, cfg, _ = setup
+    from hbl_mpi.data import synthesize, write_uno
+
+    work = tmp_path / "work"
+    (work / "cfgs").mkdir(parents=True)
+    shutil.copy(root / "tiny.h5", work / "d.h5")
+    text = cfg.read_text().replace(f'data = "{root / "tiny.h5"}"', 'data = "../d.h5"')
+    assert 'data = "../d.h5"' in text
+    (work / "cfgs" / "run.toml").write_text(text)
+    out = tmp_path / "out"
+    shutil.copytree(root / "reference", out)  # a finished run (made with the absolute path)
+    monkeypatch.chdir(work)
+    for spelling in (["cfgs/run.toml"], ["cfgs/run.toml", "--set", "data='./d.h5'"],
+                     ["cfgs/run.toml", "--set", f"data='{work / 'd.h5'}'"]):
+        capsys.readouterr()
+        assert main(["run", *spelling, "--serial", "--out", str(out), "--restart"]) == 0, capsys.readouterr().err
+        assert "12 of 12 nodes finished before" in capsys.readouterr().out
+    shutil.move(str(work / "cfgs"), str(work / "moved"))  # the config moved, the data did not
+    (work / "moved" / "run.toml").write_text(text.replace('"../d.h5"', f'"{work / "d.h5"}"'))
+    assert main(["run", "moved/run.toml", "--serial", "--out", str(out), "--restart"]) == 0
+    # same path, other content: refused before anything is written
+    write_uno(synthesize("small", seed=4, cells=36, drugs=10), str(work / "d.h5"))
+    before = os.stat(out / "results.h5").st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "moved/run.toml", "--serial", "--out", str(out), "--restart"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hbl_mpi: error: --restart: data") and "other data" in err, err
+    assert os.stat(out / "results.h5").st_mtime_ns == before
 
 
 # --------------------------------------------------------------------------- bad input

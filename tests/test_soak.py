@@ -20,9 +20,9 @@ a failure reproduces).
 
 from __future__ import annotations
 
+import json
 import os
 import random
-import re
 
 import pytest
 
@@ -51,10 +51,14 @@ def draw(rng: random.Random) -> tuple[dict, tuple[int, str] | None, list[str]]:
     return faults, crash, mpiexec_args
 
 
-def rerun_nodes(stdout: str) -> set[str]:
-    """Nodes a restart announced it trains again ("... run again because ...: 1.1, 1.2")."""
-    m = re.search(r"finished nodes run again because [^\n]*?: ([0-9., ]+)\n", stdout)
-    return set(m.group(1).replace(" ", "").split(",")) if m else set()
+def rerun_nodes(out) -> set[str]:
+    """Nodes a restart decided to train again, from its OUT/restart.json (the log line
+    shortens long lists with " ...")."""
+    path = out / "restart.json"
+    if not path.exists():
+        return set()
+    with open(path) as f:
+        return set(json.load(f)["rerun"])
 
 
 @pytest.mark.timeout(900)
@@ -72,6 +76,8 @@ def test_soak_random_faults(tmp_path):
             outs.append(out)
             done_before = set()
         args = run_cmd(cfg, out, *(["--restart"] if restart else []), *sets(**faults))
+        if os.path.exists(out / "restart.json"):
+            os.remove(out / "restart.json")  # this launch's decision only
         run = run_mpi_timed(3, args, marker=str(out), timeout=150, mpiexec_args=mpiexec_args)  # a hang raises
         what = f"launch {i} ({'restart' if restart else 'new'} {out.name}, {faults}, {' '.join(mpiexec_args)})"
         context = f"{what}\nexit {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
@@ -86,7 +92,7 @@ def test_soak_random_faults(tmp_path):
         assert os.path.exists(out / "results.h5"), context  # written before any node trains
         nodes = check_intact(out)
         done = set(nodes.index[nodes["status"] == "done"])
-        lost = done_before - done - rerun_nodes(run.stdout)
+        lost = done_before - done - rerun_nodes(out)
         assert not lost, f"finished nodes lost: {sorted(lost)}: {context}"
         if not crashed:
             partial = (nodes["status"] != "done").any() or len(nodes) < len(NODES)

@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..atomic import replace_text
 from ..config import RunConfig
 from ..errors import InputError
 from ..plan import node_sort_key, stage_of
@@ -90,6 +91,20 @@ class RestartInfo:
     @property
     def reads_checkpoints(self) -> bool:
         return self.restart and self.mode != "off"
+
+    def as_dict(self) -> dict:
+        """The decision as JSON-ready data (``OUT/restart.json``: what tools and tests read;
+        the log lines are for people and shorten long lists)."""
+        return {"restart": self.restart, "mode": self.mode, "fingerprint": self.fingerprint,
+                "done": sorted(self.done, key=node_sort_key), "rerun": list(self.rerun),
+                "rerun_why": dict(self.rerun_why), "parents_from_ckpt": sorted(self.parents_from_ckpt,
+                                                                               key=node_sort_key),
+                "resumable": dict(self.resumable), "foreign": list(self.foreign),
+                "seconds": round(self.seconds, 4)}
+
+    def write(self, path: str) -> None:
+        """Write ``as_dict`` to ``path`` atomically."""
+        replace_text(path, json.dumps(self.as_dict(), indent=1) + "\n")
 
     def summary(self, total: int) -> list[str]:
         """Lines for the log: what the restart skips, reruns and resumes."""

@@ -94,7 +94,11 @@ def prepare(args):
 
 
 def _log_restart(ctx) -> None:
-    for line in ctx.run_info.summary(len(ctx.plan.trained_nodes())) if ctx.run_info is not None else ():
+    """Print what the restart skips, reruns and resumes; the full lists go to OUT/restart.json."""
+    if ctx.run_info is None or not ctx.run_info.restart:
+        return
+    ctx.run_info.write(os.path.join(ctx.cfg.out, "restart.json"))
+    for line in ctx.run_info.summary(len(ctx.plan.trained_nodes())):
         print(f"[hbl_mpi] {line}", flush=True)
 
 
