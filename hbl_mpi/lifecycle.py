@@ -73,25 +73,26 @@ class ParentStates:
         return node in self.held
 
 
+@dataclass
 class NodeRunner:
     """Train nodes in this process: initial state by source, train, hold, contain failures.
 
+    ``holder`` keeps finished parents' states (``ParentStates``, or the worker's
+    ``OutgoingStates``); ``group``/``poll`` go to the trainer (data parallel, serving
+    forks while training); ``rank`` is written in the node's row.
     ``keep_loaded_parents``: a parent state loaded from a checkpoint is held for its
     other children (the serial driver: one process trains them all; a worker does not,
     rank 0 does not know of it and would never release it).
     """
 
-    def __init__(self, ctx: RunContext, holder: StateHolder, *, checkpoints: Checkpointing | None = None,
-                 group=None, poll: Callable[[], None] | None = None, rank: int = 0,
-                 keep_loaded_parents: bool = False):
-        self.ctx = ctx
-        self.holder = holder
-        self.checkpoints = checkpoints
-        self.group = group
-        self.poll = poll
-        self.rank = rank
-        self.keep_loaded_parents = keep_loaded_parents
-        self._train_state: TrainState | None = None
+    ctx: RunContext
+    holder: StateHolder
+    checkpoints: Checkpointing | None = None
+    group: Any = None
+    poll: Callable[[], None] | None = None
+    rank: int = 0
+    keep_loaded_parents: bool = False
+    _train_state: TrainState | None = field(default=None, init=False, repr=False)
 
     @property
     def train_state(self) -> TrainState:
