@@ -98,6 +98,7 @@ def study_one(args) -> None:
     from hbl_mpi import analysis as A
     from hbl_mpi import ranking as R
     from hbl_mpi.baselines import run_baselines
+    from hbl_mpi.results import read_results
 
     d = os.path.join(args.work, args.name)
     os.makedirs(d, exist_ok=True)
@@ -117,7 +118,7 @@ def study_one(args) -> None:
             print(f"[study] {args.name}: tree trained in {time.perf_counter() - t0:.0f} s", flush=True)
     if not complete(results):
         sys.exit(f"{results}: the run did not finish every node")
-    r = A.read_run(results)
+    r = read_results(results)
     parts = []
     t = R.cell_stage_table(r.cell_val, r.nodes)
     tot = A.compute_totals(r.nodes)

@@ -21,6 +21,7 @@ import pandas as pd
 from . import analysis as A
 from . import ranking as R
 from .errors import InputError
+from .results import RunTables, read_results
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "": "#9e9e9e"}
@@ -193,7 +194,7 @@ def fig_busy(busy: pd.DataFrame, labels):
     return fig
 
 
-def fig_trajectories(runs: list[A.RunTables]):
+def fig_trajectories(runs: list[RunTables]):
     n = len(runs)
     fig, axes = _figure(w=max(5.0, 3.6 * n), h=4.2, ncols=n, sharey=True)
     for i, r in enumerate(runs):
@@ -277,10 +278,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
 
 
-def load_runs(paths: list[str]) -> list[A.RunTables]:
+def load_runs(paths: list[str]) -> list[RunTables]:
     if not paths:
         raise InputError("report needs at least one results file")
-    return A.unique_labels([A.read_run(p) for p in paths])
+    return A.unique_labels([read_results(p) for p in paths])
 
 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
@@ -472,7 +473,7 @@ def summary_section(rep: Report, truth: pd.DataFrame | None, method: str, top: i
     return Section("Summary", text, None, tables)
 
 
-def _data_path(run: A.RunTables) -> str:
+def _data_path(run: RunTables) -> str:
     p = str(run.config.get("data") or "")
     if not p:
         raise InputError(f"{run.path!r} records no data path; pass --data for the baselines")
