@@ -1,6 +1,7 @@
 """The report command on small fabricated results files (no training needed)."""
 
 import argparse
+import io
 import os
 
 import numpy as np
@@ -205,3 +206,24 @@ def test_summary_comes_first_and_html_is_readable(tmp_path):
     assert f"<code>{R.DEFAULT_METHOD}</code>" in page and "`" not in page  # code spans, no raw backticks
     assert page.count("<div class='tw'><table>") == sum(len(s.tables) for s in rep.sections)
     assert "<td class='t'>C03</td>" in page  # text cells left-aligned, numbers right
+
+
+def test_sections_come_from_the_builders_and_a_new_part_is_one_more(tmp_path):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+
+    def extra(inp, rep):  # what another module adds: it reads the shared ranking
+        top3 = inp.ranking.head(3)
+        rep.csv("extra.csv", top3)
+        rep.sections.append(REP.Section("Extra", "the top 3 cells", None, [("extra.csv", top3)]))
+
+    rep = REP.build([a], log=lambda *x: None, builders=REP.SECTION_BUILDERS + (extra,))
+    titles = [s.title for s in rep.sections]
+    assert titles == ["Summary", "Run totals", "Fig. 7: trajectories", "Fig. 8: early stopping",
+                      "Fig. 9: epochs trained", "Fig. 10: val_loss percentiles",
+                      "Table 2: the best final-stage trajectory", "Fig. 11: val_loss increases",
+                      "Fig. 12: increase delta", "Fig. 13: outlier level", "Fig. 14: busy workers", "Cell ranking",
+                      "Detection of the planted cells", "Extra"]
+    ranking = pd.read_csv(io.BytesIO(rep.files["cell_ranking.csv"]))
+    extra_csv = pd.read_csv(io.BytesIO(rep.files["extra.csv"]))
+    pd.testing.assert_frame_equal(extra_csv, ranking.head(3))
+    assert "## Extra" in REP.render_markdown(rep)
