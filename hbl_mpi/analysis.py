@@ -70,6 +70,14 @@ def with_parent(nodes: pd.DataFrame) -> pd.DataFrame:
     return m.sort_values("node", key=lambda s: s.map(node_sort_key)).reset_index(drop=True)
 
 
+def _stage_fraction(m: pd.DataFrame, flag: str, total: str) -> pd.DataFrame:
+    """Per stage: the ``total`` nodes, how many have ``flag`` set, and ``fraction_<flag>``."""
+    g = m.groupby("stage")[flag]
+    out = pd.DataFrame({total: g.size(), flag: g.sum().astype("int64")})
+    out[f"fraction_{flag}"] = out[flag] / out[total]
+    return out.reset_index()
+
+
 def _stages(nodes: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in nodes["stage"].unique())
 
@@ -79,11 +87,7 @@ def _stages(nodes: pd.DataFrame) -> list[int]:
 # ---------------------------------------------------------------------------
 def early_stopping(nodes: pd.DataFrame) -> pd.DataFrame:
     """Fig 8: fraction of each stage's nodes that stopped early."""
-    m = measured(nodes)
-    g = m.groupby("stage")["stopped_early"]
-    out = pd.DataFrame({"nodes": g.size(), "stopped_early": g.sum().astype("int64")})
-    out["fraction_stopped_early"] = out["stopped_early"] / out["nodes"]
-    return out.reset_index()
+    return _stage_fraction(measured(nodes), "stopped_early", "nodes")
 
 
 def epochs_run(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -115,11 +119,7 @@ def val_loss_percentiles(nodes: pd.DataFrame, levels=PAPER_PERCENTILES) -> pd.Da
 def increase_fraction(nodes: pd.DataFrame) -> pd.DataFrame:
     """Fig 11: fraction of each stage's nodes whose val_loss increased over the parent's."""
     m = with_parent(nodes)
-    m = m[np.isfinite(m["parent_val_loss"])]
-    g = m.groupby("stage")["increased"]
-    out = pd.DataFrame({"nodes_with_parent": g.size(), "increased": g.sum().astype("int64")})
-    out["fraction_increased"] = out["increased"] / out["nodes_with_parent"]
-    return out.reset_index()
+    return _stage_fraction(m[np.isfinite(m["parent_val_loss"])], "increased", "nodes_with_parent")
 
 
 def increase_delta(nodes: pd.DataFrame) -> pd.DataFrame:

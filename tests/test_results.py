@@ -31,12 +31,17 @@ def add_node(w, node, status="done", val=0.5):
           pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}))
 
 
-def test_tables_read_with_pandas(tmp_path):
-    path = tmp_path / "results.h5"
+def write_done_and_failed(path):
+    """A results file with node 1.1 done and 1.2 failed."""
     w = make_writer(path)
     add_node(w, "1.1")
     add_node(w, "1.2", status="failed", val=float("nan"))
     w.flush()
+
+
+def test_tables_read_with_pandas(tmp_path):
+    path = tmp_path / "results.h5"
+    write_done_and_failed(path)
     for key in ("nodes", "history", "cell_val", "plan", "truth"):
         df = pd.read_hdf(path, key)
         assert len(df) > 0, key
@@ -52,10 +57,7 @@ def test_tables_read_with_pandas(tmp_path):
 
 def test_restart_keeps_only_done_nodes_once(tmp_path):
     path = tmp_path / "results.h5"
-    w = make_writer(path)
-    add_node(w, "1.1")
-    add_node(w, "1.2", status="failed")
-    w.flush()
+    write_done_and_failed(path)
     prev = read_results(str(path))
     assert prev.done_nodes() == {"1.1"}
     w2 = make_writer(path, previous=prev)
@@ -94,10 +96,7 @@ def test_schema_casts_what_the_writer_stores():
 def test_one_reader_gives_the_schemas_tables(tmp_path):
     """The analysis, the report and the restart all read through read_results: one set of checks and dtypes."""
     path = tmp_path / "results.h5"
-    w = make_writer(path)
-    add_node(w, "1.1")
-    add_node(w, "1.2", status="failed", val=float("nan"))
-    w.flush()
+    write_done_and_failed(path)
     run = read_results(str(path))
     assert (run.path, run.label, run.final_stage, run.group_size) == (str(path), "EXP2", 1, 1)
     assert (run.config["n"], run.versions, run.data_checksum) == (2, {"x": "1"}, "abc")
@@ -129,10 +128,7 @@ def _rewrite(path, key, change):
 ])
 def test_reader_refuses_files_off_the_schema(tmp_path, key, change, match):
     path = tmp_path / "results.h5"
-    w = make_writer(path)
-    add_node(w, "1.1")
-    add_node(w, "1.2")
-    w.flush()
+    write_done_and_failed(path)
     _rewrite(path, key, change)
     with pytest.raises(InputError, match=match):
         read_results(str(path))
