@@ -84,14 +84,16 @@ def write_config(path: str, data: str, out: str, plan_seed: int, run: dict) -> N
 
 def complete(results: str) -> bool:
     """A finished run: every node of the plan is in the nodes table (a killed run is not reused)."""
+    from hbl_mpi.errors import InputError
+    from hbl_mpi.results import read_results
+
     if not os.path.exists(results):
         return False
     try:
-        nodes = pd.read_hdf(results, "nodes")
-        plan = pd.read_hdf(results, "plan")
-    except (KeyError, OSError, ValueError):
+        r = read_results(results)
+    except InputError:
         return False
-    return set(plan["node"].astype(str)) <= set(nodes.loc[nodes["status"] == "done", "node"].astype(str))
+    return r.plan is not None and set(r.plan["node"]) <= r.done_nodes()
 
 
 def study_one(args) -> None:

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from mpi4py import MPI
 
