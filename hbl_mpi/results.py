@@ -23,7 +23,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -176,8 +176,9 @@ def results_path(out_dir: str) -> str:
 class RunTables:
     """One results file, as plain tables checked against :data:`SCHEMA`.
 
-    The first four fields are what a restart carries over; ``label`` is the run's epoch
-    strategy (the report makes it unique across the runs it shows).
+    A restart carries the per-node tables (``nodes``, ``history``, ``cell_val``,
+    ``cell_test``) of its finished nodes over; ``label`` is the run's epoch strategy (the
+    report makes it unique across the runs it shows).
     """
 
     nodes: pd.DataFrame
@@ -202,9 +203,8 @@ class RunTables:
         def keep(df: pd.DataFrame | None) -> pd.DataFrame | None:
             return None if df is None else df[~df["node"].isin(drop)]
 
-        return RunTables(keep(self.nodes), keep(self.history), keep(self.cell_val), self.config,
-                         keep(self.cell_test), self.plan, self.truth, self.versions, self.data_checksum,
-                         self.path, self.label)
+        return replace(self, nodes=keep(self.nodes), history=keep(self.history), cell_val=keep(self.cell_val),
+                       cell_test=keep(self.cell_test))
 
     @property
     def group_size(self) -> int:
@@ -262,8 +262,9 @@ def read_results(path: str) -> RunTables:
     if typed["nodes"]["stage"].dtype != "int64":
         raise InputError(f"{path!r}: table 'nodes' has missing or non-numeric stages")
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
-    return RunTables(typed["nodes"], typed["history"], typed["cell_val"], config, typed.get("cell_test"),
-                     typed.get("plan"), typed.get("truth"), versions, checksum, path, label)
+    return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
+                     cell_test=typed.get("cell_test"), plan=typed.get("plan"), truth=typed.get("truth"),
+                     versions=versions, data_checksum=checksum, path=path, label=label)
 
 
 def run_attributes(attrs) -> tuple[dict, dict, str]:

@@ -111,6 +111,15 @@ def test_one_reader_gives_the_schemas_tables(tmp_path):
     assert set(cut.cell_val["node"]) == {"1.2"} and cut.config == run.config and len(run.nodes) == 2
 
 
+def test_a_file_flushed_before_any_node_reads_back_empty(tmp_path):
+    """A run killed before its first node finished leaves such a file: --restart must read it."""
+    path = tmp_path / "results.h5"
+    make_writer(path).flush()
+    run = read_results(str(path))
+    assert len(run.nodes) == 0 and run.nodes["stage"].dtype == "int64" and run.done_nodes() == set()
+    assert list(run.history.columns)[:2] == ["node", "epoch"] and run.without({"1.1"}).data_checksum == "abc"
+
+
 def _rewrite(path, key, change):
     """A copy of a results file with table ``key`` replaced by ``change(table)`` (None drops it)."""
     with pd.HDFStore(path, mode="a") as st:
