@@ -23,7 +23,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -185,6 +185,7 @@ class RunTables:
     history: pd.DataFrame
     cell_val: pd.DataFrame
     config: dict = field(default_factory=dict)
+    _: KW_ONLY  # the rest by name only: a positional fifth argument is an error, never a shifted field
     cell_test: pd.DataFrame | None = None  # None: written before the table existed
     plan: pd.DataFrame | None = None
     truth: pd.DataFrame | None = None

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.errors import InputError
-from hbl_mpi.results import NODES, PLAN, SCHEMA, ResultsWriter, read_results
+from hbl_mpi.results import NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
 
 
 def make_writer(path, previous=None):
@@ -109,6 +109,8 @@ def test_one_reader_gives_the_schemas_tables(tmp_path):
     cut = run.without({"1.1"})
     assert list(cut.nodes["node"]) == ["1.2"] and set(cut.history["node"]) == {"1.2"}
     assert set(cut.cell_val["node"]) == {"1.2"} and cut.config == run.config and len(run.nodes) == 2
+    with pytest.raises(TypeError):  # beyond config by name only: no field is silently shifted
+        RunTables(run.nodes, run.history, run.cell_val, run.config, "abc")
 
 
 def test_a_file_flushed_before_any_node_reads_back_empty(tmp_path):
