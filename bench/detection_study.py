@@ -84,20 +84,23 @@ def write_config(path: str, data: str, out: str, plan_seed: int, run: dict) -> N
 
 def complete(results: str) -> bool:
     """A finished run: every node of the plan is in the nodes table (a killed run is not reused)."""
+    from hbl_mpi.errors import InputError
+    from hbl_mpi.results import read_results
+
     if not os.path.exists(results):
         return False
     try:
-        nodes = pd.read_hdf(results, "nodes")
-        plan = pd.read_hdf(results, "plan")
-    except (KeyError, OSError, ValueError):
+        r = read_results(results)
+    except InputError:
         return False
-    return set(plan["node"].astype(str)) <= set(nodes.loc[nodes["status"] == "done", "node"].astype(str))
+    return r.plan is not None and set(r.plan["node"]) <= r.done_nodes()
 
 
 def study_one(args) -> None:
     from hbl_mpi import analysis as A
     from hbl_mpi import ranking as R
     from hbl_mpi.baselines import run_baselines
+    from hbl_mpi.results import read_results
 
     d = os.path.join(args.work, args.name)
     os.makedirs(d, exist_ok=True)
@@ -117,7 +120,7 @@ def study_one(args) -> None:
             print(f"[study] {args.name}: tree trained in {time.perf_counter() - t0:.0f} s", flush=True)
     if not complete(results):
         sys.exit(f"{results}: the run did not finish every node")
-    r = A.read_run(results)
+    r = read_results(results)
     parts = []
     t = R.cell_stage_table(r.cell_val, r.nodes)
     tot = A.compute_totals(r.nodes)

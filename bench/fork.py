@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from mpi4py import MPI
 
@@ -81,6 +80,18 @@ def main() -> None:
         wait_all([comm.Ibarrier()])
         return time.perf_counter()
 
+    def state_dict(st: ModelState, clone: bool = False) -> dict:
+        """The state as the file and pickle variants ship it: three named tensors and the step."""
+        P = n_params
+        parts = {"params": st.flat[:P], "exp_avg": st.flat[P:2 * P], "exp_avg_sq": st.flat[2 * P:]}
+        return {**{k: v.clone() if clone else v for k, v in parts.items()}, "step": st.step}
+
+    def load_into(flat: torch.Tensor, d: dict) -> None:
+        P = n_params
+        flat[:P].copy_(d["params"])
+        flat[P:2 * P].copy_(d["exp_avg"])
+        flat[2 * P:].copy_(d["exp_avg_sq"])
+
     checks = []
     for rep in range(reps):
         # (a) hbl_mpi transfer
@@ -105,54 +116,29 @@ def main() -> None:
             recv_state_into(comm, buf_4k, source=1, transfer_id=1000 + rep)
             times["hbl_transfer_4k"].append(time.perf_counter() - t0)
             checks.append(ModelState(buf_4k, n_params, 7).checksum())
-        # (b) torch.save -> torch.load through the filesystem
+        # (b) torch.save -> torch.load through the filesystem; (b') the same with fsync
+        # before the child may read (a durable checkpoint)
         path = os.path.join(folder, f"state_{rep}.pt")
-        t0 = sync()
-        if rank == 1:
-            P = n_params
-            torch.save({"params": state.flat[:P], "exp_avg": state.flat[P:2 * P],
-                        "exp_avg_sq": state.flat[2 * P:], "step": state.step}, path)
-            comm.send(True, dest=2, tag=90)
-        if rank == 2:
-            comm.recv(source=1, tag=90)
-            d = torch.load(path)
-            P = n_params
-            buf[:P].copy_(d["params"])
-            buf[P:2 * P].copy_(d["exp_avg"])
-            buf[2 * P:].copy_(d["exp_avg_sq"])
-            times["file"].append(time.perf_counter() - t0)
-            os.remove(path)
-        # (b') the same with fsync before the child may read (a durable checkpoint)
-        t0 = sync()
-        if rank == 1:
-            P = n_params
-            with open(path, "wb") as f:
-                torch.save({"params": state.flat[:P], "exp_avg": state.flat[P:2 * P],
-                            "exp_avg_sq": state.flat[2 * P:], "step": state.step}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            comm.send(True, dest=2, tag=93)
-        if rank == 2:
-            comm.recv(source=1, tag=93)
-            d = torch.load(path)
-            P = n_params
-            buf[:P].copy_(d["params"])
-            buf[P:2 * P].copy_(d["exp_avg"])
-            buf[2 * P:].copy_(d["exp_avg_sq"])
-            times["file_fsync"].append(time.perf_counter() - t0)
-            os.remove(path)
+        for key, durable, tag in (("file", False, 90), ("file_fsync", True, 93)):
+            t0 = sync()
+            if rank == 1:
+                with open(path, "wb") as f:
+                    torch.save(state_dict(state), f)
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())
+                comm.send(True, dest=2, tag=tag)
+            if rank == 2:
+                comm.recv(source=1, tag=tag)
+                load_into(buf, torch.load(path))
+                times[key].append(time.perf_counter() - t0)
+                os.remove(path)
         # (c) pickled lowercase send
         t0 = sync()
         if rank == 1:
-            P = n_params
-            comm.send({"params": state.flat[:P].clone(), "exp_avg": state.flat[P:2 * P].clone(),
-                       "exp_avg_sq": state.flat[2 * P:].clone(), "step": state.step}, dest=2, tag=91)
+            comm.send(state_dict(state, clone=True), dest=2, tag=91)
         if rank == 2:
-            d = comm.recv(source=1, tag=91)
-            P = n_params
-            buf[:P].copy_(d["params"])
-            buf[P:2 * P].copy_(d["exp_avg"])
-            buf[2 * P:].copy_(d["exp_avg_sq"])
+            load_into(buf, comm.recv(source=1, tag=91))
             times["pickle"].append(time.perf_counter() - t0)
         # (d) raw Send of the same bytes
         t0 = sync()

@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from hbl_mpi.dataset import Dataset  # noqa: E402
 from hbl_mpi.errors import InputError  # noqa: E402
+from hbl_mpi.results import read_results  # noqa: E402
 
 COSMIC_MEMBER = "gdsctools/data/cosmic_info.csv.gz"
 EVIDENCE = ["rank", "cell", "score", "mse_ratio", "mean_log_ratio", "max_log_ratio", "worst_stage",
@@ -295,7 +296,9 @@ def _dispatch(args) -> int:
                   f"sd of AUC across drugs: top {top['sd_auc'].mean():.3f}, all {ranked['sd_auc'].mean():.3f}, "
                   f"Spearman(score, sd) {ranked['score'].corr(ranked['sd_auc'], method='spearman'):.3f}")
     elif args.cmd == "planted":
-        truth = pd.read_hdf(args.results, "truth")
+        truth = read_results(args.results).truth
+        if truth is None:
+            raise InputError(f"{args.results!r} has no truth table (not a planted run)")
         print(markdown(planted_ranks(args.report_dir, truth, args.clean)))
         if args.clean:
             r = run_to_run(args.report_dir, args.clean, truth)

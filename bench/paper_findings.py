@@ -16,9 +16,10 @@ import pandas as pd
 
 from hbl_mpi import analysis as A
 from hbl_mpi.report import markdown_table
+from hbl_mpi.results import RunTables, read_results
 
 
-def per_run(r: A.RunTables) -> dict:
+def per_run(r: RunTables) -> dict:
     st = A.stage_table(r.nodes).set_index("stage")
     final = r.final_stage
     t2 = A.best_trajectory(r.nodes, final)
@@ -53,7 +54,7 @@ def per_run(r: A.RunTables) -> dict:
 
 
 def main(paths: list[str]) -> None:
-    runs = A.unique_labels([A.read_run(p) for p in paths])
+    runs = A.unique_labels([read_results(p) for p in paths])
     rows = pd.DataFrame([per_run(r) for r in runs])
     pooled_1 = rows["outlier > 1 count"].sum() / rows["nodes"].sum()
     pooled_2 = rows["outlier > 2 count"].sum() / rows["nodes"].sum()

@@ -53,11 +53,11 @@ BINS = 10  # utilization over time: busy fraction per tenth of the makespan
 
 
 def epochs_from_results(paths: list[str]) -> dict[int, list[int]]:
-    import pandas as pd
+    from hbl_mpi.results import read_results
 
     out: dict[int, list[int]] = {}
     for p in paths:
-        nodes = pd.read_hdf(p, "nodes")
+        nodes = read_results(p).nodes
         nodes = nodes[nodes["status"] == "done"]
         for stage, grp in nodes.groupby("stage"):
             out.setdefault(int(stage), []).extend(int(e) for e in grp["epochs_run"])
@@ -67,12 +67,11 @@ def epochs_from_results(paths: list[str]) -> dict[int, list[int]]:
 def record(path: str, out: str = MEASURED) -> dict:
     """Write the epochs-per-stage measurement of a finished run (plus what produced it)."""
     import numpy as np
-    import pandas as pd
 
-    nodes = pd.read_hdf(path, "nodes")
-    with pd.HDFStore(path, mode="r") as store:
-        attrs = store.get_storer("nodes").attrs
-        config = json.loads(attrs.config_json) if "config_json" in attrs else {}
+    from hbl_mpi.results import read_results
+
+    run = read_results(path)
+    nodes, config = run.nodes, run.config
     done = nodes[nodes["status"] == "done"]
     stats_path = os.path.join(os.path.dirname(os.path.abspath(path)), "run_stats.json")
     run_stats = json.load(open(stats_path)) if os.path.exists(stats_path) else None

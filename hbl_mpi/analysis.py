@@ -2,8 +2,8 @@
 
 Every function takes the ``nodes`` table of one run (DESIGN §6) and returns a small
 DataFrame; ``by_run`` stacks the same table for several runs (one per epoch strategy)
-with a ``strategy`` column, which is how the report puts strategies side by side. Only
-``read_run`` touches the file system.
+with a ``strategy`` column, which is how the report puts strategies side by side. Nothing
+here touches the file system: the tables come from ``results.read_results``.
 
 Conventions (where the paper is loose, the choice is written here once):
 
@@ -33,130 +33,16 @@ Conventions (where the paper is loose, the choice is written here once):
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
 from .plan import node_sort_key, parent_of, stage_of
+from .results import RunTables
 
 PAPER_PERCENTILES = (99, 75, 50, 25, 10)
 """The paper's Fig 10 levels (higher = more accurate, see module docstring)."""
-
-REQUIRED_KEYS = ("nodes", "cell_val")
-NODE_REQUIRED = ("node", "stage", "status", "val_loss")
-
-
-# ---------------------------------------------------------------------------
-# reading
-# ---------------------------------------------------------------------------
-@dataclass
-class RunTables:
-    """One results file, as plain tables."""
-
-    path: str
-    label: str  # the epoch strategy, made unique across the runs of one report
-    nodes: pd.DataFrame
-    history: pd.DataFrame
-    cell_val: pd.DataFrame
-    plan: pd.DataFrame | None
-    truth: pd.DataFrame | None
-    config: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
-    data_checksum: str = ""
-
-    @property
-    def group_size(self) -> int:
-        try:
-            return max(1, int(self.config.get("group_size", 1)))
-        except (TypeError, ValueError):
-            return 1
-
-    @property
-    def final_stage(self) -> int:
-        s = self.config.get("s")
-        if isinstance(s, (int, np.integer)) and s >= 1:
-            return int(s)
-        return int(self.nodes["stage"].max()) if len(self.nodes) else 0
-
-
-def read_run(path: str) -> RunTables:
-    """Load a results file; InputError (one line) when it is missing or not a results file."""
-    if not os.path.exists(path):
-        raise InputError(f"results file {path!r} does not exist")
-    if not os.path.isfile(path):
-        raise InputError(f"results file {path!r} is not a file")
-    try:
-        store = pd.HDFStore(path, mode="r")
-    except Exception as e:  # HDF5 / PyTables raise many types for a non-HDF5 file
-        raise InputError(f"{path!r} is not an HDF5 results file ({type(e).__name__})") from None
-    try:
-        keys = {k.lstrip("/") for k in store.keys()}
-        missing = [k for k in REQUIRED_KEYS if k not in keys]
-        if missing:
-            raise InputError(f"{path!r} is not an hbl_mpi results file (missing key(s): {', '.join(missing)})")
-        nodes = store["nodes"]
-        cols = [c for c in NODE_REQUIRED if c not in nodes.columns]
-        if cols:
-            raise InputError(f"{path!r}: table 'nodes' lacks column(s) {', '.join(cols)}")
-        cell_val = store["cell_val"]
-        cols = [c for c in ("node", "cell", "mse") if c not in cell_val.columns]
-        if cols:
-            raise InputError(f"{path!r}: table 'cell_val' lacks column(s) {', '.join(cols)}")
-        history = store["history"] if "history" in keys else pd.DataFrame(
-            columns=["node", "epoch", "loss", "val_loss", "seconds"])
-        plan = store["plan"] if "plan" in keys else None
-        truth = store["truth"] if "truth" in keys else None
-        attrs = store.get_storer("nodes").attrs
-        config = dict(getattr(attrs, "config", None) or {})
-        versions = dict(getattr(attrs, "versions", None) or {})
-        checksum = str(getattr(attrs, "data_checksum", "") or "")
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"cannot read results file {path!r}: {type(e).__name__}: {e}") from None
-    finally:
-        store.close()
-    nodes = _normalise_nodes(nodes)
-    cell_val = cell_val.assign(node=cell_val["node"].astype(str), cell=cell_val["cell"].astype(str))
-    if truth is not None:
-        truth = truth.assign(cell=truth["cell"].astype(str), kind=truth["kind"].astype(str))
-    label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
-    return RunTables(path, label, nodes, history, cell_val, plan, truth, config, versions, checksum)
-
-
-def _normalise_nodes(nodes: pd.DataFrame) -> pd.DataFrame:
-    out = nodes.copy()
-    out["node"] = out["node"].astype(str)
-    if "parent" not in out.columns:
-        out["parent"] = [parent_of(n) for n in out["node"]]
-    out["parent"] = out["parent"].astype(str)
-    out["stage"] = pd.to_numeric(out["stage"]).astype("int64")
-    out["status"] = out["status"].astype(str)
-    for c in ("val_loss", "start", "stop", "train_s", "transfer_s", "steps", "epochs_run",
-              "epochs_planned", "test_loss", "n_train_rows"):
-        if c in out.columns:
-            out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
-    if "stopped_early" in out.columns:
-        out["stopped_early"] = out["stopped_early"].astype(bool)
-    return out
-
-
-def unique_labels(runs: list[RunTables]) -> list[RunTables]:
-    """Make run labels unique: repeated strategies become ``EXP2 #1``, ``EXP2 #2``, ..."""
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.label] = counts.get(r.label, 0) + 1
-    seen: dict[str, int] = {}
-    for r in runs:
-        if counts[r.label] > 1:
-            base = r.label
-            seen[base] = seen.get(base, 0) + 1
-            r.label = f"{base} #{seen[base]}"
-    return runs
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +70,14 @@ def with_parent(nodes: pd.DataFrame) -> pd.DataFrame:
     return m.sort_values("node", key=lambda s: s.map(node_sort_key)).reset_index(drop=True)
 
 
+def _stage_fraction(m: pd.DataFrame, flag: str, total: str) -> pd.DataFrame:
+    """Per stage: the ``total`` nodes, how many have ``flag`` set, and ``fraction_<flag>``."""
+    g = m.groupby("stage")[flag]
+    out = pd.DataFrame({total: g.size(), flag: g.sum().astype("int64")})
+    out[f"fraction_{flag}"] = out[flag] / out[total]
+    return out.reset_index()
+
+
 def _stages(nodes: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in nodes["stage"].unique())
 
@@ -193,11 +87,7 @@ def _stages(nodes: pd.DataFrame) -> list[int]:
 # ---------------------------------------------------------------------------
 def early_stopping(nodes: pd.DataFrame) -> pd.DataFrame:
     """Fig 8: fraction of each stage's nodes that stopped early."""
-    m = measured(nodes)
-    g = m.groupby("stage")["stopped_early"]
-    out = pd.DataFrame({"nodes": g.size(), "stopped_early": g.sum().astype("int64")})
-    out["fraction_stopped_early"] = out["stopped_early"] / out["nodes"]
-    return out.reset_index()
+    return _stage_fraction(measured(nodes), "stopped_early", "nodes")
 
 
 def epochs_run(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -229,11 +119,7 @@ def val_loss_percentiles(nodes: pd.DataFrame, levels=PAPER_PERCENTILES) -> pd.Da
 def increase_fraction(nodes: pd.DataFrame) -> pd.DataFrame:
     """Fig 11: fraction of each stage's nodes whose val_loss increased over the parent's."""
     m = with_parent(nodes)
-    m = m[np.isfinite(m["parent_val_loss"])]
-    g = m.groupby("stage")["increased"]
-    out = pd.DataFrame({"nodes_with_parent": g.size(), "increased": g.sum().astype("int64")})
-    out["fraction_increased"] = out["increased"] / out["nodes_with_parent"]
-    return out.reset_index()
+    return _stage_fraction(m[np.isfinite(m["parent_val_loss"])], "increased", "nodes_with_parent")
 
 
 def increase_delta(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -443,6 +329,20 @@ def utilisation(nodes: pd.DataFrame, group_size: int = 1) -> dict:
 # ---------------------------------------------------------------------------
 # several runs side by side
 # ---------------------------------------------------------------------------
+def unique_labels(runs: list[RunTables]) -> list[RunTables]:
+    """Make run labels unique: repeated strategies become ``EXP2 #1``, ``EXP2 #2``, ..."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    seen: dict[str, int] = {}
+    for r in runs:
+        if counts[r.label] > 1:
+            base = r.label
+            seen[base] = seen.get(base, 0) + 1
+            r.label = f"{base} #{seen[base]}"
+    return runs
+
+
 def by_run(runs: list[RunTables], fn: Callable[..., pd.DataFrame], **kwargs) -> pd.DataFrame:
     """``fn(run.nodes, **kwargs)`` for every run, stacked with a leading ``strategy`` column."""
     parts = []

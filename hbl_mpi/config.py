@@ -254,7 +254,7 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
     return validate(RunConfig(**values))
 
 
-def markdown_table() -> str:
+def readme_key_table() -> str:
     """The README's key table, generated from the declarations (a test keeps them in sync)."""
     defaults = RunConfig()
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]

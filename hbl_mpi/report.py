@@ -5,6 +5,13 @@ Everything is computed first (``build``: reading every input, the baselines' tra
 and written last (``write``), each file through a temporary name and ``os.replace``, so
 bad input leaves nothing behind and a crash leaves no half-written file. Figures use
 ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot global state).
+
+The report is made of parts, each built by one *section builder* ``(inp, rep) -> None``
+listed in :data:`SECTION_BUILDERS`: run totals, the paper's figures, the cell ranking,
+detection (with the baselines) and the summary. A builder reads :class:`ReportInputs`
+(the runs, the options and the cell ranking, computed once and shared) and adds files
+(``rep.csv``, ``rep.png``) and :class:`Section` s to the :class:`Report`. A new part is
+one more builder in that list.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import io
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,6 +30,7 @@ import pandas as pd
 from . import analysis as A
 from . import ranking as R
 from .errors import InputError
+from .results import RunTables, read_results
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "": "#9e9e9e"}
@@ -69,7 +79,11 @@ def _figure(w=7.0, h=4.2, ncols=1, nrows=1, **kw):
     return fig, axes
 
 
-def _grouped_bars(ax, table: pd.DataFrame, value: str, labels: list[str]) -> None:
+def _bars_figure(table: pd.DataFrame, value: str, labels: list[str], ylabel: str, title: str,
+                 fraction: bool = False):
+    """One bar per stage and strategy (grouped by stage); ``fraction``: the axis spans 0-1."""
+    fig, ax = _figure()
+    ax = ax[0, 0]
     stages = sorted(table["stage"].unique())
     width = 0.8 / max(1, len(labels))
     for i, lab in enumerate(labels):
@@ -81,16 +95,16 @@ def _grouped_bars(ax, table: pd.DataFrame, value: str, labels: list[str]) -> Non
     ax.grid(axis="y", alpha=0.3)
     if len(labels) > 1:  # outside the axes: bars may reach any height
         ax.legend(title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if fraction:
+        ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig
 
 
 def fig_early_stop(t: pd.DataFrame, labels):
-    fig, ax = _figure()
-    ax = ax[0, 0]
-    _grouped_bars(ax, t, "fraction_stopped_early", labels)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction of nodes stopped early")
-    ax.set_title("Fig. 8: fraction of early stops by stage")
-    return fig
+    return _bars_figure(t, "fraction_stopped_early", labels, "fraction of nodes stopped early",
+                        "Fig. 8: fraction of early stops by stage", fraction=True)
 
 
 def fig_epochs(t: pd.DataFrame, labels):
@@ -133,22 +147,13 @@ def fig_percentiles(t: pd.DataFrame, labels, levels=A.PAPER_PERCENTILES):
 
 
 def fig_increase(t: pd.DataFrame, labels):
-    fig, ax = _figure()
-    ax = ax[0, 0]
-    _grouped_bars(ax, t, "fraction_increased", labels)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction of nodes with val_loss > parent's")
-    ax.set_title("Fig. 11: fraction of nodes whose val_loss increased over the parent")
-    return fig
+    return _bars_figure(t, "fraction_increased", labels, "fraction of nodes with val_loss > parent's",
+                        "Fig. 11: fraction of nodes whose val_loss increased over the parent", fraction=True)
 
 
 def fig_delta(t: pd.DataFrame, labels):
-    fig, ax = _figure()
-    ax = ax[0, 0]
-    _grouped_bars(ax, t, "increase_delta", labels)
-    ax.set_ylabel("mean increase / stage mean val_loss (ratio)")
-    ax.set_title('Fig. 12: "increase delta" of val_loss by stage')
-    return fig
+    return _bars_figure(t, "increase_delta", labels, "mean increase / stage mean val_loss (ratio)",
+                        'Fig. 12: "increase delta" of val_loss by stage')
 
 
 def fig_outlier(cdfs: pd.DataFrame, counts: pd.DataFrame, labels):
@@ -193,7 +198,7 @@ def fig_busy(busy: pd.DataFrame, labels):
     return fig
 
 
-def fig_trajectories(runs: list[A.RunTables]):
+def fig_trajectories(runs: list[RunTables]):
     n = len(runs)
     fig, axes = _figure(w=max(5.0, 3.6 * n), h=4.2, ncols=n, sharey=True)
     for i, r in enumerate(runs):
@@ -271,32 +276,89 @@ def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
 
 
 # ---------------------------------------------------------------------------
-# building
+# building: one builder per part of the report
 # ---------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
+@dataclass
+class ReportInputs:
+    """What every section builder reads: the runs and the report's options.
+
+    The cell ranking is computed once, on first use, and shared: the ranking, detection,
+    summary (and any later) sections all show the same one.
+    """
+
+    runs: list[RunTables]
+    method: str = R.DEFAULT_METHOD
+    top: int = 30
+    baselines: bool = False
+    data_path: str | None = None  # the baselines' data file (checked before any work)
+    kfold: int = 5
+    log: Callable[..., object] = print
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in self.runs]
+
+    @cached_property
+    def same_data(self) -> list[RunTables]:
+        """The runs made on the first run's data (by checksum): their rankings may be averaged."""
+        return [r for r in self.runs if r.data_checksum == self.runs[0].data_checksum]
+
+    @cached_property
+    def truth(self) -> pd.DataFrame | None:
+        """The planted anomalies of that data, when it has them."""
+        return next((r.truth for r in self.same_data if r.truth is not None), None)
+
+    @cached_property
+    def rankings(self) -> dict[str, pd.DataFrame]:
+        """Each run's cell ranking, by run label."""
+        return {r.label: R.rank_cells(r.cell_val, r.nodes, method=self.method, plan=r.plan) for r in self.runs}
+
+    @cached_property
+    def ranking(self) -> pd.DataFrame:
+        """The report's ranking: the first run's, or the scores averaged over the runs on its
+        data (evidence columns from the first run)."""
+        main = self.rankings[self.runs[0].label]
+        if len(self.same_data) > 1:
+            comb = R.combine_rankings([self.rankings[r.label] for r in self.same_data])
+            main = comb.merge(main.drop(columns=["score", "rank"]), on="cell", how="left")
+        return main
 
 
-def load_runs(paths: list[str]) -> list[A.RunTables]:
-    if not paths:
-        raise InputError("report needs at least one results file")
-    return A.unique_labels([A.read_run(p) for p in paths])
+SectionBuilder = Callable[[ReportInputs, "Report"], None]
+"""A part of the report: reads the inputs, adds files and sections to the report (and may
+leave results in ``rep.summary`` for the command's output)."""
 
 
-def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
-          method: str = R.DEFAULT_METHOD, top: int = 30, log=print) -> Report:
-    """Read the runs and compute every table and figure (nothing is written here)."""
-    runs = load_runs(paths)
-    data_path = None
-    if baselines:  # checked before any work: bad input costs nothing
-        data_path = data or _data_path(runs[0])
-        if not os.path.isfile(data_path):
-            raise InputError(f"data file {data_path!r} for the baselines does not exist")
-    labels = [r.label for r in runs]
-    names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
-    rep = Report("hbl_mpi report", f"Runs: {names}.")
+def run_sections(inp: ReportInputs, rep: Report) -> None:
+    """Run totals and, for a partial run, the failed nodes and what they left untrained."""
+    runs = inp.runs
+    totals = pd.DataFrame([{"strategy": r.label, **A.compute_totals(r.nodes),
+                            **A.utilisation(r.nodes, r.group_size)} for r in runs])
+    rep.csv("run_totals.csv", totals)
+    rep.sections.append(Section(
+        "Run totals", "Nodes, epochs, training row-epochs (epochs x training rows) and time per run; "
+        "utilisation = mean busy groups / groups over the run's span.", None, [("run_totals.csv", totals)]))
+    rep.summary["totals"] = totals
+    failed = pd.concat([A.failed_nodes(r.nodes).assign(strategy=r.label) for r in runs], ignore_index=True)
+    if len(failed):
+        rep.csv("failed_nodes.csv", failed)
+        skipped = [f"`{r.label}`: " + ", ".join(r.nodes.loc[r.nodes["status"] == "skipped", "node"].head(20))
+                   for r in runs if (r.nodes["status"] == "skipped").any()]
+        rep.sections.append(Section(
+            "Failed nodes",
+            f"{len(failed)} node(s) failed (an exception or a non-finite loss while training); their "
+            f"descendants were skipped, never trained: the run is partial. `run --restart` with the same "
+            f"--out trains them again. Skipped: {'; '.join(skipped) or 'none'}.",
+            None, [("failed_nodes.csv", failed)]))
 
-    # ---- the paper's figures ----------------------------------------------------------
+
+def _pick(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    return df[[c for c in ["strategy"] + cols if c in df.columns]]
+
+
+def paper_sections(inp: ReportInputs, rep: Report) -> None:
+    """The paper's figures and tables (Figs 7-14, Table 2), strategies side by side."""
+    runs, labels = inp.runs, inp.labels
     st = A.by_run(runs, A.stage_table)
     rep.csv("stage_table.csv", st)
     t2 = A.best_trajectories(runs)
@@ -309,58 +371,35 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
     busy = pd.concat([A.busy_workers(r.nodes, r.group_size).assign(strategy=r.label) for r in runs],
                      ignore_index=True)
     rep.csv("busy_workers.csv", busy)
-    totals = pd.DataFrame([{"strategy": r.label, **A.compute_totals(r.nodes),
-                            **A.utilisation(r.nodes, r.group_size)} for r in runs])
-    rep.csv("run_totals.csv", totals)
-
-    def pick(df, cols):
-        return df[[c for c in ["strategy"] + cols if c in df.columns]]
-
-    failed = pd.concat([A.failed_nodes(r.nodes).assign(strategy=r.label) for r in runs], ignore_index=True)
-    failed_sections = []
-    if len(failed):
-        rep.csv("failed_nodes.csv", failed)
-        skipped = [f"`{r.label}`: " + ", ".join(r.nodes.loc[r.nodes["status"] == "skipped", "node"].head(20))
-                   for r in runs if (r.nodes["status"] == "skipped").any()]
-        failed_sections.append(Section(
-            "Failed nodes",
-            f"{len(failed)} node(s) failed (an exception or a non-finite loss while training); their "
-            f"descendants were skipped, never trained: the run is partial. `run --restart` with the same "
-            f"--out trains them again. Skipped: {'; '.join(skipped) or 'none'}.",
-            None, [("failed_nodes.csv", failed)]))
-
+    later = st[st["stage"] > 1]
     rep.sections += [
-        Section("Run totals", "Nodes, epochs, training row-epochs (epochs x training rows) and time per run; "
-                "utilisation = mean busy groups / groups over the run's span.", None,
-                [("run_totals.csv", totals)]),
-        *failed_sections,
         Section("Fig. 7: trajectories", "Every leaf's path through the tree (val_loss of each node on it).",
                 rep.png("fig07_trajectories.png", fig_trajectories(runs))),
         Section("Fig. 8: early stopping", "Fraction of each stage's nodes that stopped early (patience on val_loss).",
                 rep.png("fig08_early_stop.png", fig_early_stop(st, labels)),
-                [("stage_table.csv (part)", pick(st, ["stage", "nodes", "stopped_early", "fraction_stopped_early"]))]),
+                [("stage_table.csv (part)", _pick(st, ["stage", "nodes", "stopped_early", "fraction_stopped_early"]))]),
         Section("Fig. 9: epochs trained", "Mean epochs actually run per node by stage, beside the strategy's budget.",
                 rep.png("fig09_epochs.png", fig_epochs(st, labels)),
-                [("stage_table.csv (part)", pick(st, ["stage", "mean_epochs_run", "median_epochs_run",
-                                                      "epochs_planned"]))]),
+                [("stage_table.csv (part)", _pick(st, ["stage", "mean_epochs_run", "median_epochs_run",
+                                                       "epochs_planned"]))]),
         Section("Fig. 10: val_loss percentiles",
                 "The paper's percentiles: p % is the val_loss below which (100 - p) % of the stage's nodes lie, "
                 "so 99 % is near the best node and 10 % near the worst.",
                 rep.png("fig10_val_loss_percentiles.png", fig_percentiles(st, labels)),
-                [("stage_table.csv (part)", pick(st, ["stage"] + [f"p{p}" for p in A.PAPER_PERCENTILES]))]),
+                [("stage_table.csv (part)", _pick(st, ["stage"] + [f"p{p}" for p in A.PAPER_PERCENTILES]))]),
         Section("Table 2: the best final-stage trajectory",
                 "The final-stage node with the lowest val_loss; hours and steps summed over it and its ancestors.",
                 None, [("table2_best_trajectory.csv", t2)]),
         Section("Fig. 11: val_loss increases",
                 "Fraction of each stage's nodes whose val_loss is above their parent's (stage 1 has no parent).",
-                rep.png("fig11_increase_fraction.png", fig_increase(st[st["stage"] > 1], labels)),
-                [("stage_table.csv (part)", pick(st[st["stage"] > 1], ["stage", "nodes_with_parent", "increased",
-                                                                       "fraction_increased"]))]),
+                rep.png("fig11_increase_fraction.png", fig_increase(later, labels)),
+                [("stage_table.csv (part)", _pick(later, ["stage", "nodes_with_parent", "increased",
+                                                          "fraction_increased"]))]),
         Section("Fig. 12: increase delta",
                 "Mean increase of the increasing nodes divided by the stage's mean val_loss.",
-                rep.png("fig12_increase_delta.png", fig_delta(st[st["stage"] > 1], labels)),
-                [("stage_table.csv (part)", pick(st[st["stage"] > 1], ["stage", "mean_increase",
-                                                                       "stage_mean_val_loss", "increase_delta"]))]),
+                rep.png("fig12_increase_delta.png", fig_delta(later, labels)),
+                [("stage_table.csv (part)", _pick(later, ["stage", "mean_increase", "stage_mean_val_loss",
+                                                          "increase_delta"]))]),
         Section("Fig. 13: outlier level",
                 "(val_loss - parent val_loss) / parent val_loss of the increasing nodes, sorted. fraction_of_all "
                 "divides by all measured nodes (as the paper's 13.2 % and 7.2 %), fraction_of_compared by the "
@@ -372,107 +411,160 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         Section("Fig. 14: busy workers", "Workers busy training a node over time (groups x group_size).",
                 rep.png("fig14_busy_workers.png", fig_busy(busy, labels))),
     ]
-    rep.summary.update(stage_table=st, table2=t2, outlier_counts=counts, totals=totals)
+    rep.summary.update(stage_table=st, table2=t2, outlier_counts=counts)
 
-    # ---- the cell ranking ---------------------------------------------------------------
-    per_run = {r.label: R.rank_cells(r.cell_val, r.nodes, method=method, plan=r.plan) for r in runs}
-    same_data = [r for r in runs if r.data_checksum == runs[0].data_checksum]
-    main = per_run[runs[0].label]
-    if len(same_data) > 1:
-        comb = R.combine_rankings([per_run[r.label] for r in same_data])
-        evidence = main.drop(columns=["score", "rank"])
-        main = comb.merge(evidence, on="cell", how="left")
-        ranking_text = (f"Scores averaged over the {len(same_data)} runs on the same data "
-                        f"({', '.join(r.label for r in same_data)}); evidence columns from `{runs[0].label}`.")
+
+def ranking_sections(inp: ReportInputs, rep: Report) -> None:
+    """The cell ranking (one CSV per run when there are several) and its figure."""
+    runs, main, truth, top = inp.runs, inp.ranking, inp.truth, inp.top
+    if len(inp.same_data) > 1:
+        ranking_text = (f"Scores averaged over the {len(inp.same_data)} runs on the same data "
+                        f"({', '.join(r.label for r in inp.same_data)}); evidence columns from `{runs[0].label}`.")
     else:
         ranking_text = f"From run `{runs[0].label}`."
-    for lab, rk in per_run.items():
-        if len(runs) > 1:
+    if len(runs) > 1:
+        for lab, rk in inp.rankings.items():
             rep.csv(f"cell_ranking_{_slug(lab)}.csv", rk)
-    truth = next((r.truth for r in same_data if r.truth is not None), None)
     rep.csv("cell_ranking.csv", main)
     shown = main.head(top).copy()
     if truth is not None:
-        shown.insert(3, "planted (truth)", shown["cell"].map(dict(zip(truth["cell"], truth["kind"]))).fillna(""))
+        shown.insert(3, "planted (truth)", _planted(shown["cell"], truth))
     rep.sections.append(Section(
         "Cell ranking",
-        f"Score `{method}`: {R.METHODS[method].__doc__.strip()} Higher = more suspicious. {ranking_text} "
+        f"Score `{inp.method}`: {R.METHODS[inp.method].__doc__.strip()} Higher = more suspicious. {ranking_text} "
         "Evidence: `node` is the deepest node that validated the cell (trained on the most other cells), "
         "`mse` its per-cell validation MSE, `mse_ratio` that MSE over the stage's median per-cell MSE, "
         "`outlier_level` that node's.",
-        rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
+        rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, inp.method)),
+        [(f"top {top} of cell_ranking.csv", shown)]))
     rep.summary["ranking"] = main
 
-    # ---- detection scores ------------------------------------------------------------------
-    if truth is not None:
-        det_parts, curves, cmp_parts = [], [], []
-        for r in same_data:
-            tot = A.compute_totals(r.nodes)
-            d = R.detection_metrics(per_run[r.label].set_index("cell")["score"], truth)
-            det_parts.append(d.assign(method=f"HBL {r.label}", epochs=tot["epochs"], row_epochs=tot["row_epochs"],
-                                      seconds=tot["train_hours"] * 3600))
-            curves.append((f"HBL {r.label}", per_run[r.label].set_index("cell")["score"]))
-            cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
-        if len(same_data) > 1:
-            tot = [A.compute_totals(r.nodes) for r in same_data]
-            d = R.detection_metrics(main.set_index("cell")["score"], truth)
-            det_parts.append(d.assign(method="HBL combined", epochs=sum(t["epochs"] for t in tot),
-                                      row_epochs=sum(t["row_epochs"] for t in tot),
-                                      seconds=sum(t["train_hours"] for t in tot) * 3600))
-        if baselines:
-            from .baselines import run_baselines
 
-            for b in run_baselines(data_path, runs[0].config, kfold=kfold, log=log):
-                d = R.detection_metrics(b.score, truth)
-                det_parts.append(d.assign(method=b.name, epochs=b.epochs, row_epochs=b.row_epochs,
-                                          seconds=b.seconds))
-                curves.append((b.name, b.score))
-        det = pd.concat(det_parts, ignore_index=True)
-        det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
-                   "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
-        cmp = pd.concat(cmp_parts, ignore_index=True)
-        cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
-        rep.csv("detection.csv", det)
-        rep.csv("ranking_methods.csv", cmp)
-        kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
-        rep.sections.append(Section(
-            "Detection of the planted cells",
-            f"The data has {len(truth)} planted anomalous cells ({kinds}). Per kind: that kind's cells against "
-            "all clean cells; k = the number of positives. Compute: epochs and row-epochs (epochs x training "
-            "rows) spent training; seconds = training time summed over the models (HBL: every node's `train_s`, "
-            "however many ran at once; K-fold: its K models one after another; cleanlab adds its scoring to the "
-            "K-fold models it reuses; Isolation Forest: fitting).",
-            rep.png("fig_detection_roc.png", fig_roc(curves, truth)),
-            [("detection.csv", det),
-             ("ranking_methods.csv (every candidate cell score, kind = all)", cmp[cmp["kind"] == "all"])]))
-        rep.summary["detection"] = det
-        rep.summary["methods"] = cmp
-    elif baselines:
-        log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
-    rep.sections.insert(0, summary_section(rep, truth, method))
-    return rep
+def _planted(cells: pd.Series, truth: pd.DataFrame) -> pd.Series:
+    """Each cell's planted kind ("" for a clean cell)."""
+    return cells.map(dict(zip(truth["cell"], truth["kind"]))).fillna("")
 
 
-def summary_section(rep: Report, truth: pd.DataFrame | None, method: str, top: int = 10) -> Section:
-    """The answer first: the most suspicious cells and, with a truth, how well each method found the planted ones."""
-    ranking = rep.summary["ranking"]
+def _cost(tot: list[dict]) -> dict:
+    """The detection table's compute columns for HBL runs with these totals."""
+    return {"epochs": sum(t["epochs"] for t in tot), "row_epochs": sum(t["row_epochs"] for t in tot),
+            "seconds": sum(t["train_hours"] for t in tot) * 3600}
+
+
+def baseline_scores(inp: ReportInputs, truth: pd.DataFrame) -> tuple[list[pd.DataFrame], list[tuple[str, pd.Series]]]:
+    """The baselines (Isolation Forest, K-fold residuals...) scored against the truth:
+    detection rows and ROC curves. Trains K models on the run's data."""
+    from .baselines import run_baselines
+
+    rows, curves = [], []
+    for b in run_baselines(inp.data_path, inp.runs[0].config, kfold=inp.kfold, log=inp.log):
+        d = R.detection_metrics(b.score, truth)
+        rows.append(d.assign(method=b.name, epochs=b.epochs, row_epochs=b.row_epochs, seconds=b.seconds))
+        curves.append((b.name, b.score))
+    return rows, curves
+
+
+def detection_sections(inp: ReportInputs, rep: Report) -> None:
+    """With a planted truth: how well the ranking (each run's, combined, and every candidate
+    score) finds the planted cells, beside the baselines when asked for."""
+    truth = inp.truth
+    if truth is None:
+        if inp.baselines:
+            inp.log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
+        return
+    det_parts, curves, cmp_parts = [], [], []
+    for r in inp.same_data:
+        score = inp.rankings[r.label].set_index("cell")["score"]
+        det_parts.append(R.detection_metrics(score, truth).assign(method=f"HBL {r.label}",
+                                                                  **_cost([A.compute_totals(r.nodes)])))
+        curves.append((f"HBL {r.label}", score))
+        cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
+    if len(inp.same_data) > 1:
+        d = R.detection_metrics(inp.ranking.set_index("cell")["score"], truth)
+        det_parts.append(d.assign(method="HBL combined",
+                                  **_cost([A.compute_totals(r.nodes) for r in inp.same_data])))
+    if inp.baselines:
+        rows, more = baseline_scores(inp, truth)
+        det_parts += rows
+        curves += more
+    det = pd.concat(det_parts, ignore_index=True)
+    det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
+               "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
+    cmp = pd.concat(cmp_parts, ignore_index=True)
+    cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
+    rep.csv("detection.csv", det)
+    rep.csv("ranking_methods.csv", cmp)
+    kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
+    rep.sections.append(Section(
+        "Detection of the planted cells",
+        f"The data has {len(truth)} planted anomalous cells ({kinds}). Per kind: that kind's cells against "
+        "all clean cells; k = the number of positives. Compute: epochs and row-epochs (epochs x training "
+        "rows) spent training; seconds = training time summed over the models (HBL: every node's `train_s`, "
+        "however many ran at once; K-fold: its K models one after another; cleanlab adds its scoring to the "
+        "K-fold models it reuses; Isolation Forest: fitting).",
+        rep.png("fig_detection_roc.png", fig_roc(curves, truth)),
+        [("detection.csv", det),
+         ("ranking_methods.csv (every candidate cell score, kind = all)", cmp[cmp["kind"] == "all"])]))
+    rep.summary["detection"] = det
+    rep.summary["methods"] = cmp
+
+
+def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
+    """The answer first (inserted at the top): the most suspicious cells and, with a truth,
+    how well each method found the planted ones."""
+    ranking, truth = inp.ranking, inp.truth
     cols = [c for c in ["rank", "cell", "score", "node", "mse_ratio", "stages"] if c in ranking.columns]
     head = ranking.head(top)[cols].copy()
-    tables = [(f"the {len(head)} most suspicious cells (score `{method}`; all cells in cell_ranking.csv)", head)]
+    tables = [(f"the {len(head)} most suspicious cells (score `{inp.method}`; all cells in cell_ranking.csv)", head)]
     text = ("Cells ranked by how badly models that never trained on them predict their responses, "
             "relative to the other cells held out at the same stage.")
     if truth is not None:
-        head.insert(2, "planted (truth)", head["cell"].map(dict(zip(truth["cell"], truth["kind"]))).fillna(""))
+        head.insert(2, "planted (truth)", _planted(head["cell"], truth))
         det = rep.summary.get("detection")
         if det is not None:
             d = det[det["kind"] == "all"][["method", "k", "auroc", "average_precision", "precision_at_k", "epochs",
                                           "row_epochs", "seconds"]]
             tables.append(("detection of the planted cells (kind = all; per kind below)", d))
             text += f" The data has {len(truth)} planted anomalous cells."
-    return Section("Summary", text, None, tables)
+    rep.sections.insert(0, Section("Summary", text, None, tables))
 
 
-def _data_path(run: A.RunTables) -> str:
+SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
+    run_sections, paper_sections, ranking_sections, detection_sections, summary_sections)
+"""The report's parts, in the order they are built (the summary last: it shows the others'
+results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
+
+
+def load_runs(paths: list[str]) -> list[RunTables]:
+    if not paths:
+        raise InputError("report needs at least one results file")
+    return A.unique_labels([read_results(p) for p in paths])
+
+
+def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
+          method: str = R.DEFAULT_METHOD, top: int = 30, log=print,
+          builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS) -> Report:
+    """Read the runs and compute every table and figure (nothing is written here)."""
+    runs = load_runs(paths)
+    data_path = None
+    if baselines:  # checked before any work: bad input costs nothing
+        data_path = data or _data_path(runs[0])
+        if not os.path.isfile(data_path):
+            raise InputError(f"data file {data_path!r} for the baselines does not exist")
+    inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
+                       log=log)
+    names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
+    rep = Report("hbl_mpi report", f"Runs: {names}.")
+    for builder in builders:
+        builder(inp, rep)
+    return rep
+
+
+def _data_path(run: RunTables) -> str:
     p = str(run.config.get("data") or "")
     if not p:
         raise InputError(f"{run.path!r} records no data path; pass --data for the baselines")

@@ -1,4 +1,9 @@
-"""``OUT/results.h5``: the run's tables, written by rank 0 only (DESIGN §6).
+"""``OUT/results.h5``: the run's tables, their schema, the one writer and the one reader (DESIGN §6).
+
+**Schema.** :data:`SCHEMA` names every table, its columns and their dtypes, and which of
+them a results file must have. The writer casts to it; :func:`read_results` checks it and
+is the only reader: the analysis, the report and ``run --restart`` all load a file through
+it, so a file one of them accepts the others accept too.
 
 Crash safety by construction: every flush writes the whole file to ``results.h5.tmp``,
 fsyncs it and ``os.replace``s it over ``results.h5``. A ``kill -9`` at any instant
@@ -7,8 +12,9 @@ the file holds every node reported before the last flush. The tables are small (
 normalised design keeps per-node output to a few rows), so rewriting is cheap; flushes
 are rate-limited by ``flush_seconds`` and forced at the end.
 
-``read_results`` + ``ResultsWriter(restart=True)`` continue a run: finished nodes are
-loaded back and not run again, so restarted files have no duplicate rows.
+``read_results`` + ``ResultsWriter(previous=...)`` continue a run: the finished nodes of
+the previous file are carried over and not run again, so restarted files have no
+duplicate rows.
 """
 
 from __future__ import annotations
@@ -17,78 +23,252 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .plan import parent_of
 
-NODE_COLUMNS = [
-    "node", "parent", "stage", "status", "group", "start", "stop", "epochs_planned", "epochs_run",
-    "stopped_early", "train_loss", "val_loss", "val_loss_last", "test_loss", "n_train_rows",
-    "n_val_rows", "n_train_cells", "n_val_cells", "steps", "train_s", "transfer_s", "error",
-    "best_epoch", "start_checksum", "inherit_checksum", "source", "rank", "resumed_from",
-]
-HISTORY_COLUMNS = ["node", "epoch", "loss", "val_loss", "seconds"]
-CELL_VAL_COLUMNS = ["node", "cell", "n_rows", "mse"]
-TABLES = ("nodes", "history", "cell_val", "plan", "truth")
+Dtype = Literal["str", "int64", "float64", "bool"]
 
-_FLOAT_NODE = {"start", "stop", "train_loss", "val_loss", "val_loss_last", "test_loss", "train_s", "transfer_s"}
-_INT_NODE = {"stage", "group", "epochs_planned", "epochs_run", "n_train_rows", "n_val_rows",
-             "n_train_cells", "n_val_cells", "steps", "best_epoch", "rank", "resumed_from"}
+
+# ---------------------------------------------------------------------------
+# the schema
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One column: its dtype as written and whether a file may lack it.
+
+    ``read_as`` is the dtype the reader gives it when that differs from the written one:
+    the counts the analysis sums and averages read as float64, so that a gap in a
+    hand-made or older file is NaN rather than an error (the writer casts them back).
+    """
+
+    name: str
+    dtype: Dtype
+    required: bool = False
+    read_as: Dtype | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of results.h5. A file may lack an optional table (``required=False``);
+    a table may carry columns beyond its schema (they are read and kept as they are)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    required: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def missing_columns(self, df: pd.DataFrame) -> list[str]:
+        return [c.name for c in self.columns if c.required and c.name not in df.columns]
+
+    def written(self, data) -> pd.DataFrame:
+        """``data`` (records or a frame) as the writer stores it: exactly the schema's
+        columns, cast to their dtypes; a missing number is NaN (floats) or -1 (ints), a
+        missing flag False and a missing string ""."""
+        df = pd.DataFrame(data, columns=self.names)
+        for c in self.columns:
+            df[c.name] = _cast(df[c.name], c.dtype, fill=True)
+        return df
+
+    def read(self, df: pd.DataFrame) -> pd.DataFrame:
+        """A table as read from a file: the schema's columns it has cast to their read dtype."""
+        out = df.copy()
+        for c in self.columns:
+            if c.name in out.columns:
+                out[c.name] = _cast(out[c.name], c.read_as or c.dtype, fill=False)
+        return out
+
+
+def _cast(s: pd.Series, dtype: Dtype, *, fill: bool) -> pd.Series:
+    if dtype == "float64":
+        return pd.to_numeric(s, errors="coerce").astype("float64")
+    if dtype == "int64":
+        v = pd.to_numeric(s, errors="coerce")
+        if fill:
+            return v.fillna(-1).astype("int64")
+        return v.astype("int64") if v.notna().all() else v.astype("float64")  # NaN = missing
+    if dtype == "bool":
+        return _filled(s, False).astype(bool)
+    return _filled(s, "").astype(str).astype(object) if fill else s.astype(str)
+
+
+def _filled(s: pd.Series, value) -> pd.Series:
+    """``s`` with its gaps set to ``value`` (as objects: an all-NaN column is float64)."""
+    return s.astype(object).where(s.notna(), value)
+
+
+NODES = Table("nodes", (
+    Column("node", "str", required=True),
+    Column("parent", "str"),  # derived from the node's name when a file lacks it
+    Column("stage", "int64", required=True),
+    Column("status", "str", required=True),  # done | failed | skipped
+    Column("group", "int64"),
+    Column("start", "float64"),
+    Column("stop", "float64"),
+    Column("epochs_planned", "int64", read_as="float64"),
+    Column("epochs_run", "int64", read_as="float64"),
+    Column("stopped_early", "bool"),
+    Column("train_loss", "float64"),
+    Column("val_loss", "float64", required=True),  # the best epoch's; NaN for a failed node
+    Column("val_loss_last", "float64"),
+    Column("test_loss", "float64"),
+    Column("n_train_rows", "int64", read_as="float64"),
+    Column("n_val_rows", "int64"),
+    Column("n_train_cells", "int64"),
+    Column("n_val_cells", "int64"),
+    Column("steps", "int64", read_as="float64"),
+    Column("train_s", "float64"),
+    Column("transfer_s", "float64"),
+    Column("error", "str"),
+    Column("best_epoch", "int64"),
+    Column("start_checksum", "str"),
+    Column("inherit_checksum", "str"),
+    Column("source", "str"),
+    Column("rank", "int64"),
+    Column("resumed_from", "int64"),
+), required=True)
+"""One row per trained node (DESIGN §6)."""
+
+HISTORY = Table("history", (
+    Column("node", "str", required=True), Column("epoch", "int64"), Column("loss", "float64"),
+    Column("val_loss", "float64"), Column("seconds", "float64"),
+), required=True)
+"""One row per node and epoch."""
+
+CELL_VAL = Table("cell_val", (
+    Column("node", "str", required=True), Column("cell", "str", required=True), Column("n_rows", "int64"),
+    Column("mse", "float64", required=True),
+), required=True)
+"""Each node's validation error per cell (its held-out cells)."""
+
+CELL_TEST = Table("cell_test", CELL_VAL.columns)
+"""Each node's error per cell on the common holdout rows (DESIGN §6; older files lack it)."""
+
+PLAN = Table("plan", (
+    Column("node", "str", required=True), Column("parent", "str"), Column("stage", "int64"),
+    Column("cell", "str", required=True), Column("role", "str", required=True),
+))
+"""The tree: which cells each node trains on and validates on (``role``)."""
+
+TRUTH = Table("truth", (Column("cell", "str", required=True), Column("kind", "str", required=True)))
+"""The planted anomalies, when the data has them (synthetic data)."""
+
+SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, PLAN, TRUTH)}
+"""Every table of results.h5 by name, in the order the writer writes them."""
 
 
 def results_path(out_dir: str) -> str:
     return os.path.join(out_dir, "results.h5")
 
 
-def _nodes_frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=NODE_COLUMNS)
-    for c in NODE_COLUMNS:
-        if c in _FLOAT_NODE:
-            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-        elif c in _INT_NODE:
-            df[c] = pd.to_numeric(df[c], errors="coerce").fillna(-1).astype("int64")
-        elif c == "stopped_early":
-            df[c] = df[c].fillna(False).astype(bool)
-        else:
-            df[c] = df[c].fillna("").astype(str).astype(object)
-    return df
-
-
+# ---------------------------------------------------------------------------
+# the one reader
+# ---------------------------------------------------------------------------
 @dataclass
-class FinishedRun:
-    """What a previous run's results file says (for ``--restart``)."""
+class RunTables:
+    """One results file, as plain tables checked against :data:`SCHEMA`.
+
+    A restart carries the per-node tables (``nodes``, ``history``, ``cell_val``,
+    ``cell_test``) of its finished nodes over; ``label`` is the run's epoch strategy (the
+    report makes it unique across the runs it shows).
+    """
 
     nodes: pd.DataFrame
     history: pd.DataFrame
     cell_val: pd.DataFrame
-    config: dict
-    data_checksum: str = ""  # of the data the nodes were trained on ("" in files that lack it)
+    config: dict = field(default_factory=dict)
+    _: KW_ONLY  # the rest by name only: a positional fifth argument is an error, never a shifted field
+    cell_test: pd.DataFrame | None = None  # None: written before the table existed
+    plan: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None
+    versions: dict = field(default_factory=dict)
+    data_checksum: str = ""
+    path: str = ""
+    label: str = ""
 
     def done_nodes(self) -> set[str]:
         return set(self.nodes.loc[self.nodes["status"] == "done", "node"])
 
+    def without(self, nodes) -> RunTables:
+        """The same run without the rows of ``nodes`` in any per-node table (for restarts)."""
+        drop = set(nodes)
 
-def read_results(path: str) -> FinishedRun:
-    """Load a results file; InputError if it is not one."""
-    if not os.path.isfile(path):
+        def keep(df: pd.DataFrame | None) -> pd.DataFrame | None:
+            return None if df is None else df[~df["node"].isin(drop)]
+
+        return replace(self, nodes=keep(self.nodes), history=keep(self.history), cell_val=keep(self.cell_val),
+                       cell_test=keep(self.cell_test))
+
+    @property
+    def group_size(self) -> int:
+        try:
+            return max(1, int(self.config.get("group_size", 1)))
+        except (TypeError, ValueError):
+            return 1
+
+    @property
+    def final_stage(self) -> int:
+        s = self.config.get("s")
+        if isinstance(s, (int, np.integer)) and s >= 1:
+            return int(s)
+        return int(self.nodes["stage"].max()) if len(self.nodes) else 0
+
+
+def read_results(path: str) -> RunTables:
+    """Load a results file; InputError (one line) when it is missing or not a results file."""
+    if not os.path.exists(path):
         raise InputError(f"results file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise InputError(f"results file {path!r} is not a file")
     try:
-        with pd.HDFStore(path, mode="r") as store:
-            keys = {k.lstrip("/") for k in store.keys()}
-            missing = {"nodes", "history", "cell_val"} - keys
-            if missing:
-                raise InputError(f"{path!r} is not an hbl_mpi results file (missing {', '.join(sorted(missing))})")
-            attrs = store.get_storer("nodes").attrs
-            config = dict(getattr(attrs, "config", {}) or {})
-            checksum = str(getattr(attrs, "data_checksum", "") or "")
-            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config, checksum)
+        store = pd.HDFStore(path, mode="r")
+    except Exception as e:  # HDF5 / PyTables raise many types for a non-HDF5 file
+        raise InputError(f"cannot read results file {path!r}: not an HDF5 file ({type(e).__name__})") from None
+    try:
+        keys = {k.lstrip("/") for k in store.keys()}
+        missing = [t.name for t in SCHEMA.values() if t.required and t.name not in keys]
+        if missing:
+            raise InputError(f"{path!r} is not an hbl_mpi results file (missing key(s): {', '.join(missing)})")
+        tables = {}
+        for name, table in SCHEMA.items():
+            if name in keys:
+                df = store[name]
+                cols = table.missing_columns(df)
+                if cols:
+                    raise InputError(f"{path!r}: table {name!r} lacks column(s) {', '.join(cols)}")
+                tables[name] = df
+        config, versions, checksum = run_attributes(store.get_storer("nodes").attrs)
     except InputError:
         raise
-    except Exception as e:  # HDF5 errors come in many types
+    except Exception as e:
         raise InputError(f"cannot read results file {path!r}: {type(e).__name__}: {e}") from None
+    finally:
+        store.close()
+    nodes = tables["nodes"]
+    if "parent" not in nodes.columns:
+        nodes = nodes.assign(parent=[parent_of(str(n)) for n in nodes["node"]])
+    typed = {name: SCHEMA[name].read(nodes if name == "nodes" else df) for name, df in tables.items()}
+    if typed["nodes"]["stage"].dtype != "int64":
+        raise InputError(f"{path!r}: table 'nodes' has missing or non-numeric stages")
+    label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
+    return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
+                     cell_test=typed.get("cell_test"), plan=typed.get("plan"), truth=typed.get("truth"),
+                     versions=versions, data_checksum=checksum, path=path, label=label)
+
+
+def run_attributes(attrs) -> tuple[dict, dict, str]:
+    """``(config, versions, data_checksum)`` from the ``nodes`` table's attributes."""
+    config = dict(getattr(attrs, "config", None) or {})
+    versions = dict(getattr(attrs, "versions", None) or {})
+    return config, versions, str(getattr(attrs, "data_checksum", "") or "")
 
 
 class ResultsWriter:
@@ -104,7 +284,7 @@ class ResultsWriter:
         plan_frame: pd.DataFrame,
         truth: pd.DataFrame | None,
         flush_seconds: float = 2.0,
-        previous: FinishedRun | None = None,
+        previous: RunTables | None = None,
     ):
         self.path = path
         self.config = config
@@ -141,7 +321,7 @@ class ResultsWriter:
             self._history_rows.extend(history)
         if cell_val is not None:
             if isinstance(cell_val, pd.DataFrame):
-                self.cell_val.append(cell_val[CELL_VAL_COLUMNS])
+                self.cell_val.append(cell_val[CELL_VAL.names])
             elif len(cell_val[0]):
                 cells, n_rows, mse = cell_val
                 self._cell_val_parts.append((row["node"], cells, n_rows, mse))
@@ -160,7 +340,7 @@ class ResultsWriter:
     def tables(self) -> dict[str, pd.DataFrame]:
         # fold the raw per-node records into frames once, so flushes don't redo the work
         if self._history_rows:
-            self.history.append(pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS))
+            self.history.append(pd.DataFrame(self._history_rows, columns=HISTORY.names))
             self._history_rows = []
         if self._cell_val_parts:
             parts = self._cell_val_parts
@@ -175,14 +355,9 @@ class ResultsWriter:
             self.history = [pd.concat(self.history, ignore_index=True)]
         if len(self.cell_val) > 1:
             self.cell_val = [pd.concat(self.cell_val, ignore_index=True)]
-        nodes = _nodes_frame(self.node_rows)
-        hist = (pd.concat(self.history, ignore_index=True) if self.history
-                else pd.DataFrame(columns=HISTORY_COLUMNS))
-        hist = hist.astype({"node": object, "epoch": "int64", "loss": "float64",
-                            "val_loss": "float64", "seconds": "float64"})
-        cv = (pd.concat(self.cell_val, ignore_index=True) if self.cell_val
-              else pd.DataFrame(columns=CELL_VAL_COLUMNS))
-        cv = cv.astype({"node": object, "cell": object, "n_rows": "int64", "mse": "float64"})
+        nodes = NODES.written(self.node_rows)
+        hist = HISTORY.written(pd.concat(self.history, ignore_index=True) if self.history else [])
+        cv = CELL_VAL.written(pd.concat(self.cell_val, ignore_index=True) if self.cell_val else [])
         out = {"nodes": nodes, "history": hist, "cell_val": cv, "plan": self.plan_frame}
         if self.truth is not None:
             out["truth"] = self.truth

@@ -9,33 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG = """
-data = "{data}"
-n = 2
-s = 2
-strategy = "flat:2"
-patience = 2
-batch_size = 64
-learning_rate = 0.003
-model = "tiny"
-seed = 5
-threads = 1
-flush_seconds = 0.0
-ckpt_enabled = true
-"""
+from tinyrun import write_tiny_run
+
 NODES = ["1.1", "1.2", "1.1.1", "1.1.2", "1.2.1", "1.2.2"]
 EXIT_LIMIT_S = 30.0
 
 
 def write_config(root: Path) -> Path:
     """A tiny data set (24 cells) and the run config over it, in ``root``; returns the config."""
-    from hbl_mpi.data import synthesize, write_uno
-
-    ds = synthesize("small", seed=3, cells=24, drugs=8, cell_features=8, descriptors=6, fingerprints=0)
-    write_uno(ds, str(root / "tiny.h5"))
-    path = root / "run.toml"
-    path.write_text(CONFIG.format(data=root / "tiny.h5"))
-    return path
+    return write_tiny_run(root, tree={"n": 2, "s": 2, "strategy": "flat:2"},
+                          synth={"cells": 24, "drugs": 8, "cell_features": 8, "descriptors": 6, "fingerprints": 0},
+                          extra={"ckpt_enabled": True})
 
 
 def sets(**faults) -> list[str]:

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from hbl_mpi import analysis as A
-from hbl_mpi.errors import InputError
+from hbl_mpi.results import RunTables, read_results
+from resultsutil import write_results
 
 
 def make_nodes() -> pd.DataFrame:
@@ -115,8 +116,8 @@ def test_failed_nodes_are_not_measured_and_break_parent_links():
 
 
 def test_by_run_stacks_strategies():
-    a = A.RunTables("a.h5", "EXP2", make_nodes(), pd.DataFrame(), pd.DataFrame(), None, None)
-    b = A.RunTables("b.h5", "EXP2", make_nodes(), pd.DataFrame(), pd.DataFrame(), None, None)
+    a = RunTables(make_nodes(), pd.DataFrame(), pd.DataFrame(), path="a.h5", label="EXP2")
+    b = RunTables(make_nodes(), pd.DataFrame(), pd.DataFrame(), path="b.h5", label="EXP2")
     A.unique_labels([a, b])
     assert (a.label, b.label) == ("EXP2 #1", "EXP2 #2")
     t = A.by_run([a, b], A.early_stopping)
@@ -124,33 +125,15 @@ def test_by_run_stacks_strategies():
     assert len(A.best_trajectories([a, b])) == 2
 
 
-def _write(path, tables, config=None):
-    with pd.HDFStore(path, mode="w") as st:
-        for k, v in tables.items():
-            st.put(k, v, format="table", track_times=False)
-        if config is not None:
-            st.get_storer("nodes").attrs.config = config
-
-
-def test_read_run_roundtrip_and_bad_inputs(tmp_path):
+def test_a_run_written_and_read_back_measures_the_same(tmp_path):
+    """The tables the one reader gives (schema dtypes: counts as float64) measure as the frames written."""
     nodes = make_nodes()
-    cv = pd.DataFrame({"node": ["1.1"], "cell": ["C1"], "n_rows": [3], "mse": [0.5]})
-    p = tmp_path / "results.h5"
-    _write(p, {"nodes": nodes, "cell_val": cv}, {"strategy": "LINE", "s": 2, "group_size": 2})
-    run = A.read_run(str(p))
-    assert run.label == "LINE" and run.final_stage == 2 and run.group_size == 2
-    assert run.truth is None and len(run.nodes) == 6
-    with pytest.raises(InputError, match="does not exist"):
-        A.read_run(str(tmp_path / "nope.h5"))
-    junk = tmp_path / "junk.h5"
-    junk.write_text("not hdf5")
-    with pytest.raises(InputError, match="not an HDF5"):
-        A.read_run(str(junk))
-    other = tmp_path / "other.h5"
-    _write(other, {"nodes": nodes})
-    with pytest.raises(InputError, match="missing key"):
-        A.read_run(str(other))
-    bad = tmp_path / "bad.h5"
-    _write(bad, {"nodes": nodes.drop(columns=["val_loss"]), "cell_val": cv})
-    with pytest.raises(InputError, match="val_loss"):
-        A.read_run(str(bad))
+    nodes.loc[nodes["node"] == "1.2.2", ["status", "val_loss"]] = ["failed", np.nan]
+    path = write_results(tmp_path / "results.h5", nodes, config={"strategy": "LINE", "s": 2, "group_size": 2})
+    run = read_results(path)
+    assert (run.label, run.final_stage, run.group_size) == ("LINE", 2, 2)
+    for fn in (A.stage_table, A.outlier_levels, A.outlier_cdf, A.outlier_counts, A.best_trajectory,
+               A.failed_nodes, A.busy_workers):
+        pd.testing.assert_frame_equal(fn(run.nodes), fn(nodes), check_dtype=False, obj=fn.__name__)
+    assert A.compute_totals(run.nodes) == A.compute_totals(nodes)
+    assert A.utilisation(run.nodes, run.group_size) == A.utilisation(nodes, 2)

@@ -1,6 +1,6 @@
 """Run configuration: TOML + ``--set``, one-line InputErrors, and the declarations the README shows.
 
-(tests/test_readme.py checks that every line of ``markdown_table()`` appears in the
+(tests/test_readme.py checks that every line of ``readme_key_table()`` appears in the
 README; here: that the README's table is exactly that table, nothing stale added, and
 that the declarations behind it are complete.)
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hbl_mpi.config import CHOICES, DOCS, MINIMUM, RunConfig, load_config, markdown_table, validate
+from hbl_mpi.config import CHOICES, DOCS, MINIMUM, RunConfig, load_config, readme_key_table, validate
 from hbl_mpi.errors import InputError
 
 pytestmark = pytest.mark.timeout(30)
@@ -188,14 +188,14 @@ def test_every_key_is_documented_and_checks_name_real_keys():
         assert all(c in DOCS[key] for c in choices if key not in ("model", "ckpt_save_best_metric")), key
 
 
-def test_readme_key_table_is_exactly_markdown_table():
+def test_readme_key_table_is_exactly_the_generated_one():
     readme = (ROOT / "README.md").read_text().splitlines()
-    table = markdown_table().splitlines()
+    table = readme_key_table().splitlines()
     start = readme.index(table[0])
     block = []
     for line in readme[start:]:
         if not line.startswith("|"):
             break
         block.append(line)
-    assert block == table, "README key table differs from hbl_mpi.config.markdown_table() (regenerate it)"
+    assert block == table, "README key table differs from hbl_mpi.config.readme_key_table() (regenerate it)"
     assert len(table) == 2 + len(dataclasses.fields(RunConfig))

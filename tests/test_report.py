@@ -1,17 +1,20 @@
 """The report command on small fabricated results files (no training needed)."""
 
 import argparse
+import io
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import analysis as A
 from hbl_mpi import report as REP
 from hbl_mpi import ranking as R
 from hbl_mpi.commands import report as cmd
 from hbl_mpi.errors import InputError
+from hbl_mpi.results import read_results
+
+from resultsutil import write_results
 
 PLANTED = {"C03": "label_noise", "C11": "shift", "C20": "swap"}
 
@@ -52,19 +55,10 @@ def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED):
             visit(f"{name}.{i + 1}", val_cells[i * k:(i + 1) * k], stage + 1)
 
     visit("1", order, 0)
-    with pd.HDFStore(path, mode="w") as st:
-        st.put("nodes", pd.DataFrame(nodes), format="table", track_times=False)
-        st.put("history", pd.DataFrame(history), format="table", track_times=False)
-        st.put("cell_val", pd.DataFrame(cell_val), format="table", track_times=False)
-        st.put("plan", pd.DataFrame(plan), format="table", track_times=False)
-        if planted:
-            st.put("truth", pd.DataFrame({"cell": list(planted), "kind": list(planted.values())}),
-                   format="table", track_times=False)
-        a = st.get_storer("nodes").attrs
-        a.config = {"strategy": strategy, "n": n, "s": s, "seed": seed, "data": "missing.h5", "group_size": 1}
-        a.versions = {"hbl_mpi": "test"}
-        a.data_checksum = "abc"
-    return str(path)
+    truth = {"cell": list(planted), "kind": list(planted.values())} if planted else None
+    config = {"strategy": strategy, "n": n, "s": s, "seed": seed, "data": "missing.h5", "group_size": 1}
+    return write_results(path, nodes, history=history, cell_val=cell_val, plan=plan, truth=truth,
+                         config=config, versions={"hbl_mpi": "test"})
 
 
 def args_for(argv):
@@ -149,7 +143,23 @@ def test_markdown_table_formatting():
     md = REP.markdown_table(t)
     assert md.splitlines()[0] == "| a | b | c |"
     assert "0.000123" in md and "x\\|y" in md
-    assert A.read_run  # the report reads through analysis.read_run
+
+
+def test_report_reads_through_the_one_reader(tmp_path):
+    """What read_results refuses the report refuses with the same line; what it reads the report uses."""
+    a = fake_run(tmp_path / "a.h5", seed=1)
+    run = REP.load_runs([a])[0]
+    pd.testing.assert_frame_equal(run.nodes, read_results(a).nodes)
+    assert run.nodes["epochs_run"].dtype == "float64"  # the reader's dtype, not the file's int64
+    with pd.HDFStore(a, mode="a") as st:
+        nodes = st["nodes"].drop(columns=["stage"])
+        st.remove("nodes")
+        st.put("nodes", nodes, format="table", track_times=False)
+    with pytest.raises(InputError) as direct:
+        read_results(a)
+    with pytest.raises(InputError) as via_report:
+        REP.build([a])
+    assert str(via_report.value) == str(direct.value) and "lacks column(s) stage" in str(direct.value)
 
 
 @pytest.mark.timeout(180)
@@ -196,3 +206,24 @@ def test_summary_comes_first_and_html_is_readable(tmp_path):
     assert f"<code>{R.DEFAULT_METHOD}</code>" in page and "`" not in page  # code spans, no raw backticks
     assert page.count("<div class='tw'><table>") == sum(len(s.tables) for s in rep.sections)
     assert "<td class='t'>C03</td>" in page  # text cells left-aligned, numbers right
+
+
+def test_sections_come_from_the_builders_and_a_new_part_is_one_more(tmp_path):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+
+    def extra(inp, rep):  # what another module adds: it reads the shared ranking
+        top3 = inp.ranking.head(3)
+        rep.csv("extra.csv", top3)
+        rep.sections.append(REP.Section("Extra", "the top 3 cells", None, [("extra.csv", top3)]))
+
+    rep = REP.build([a], log=lambda *x: None, builders=REP.SECTION_BUILDERS + (extra,))
+    titles = [s.title for s in rep.sections]
+    assert titles == ["Summary", "Run totals", "Fig. 7: trajectories", "Fig. 8: early stopping",
+                      "Fig. 9: epochs trained", "Fig. 10: val_loss percentiles",
+                      "Table 2: the best final-stage trajectory", "Fig. 11: val_loss increases",
+                      "Fig. 12: increase delta", "Fig. 13: outlier level", "Fig. 14: busy workers", "Cell ranking",
+                      "Detection of the planted cells", "Extra"]
+    ranking = pd.read_csv(io.BytesIO(rep.files["cell_ranking.csv"]))
+    extra_csv = pd.read_csv(io.BytesIO(rep.files["extra.csv"]))
+    pd.testing.assert_frame_equal(extra_csv, ranking.head(3))
+    assert "## Extra" in REP.render_markdown(rep)

@@ -30,22 +30,9 @@ import pytest
 
 from hbl_mpi.__main__ import main
 from mpiutil import mpi_env, mpiexec, run_py
+from tinyrun import write_3x2_run
 
 NODES = [f"1.{a}" for a in (1, 2, 3)] + [f"1.{a}.{b}" for a in (1, 2, 3) for b in (1, 2, 3)]
-
-CONFIG = """
-data = "{data}"
-n = 3
-s = 2
-strategy = "exp2:3"
-patience = 2
-batch_size = 64
-learning_rate = 0.003
-model = "tiny"
-seed = 5
-threads = 1
-flush_seconds = 0.0
-"""
 
 SLOW = f"fault_slow_nodes = {NODES!r}\nfault_slow_seconds = {{slow}}\n".replace("'", '"')
 
@@ -56,14 +43,8 @@ class Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from hbl_mpi.data import synthesize, write_uno
-
     root = tmp_path_factory.mktemp("restart")
-    ds = synthesize("small", seed=3, cells=36, drugs=10)
-    data = root / "tiny.h5"
-    write_uno(ds, str(data))
-    cfg = root / "run.toml"
-    cfg.write_text(CONFIG.format(data=data))
+    cfg = write_3x2_run(root)
     assert main(["run", str(cfg), "--serial", "--out", str(root / "reference")]) == 0
     reference = pd.read_hdf(root / "reference" / "results.h5", "nodes").set_index("node")
     assert sorted(reference.index) == sorted(NODES)
@@ -285,10 +266,9 @@ def test_finished_parent_state_from_checkpoint_or_rerun(setup, tmp_path, capsys)
 
 
 def _rewrite_results(out, prev, keep):
-    from hbl_mpi.results import FinishedRun, ResultsWriter
+    from hbl_mpi.results import ResultsWriter
 
-    cut = FinishedRun(prev.nodes[prev.nodes["node"].isin(keep)], prev.history[prev.history["node"].isin(keep)],
-                      prev.cell_val[prev.cell_val["node"].isin(keep)], prev.config)
+    cut = prev.without(set(prev.nodes["node"]) - set(keep))
     w = ResultsWriter(str(out / "results.h5"), config=prev.config, versions={}, data_checksum="",
                       plan_frame=pd.read_hdf(out / "results.h5", "plan"), truth=None, previous=cut)
     w.flush()

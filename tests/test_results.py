@@ -7,11 +7,12 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from hbl_mpi.errors import InputError
-from hbl_mpi.results import ResultsWriter, read_results
+from hbl_mpi.results import NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
 
 
 def make_writer(path, previous=None):
@@ -30,12 +31,17 @@ def add_node(w, node, status="done", val=0.5):
           pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}))
 
 
-def test_tables_read_with_pandas(tmp_path):
-    path = tmp_path / "results.h5"
+def write_done_and_failed(path):
+    """A results file with node 1.1 done and 1.2 failed."""
     w = make_writer(path)
     add_node(w, "1.1")
     add_node(w, "1.2", status="failed", val=float("nan"))
     w.flush()
+
+
+def test_tables_read_with_pandas(tmp_path):
+    path = tmp_path / "results.h5"
+    write_done_and_failed(path)
     for key in ("nodes", "history", "cell_val", "plan", "truth"):
         df = pd.read_hdf(path, key)
         assert len(df) > 0, key
@@ -51,10 +57,7 @@ def test_tables_read_with_pandas(tmp_path):
 
 def test_restart_keeps_only_done_nodes_once(tmp_path):
     path = tmp_path / "results.h5"
-    w = make_writer(path)
-    add_node(w, "1.1")
-    add_node(w, "1.2", status="failed")
-    w.flush()
+    write_done_and_failed(path)
     prev = read_results(str(path))
     assert prev.done_nodes() == {"1.1"}
     w2 = make_writer(path, previous=prev)
@@ -78,6 +81,79 @@ def test_not_a_results_file(tmp_path):
     junk.write_bytes(b"not hdf5 at all")
     with pytest.raises(InputError, match="cannot read"):
         read_results(str(junk))
+
+
+def test_schema_casts_what_the_writer_stores():
+    t = NODES.written([{"node": "1.1", "stage": "2", "epochs_run": None, "val_loss": "0.5"}])
+    assert list(t.columns) == NODES.names
+    row = t.iloc[0]
+    assert row["stage"] == 2 and row["epochs_run"] == -1 and row["val_loss"] == 0.5
+    assert np.isnan(row["test_loss"]) and row["stopped_early"] is np.False_ and row["error"] == ""
+    assert t["stage"].dtype == "int64" and t["val_loss"].dtype == "float64"
+    assert {n for n, tb in SCHEMA.items() if tb.required} == {"nodes", "history", "cell_val"}
+
+
+def test_one_reader_gives_the_schemas_tables(tmp_path):
+    """The analysis, the report and the restart all read through read_results: one set of checks and dtypes."""
+    path = tmp_path / "results.h5"
+    write_done_and_failed(path)
+    run = read_results(str(path))
+    assert (run.path, run.label, run.final_stage, run.group_size) == (str(path), "EXP2", 1, 1)
+    assert (run.config["n"], run.versions, run.data_checksum) == (2, {"x": "1"}, "abc")
+    assert run.cell_test is None  # optional: this file has none
+    assert list(run.plan.columns) == PLAN.names and list(run.truth["kind"]) == ["shift"]
+    assert list(run.nodes.columns) == NODES.names
+    # counts the analysis sums read as float64; the stage stays an integer
+    assert run.nodes["epochs_run"].dtype == "float64" and run.nodes["stage"].dtype == "int64"
+    assert run.done_nodes() == {"1.1"}
+    cut = run.without({"1.1"})
+    assert list(cut.nodes["node"]) == ["1.2"] and set(cut.history["node"]) == {"1.2"}
+    assert set(cut.cell_val["node"]) == {"1.2"} and cut.config == run.config and len(run.nodes) == 2
+    with pytest.raises(TypeError):  # beyond config by name only: no field is silently shifted
+        RunTables(run.nodes, run.history, run.cell_val, run.config, "abc")
+
+
+def test_a_file_flushed_before_any_node_reads_back_empty(tmp_path):
+    """A run killed before its first node finished leaves such a file: --restart must read it."""
+    path = tmp_path / "results.h5"
+    make_writer(path).flush()
+    run = read_results(str(path))
+    assert len(run.nodes) == 0 and run.nodes["stage"].dtype == "int64" and run.done_nodes() == set()
+    assert list(run.history.columns)[:2] == ["node", "epoch"] and run.without({"1.1"}).data_checksum == "abc"
+
+
+def _rewrite(path, key, change):
+    """A copy of a results file with table ``key`` replaced by ``change(table)`` (None drops it)."""
+    with pd.HDFStore(path, mode="a") as st:
+        df = change(st[key])
+        st.remove(key)
+        if df is not None:
+            st.put(key, df, format="table", track_times=False)
+
+
+@pytest.mark.parametrize("key, change, match", [
+    ("nodes", lambda df: df.drop(columns=["val_loss"]), "table 'nodes' lacks column.s. val_loss"),
+    ("cell_val", lambda df: df.drop(columns=["cell"]), "table 'cell_val' lacks column.s. cell"),
+    ("history", lambda df: None, "missing key.s.: history"),
+    ("nodes", lambda df: df.assign(stage=["one", "two"]), "non-numeric stages"),
+])
+def test_reader_refuses_files_off_the_schema(tmp_path, key, change, match):
+    path = tmp_path / "results.h5"
+    write_done_and_failed(path)
+    _rewrite(path, key, change)
+    with pytest.raises(InputError, match=match):
+        read_results(str(path))
+
+
+def test_reader_derives_a_missing_parent_and_names_a_folder(tmp_path):
+    path = tmp_path / "r.h5"
+    w = make_writer(path)
+    add_node(w, "1.1")
+    w.flush()
+    _rewrite(path, "nodes", lambda df: df.drop(columns=["parent"]))
+    assert list(read_results(str(path)).nodes["parent"]) == ["1"]
+    with pytest.raises(InputError, match="is not a file"):
+        read_results(str(tmp_path))
 
 
 @pytest.mark.timeout(120)

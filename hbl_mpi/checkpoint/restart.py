@@ -32,7 +32,7 @@ from ..atomic import replace_text
 from ..config import RunConfig
 from ..errors import InputError
 from ..plan import node_sort_key, stage_of
-from ..results import FinishedRun
+from ..results import RunTables
 from .format import info_metadata
 from .session import CheckpointMismatch, final_state
 from .store import NodeCheckpoints, restart_check
@@ -50,7 +50,7 @@ def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_compatible(previous: FinishedRun, cfg: RunConfig, data_checksum: str) -> None:
+def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) -> None:
     """InputError unless the earlier run trained the same nodes on the same data."""
     old = previous.config
     for key in TRAINING_KEYS:
@@ -130,12 +130,12 @@ class RestartInfo:
         return out
 
 
-def plan_restart(ctx, previous: FinishedRun | None, restart: bool) -> RestartInfo:
+def plan_restart(ctx, previous: RunTables | None, restart: bool) -> RestartInfo:
     """Decide a restart on rank 0 (reads ckpt-info files, and the final checkpoints of the
     finished parents whose state is needed: each is verified here, so a damaged one makes
     its node run again instead of failing its children).
 
-    ``previous`` is the earlier run's ``FinishedRun`` (or None when it never flushed a
+    ``previous`` is the earlier run's ``RunTables`` (or None when it never flushed a
     results file). Raises ``InputError`` for ``ckpt_restart_mode = required`` when there
     is no checkpoint of this run at all.
     """
@@ -188,11 +188,8 @@ def plan_restart(ctx, previous: FinishedRun | None, restart: bool) -> RestartInf
     return info
 
 
-def drop_rerun(previous: FinishedRun | None, rerun) -> FinishedRun | None:
+def drop_rerun(previous: RunTables | None, rerun) -> RunTables | None:
     """The previous results without the nodes that run again (no duplicate rows)."""
     if previous is None or not rerun:
         return previous
-    keep = ~previous.nodes["node"].isin(list(rerun))
-    return FinishedRun(previous.nodes[keep], previous.history[~previous.history["node"].isin(list(rerun))],
-                       previous.cell_val[~previous.cell_val["node"].isin(list(rerun))], previous.config,
-                       previous.data_checksum)
+    return previous.without(rerun)
