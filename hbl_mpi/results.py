@@ -436,7 +436,7 @@ def payload(outcome, transfer_s: float = 0.0) -> dict:
 
 
 def node_row(node: str, parent: str, stage: int, status: str, **fields) -> dict:
-    """One row of the ``nodes`` table (``NODE_COLUMNS``); ``fields`` fill the rest."""
+    """One row of the ``nodes`` table (``NODES``); ``fields`` fill the rest."""
     row = {"node": node, "parent": parent, "stage": stage, "status": status, "error": ""}
     row.update(fields)
     return row
@@ -453,5 +453,5 @@ def cell_val_records(cell_ids, cell_val) -> tuple:
 def _history_dict(node: str, h) -> dict:
     d = dict(h) if isinstance(h, dict) else {k: getattr(h, k) for k in ("epoch", "loss", "val_loss", "seconds")}
     d["node"] = node
-    return {k: d[k] for k in HISTORY_COLUMNS}
+    return {k: d[k] for k in HISTORY.names}
 
