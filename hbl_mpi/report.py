@@ -324,7 +324,7 @@ class ReportInputs:
         return main
 
 
-SectionBuilder = Callable[[ReportInputs, "Report"], None]
+SectionBuilder = Callable[[ReportInputs, Report], None]
 """A part of the report: reads the inputs, adds files and sections to the report (and may
 leave results in ``rep.summary`` for the command's output)."""
 
