@@ -10,7 +10,7 @@ pending sends, so a busy holder never delays the children it feeds.
 With ``ckpt_enabled`` every epoch is checkpointed by a background thread (the group
 leader writes), so neither training nor a fork waits for the disk; on a restart a node
 resumes from its last epoch checkpoint and a ``checkpoint`` source loads a parent that
-finished in an earlier run (``resume.py``).
+finished in an earlier run (``checkpoint/session.py``; the node's life: ``lifecycle.py``).
 
 Every rank of a group receives the same control messages and trains in lock-step
 (gradient allreduce on the group communicator); rank i of the holder group sends to

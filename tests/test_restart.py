@@ -233,9 +233,12 @@ def test_interrupted_serial_restart_variants(setup, tmp_path, variant, capsys):
     log = capsys.readouterr().out
     assert "restart:" in log
     nodes = compare(reference, out)
-    # each interrupted node continued from the epoch checkpointed just before its kill
-    assert nodes.loc[node, "resumed_from"] == epoch, nodes["resumed_from"].to_dict()
-    assert nodes.loc[second, "resumed_from"] == 1, nodes["resumed_from"].to_dict()
+    # each interrupted node continued from a checkpoint, not from the start: the second from
+    # its epoch 1; the first from its epoch `epoch` in the second launch, or, when that
+    # launch was killed before its row reached results.h5, from a later one in the third
+    resumed = nodes["resumed_from"].to_dict()
+    assert nodes.loc[second, "resumed_from"] == 1, resumed
+    assert nodes.loc[node, "resumed_from"] >= epoch, resumed
 
 
 @pytest.mark.timeout(120)
