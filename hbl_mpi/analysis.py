@@ -41,7 +41,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .hdf5_guard import check_file
 from .plan import node_sort_key, parent_of, stage_of
+from .results import run_attributes
 
 PAPER_PERCENTILES = (99, 75, 50, 25, 10)
 """The paper's Fig 10 levels (higher = more accurate, see module docstring)."""
@@ -89,6 +91,7 @@ def read_run(path: str) -> RunTables:
         raise InputError(f"results file {path!r} does not exist")
     if not os.path.isfile(path):
         raise InputError(f"results file {path!r} is not a file")
+    check_file(path, "results file")  # before pandas: PyTables would unpickle its attributes
     try:
         store = pd.HDFStore(path, mode="r")
     except Exception as e:  # HDF5 / PyTables raise many types for a non-HDF5 file
@@ -110,10 +113,7 @@ def read_run(path: str) -> RunTables:
             columns=["node", "epoch", "loss", "val_loss", "seconds"])
         plan = store["plan"] if "plan" in keys else None
         truth = store["truth"] if "truth" in keys else None
-        attrs = store.get_storer("nodes").attrs
-        config = dict(getattr(attrs, "config", None) or {})
-        versions = dict(getattr(attrs, "versions", None) or {})
-        checksum = str(getattr(attrs, "data_checksum", "") or "")
+        config, versions, checksum = run_attributes(store.get_storer("nodes").attrs)
     except InputError:
         raise
     except Exception as e:

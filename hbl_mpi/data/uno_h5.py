@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..dataset import CELL, DRUG, Dataset, FeatureGroup
 from ..errors import InputError
+from ..hdf5_guard import check_file
 
 PARTITIONS = ("train", "val", "test")
 LABELS = ("AUC", "Growth")
@@ -77,6 +78,7 @@ class _Store:
             raise InputError(f"data file {path!r} cannot be read: {_one_line(e)}") from None
         if not is_hdf5:
             raise InputError(f"data file {path!r} is not an HDF5 file")
+        check_file(path, "data file")  # before pandas: PyTables would unpickle its attributes
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
