@@ -12,7 +12,8 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import EXIT_INPUT, InputError
+from .atomic import WriteFailed
+from .errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"hbl_mpi: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except WriteFailed as e:  # the file it names was left as it was (atomic.py)
+        print(f"hbl_mpi: fatal: {e.strerror}; the previous file (if any) is unchanged: "
+              "free space and run the command again", file=sys.stderr)
+        return EXIT_FATAL
     except KeyboardInterrupt:
         print("hbl_mpi: interrupted", file=sys.stderr)
         return 130

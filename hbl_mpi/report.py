@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import analysis as A
 from . import ranking as R
+from .atomic import replace_bytes
 from .errors import InputError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -562,13 +563,6 @@ def render_html(rep: Report) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write(rep: Report, out_dir: str) -> list[str]:
     """Write every file of the report into ``out_dir`` (each atomically); returns the paths."""
     rep.files["report.md"] = render_markdown(rep).encode()
@@ -580,6 +574,6 @@ def write(rep: Report, out_dir: str) -> list[str]:
     written = []
     for name, data in rep.files.items():
         path = os.path.join(out_dir, name)
-        _atomic_write(path, data)
+        replace_bytes(path, data)  # WriteFailed (the old file kept): commands/report.py says so
         written.append(path)
     return written

@@ -25,6 +25,7 @@ from collections import deque
 
 from mpi4py import MPI
 
+from .atomic import WriteFailed
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
@@ -34,7 +35,7 @@ from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendSt
 from .plan import node_sort_key
 from .policy import Status, TreeState, place, poll_cap
 from .progress import Progress
-from .results import ResultsWriter
+from .results import ResultsWriter, write_failed_line
 from .topology import Topology
 from .transfer import Backoff
 
@@ -171,6 +172,9 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
     """Run the scheduler; any error (Ctrl-C and SystemExit too) aborts every rank, never a hang."""
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
+    except WriteFailed as e:  # the results file kept its last good version: say what it holds
+        print(f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
+        comm.Abort(EXIT_FATAL)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         cause = "interrupted" if interrupted else f"{type(e).__name__}: {e}"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..atomic import replace_file
 from ..dataset import CELL, DRUG, Dataset, FeatureGroup
 from ..errors import InputError
 from ..hdf5_guard import check_file
@@ -584,14 +585,18 @@ def write_uno(ds: Dataset, path: str, *, seed: int = 0, fractions=(0.8, 0.1, 0.1
         raise InputError(f"output path {path!r} is a directory")
     parts = _split(ds.n_rows, seed, fractions)
     groups = ds.groups_of(CELL) + ds.groups_of(DRUG)
-    tmp = os.path.join(target_dir, f".{os.path.basename(path)}.{os.getpid()}.h5.tmp")
-    try:
-        _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    replace_file(path, lambda tmp: _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes),
+                 verify=lambda tmp: _verify_written(tmp, ds.n_rows))
+
+
+def _verify_written(tmp: str, n_rows: int) -> None:
+    """The new file reads back with every response row (a full disk can leave HDF5 short)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pd.HDFStore(tmp, mode="r") as store:
+            n = sum(store.get_storer(f"y_{p}").nrows for p in PARTITIONS if f"/y_{p}" in store.keys())
+    if n != n_rows:
+        raise OSError(f"the new data file holds {n} response rows, not {n_rows}")
 
 
 def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
@@ -643,5 +648,3 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                 t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
                                   "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
                 store.put("truth", t, format="table")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
