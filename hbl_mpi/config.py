@@ -139,6 +139,10 @@ MINIMUM: dict[str, float] = {
     "fault_slow_seconds": 0.0, "fault_crash_after": 0, "fault_crash_rank": -1,
 }
 
+MAXIMUM: dict[str, float] = {
+    "seed": 2**64 - 1,  # torch.manual_seed and numpy's generators take 64-bit seeds
+}
+
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, type] = {
     name: type(getattr(RunConfig(), name)) for name in _FIELDS
@@ -206,6 +210,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, lo in MINIMUM.items():
         if getattr(cfg, key) < lo:
             raise InputError(f"config key {key!r} must be >= {lo:g}; got {getattr(cfg, key)!r}")
+    for key, hi in MAXIMUM.items():
+        if getattr(cfg, key) > hi:
+            raise InputError(f"config key {key!r} must be <= {hi}; got {getattr(cfg, key)!r}")
     if not 0.0 <= cfg.holdout_fraction <= 0.5:
         raise InputError(f"config key 'holdout_fraction' must be in [0, 0.5]; got {cfg.holdout_fraction}")
     if not cfg.learning_rate > 0:
