@@ -29,7 +29,7 @@ from .atomic import WriteFailed
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
-from .liveness import RankGone, describe_death
+from .liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .plan import node_sort_key
@@ -64,6 +64,10 @@ class Scheduler:
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
         self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
         self.watch = topo.peer_watch()  # the workers on rank 0's host
+        self.stall_rule = StallRule(ctx.cfg.stall_seconds)
+        self.rates: deque[float] = deque(maxlen=256)  # seconds per work unit of finished nodes
+        self._kept_rows = int((~ctx.plan.holdout).sum())
+        self._next_stall_check = 0.0
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:
@@ -99,6 +103,7 @@ class Scheduler:
         while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
             self.writer.maybe_flush()
             self._check_alive()
+            self._check_stall()
             backoff.sleep()
         return self.comm.recv(source=status.Get_source(), tag=TAG_REPORT)
 
@@ -112,6 +117,7 @@ class Scheduler:
         self.recent_task_s.append(stop - start)
         ctx = self.ctx
         if rep.ok:
+            self.rates.append((stop - start) / self._work(rep.node))
             self.tree.mark_done(rep.node, rep.group)
             res = rep.result
             row = ctx.node_row(rep.node, "done", group=rep.group, start=start, stop=stop, source=source,
@@ -130,6 +136,29 @@ class Scheduler:
             doing = [f"node {node} (group {g})" for g, (node, _, _) in self.running.items()
                      if rank in self.topo.groups[g]]
             raise RankGone(describe_death(rank, who) + (f" while training {doing[0]}" if doing else ""))
+
+    def _work(self, node: str) -> float:
+        """Training rows x epoch budget: what a node's time is proportional to (StallRule)."""
+        pn = self.ctx.plan.nodes[node]
+        return float(max(1, self._kept_rows - pn.n_val_rows) * self.ctx.strategy.budget(pn.stage, self.ctx.cfg.s))
+
+    def _check_stall(self) -> None:
+        """A group silent beyond ``stall_seconds`` (liveness.StallRule) ends the job (exit 4)."""
+        now = time.monotonic()
+        if now < self._next_stall_check:
+            return
+        self._next_stall_check = now + 1.0
+        running = {g: (node, start, self._work(node)) for g, (node, start, _) in self.running.items()}
+        late = stalled(now - self.t0, running, self.stall_rule, list(self.rates))
+        if late:
+            s = late[0]
+            ranks = self.topo.groups[s.group]
+            states = {r: process_state(self.topo.procs[r]) for r in ranks if self.topo.procs}
+            stopped = [r for r, st in states.items() if st in ("T", "t")]
+            who = f"rank {stopped[0]}" if stopped else f"rank {ranks[0]}" + (f" (group {s.group})" if len(ranks) > 1 else "")
+            why = "; its process is stopped (SIGSTOP?)" if stopped else ""
+            raise WorkerStalled(f"{who} has neither reported nor answered for {s.silent_s:.0f} s while training node "
+                                f"{s.node} (limit {s.limit_s:.0f} s, config key stall_seconds){why}")
 
     # ---- main loop -------------------------------------------------------------
     def run(self) -> dict:
@@ -177,7 +206,8 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
         comm.Abort(EXIT_FATAL)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
-        cause = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
+                                                   else f"{type(e).__name__}: {e}")
         print(f"hbl_mpi: fatal: rank 0: {cause}", file=sys.stderr, flush=True)
         try:
             writer.flush()
