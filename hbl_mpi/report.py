@@ -81,7 +81,7 @@ def _grouped_bars(ax, table: pd.DataFrame, value: str, labels: list[str]) -> Non
     ax.set_xlabel("stage")
     ax.grid(axis="y", alpha=0.3)
     if len(labels) > 1:  # outside the axes: bars may reach any height
-        ax.legend(title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        _legend(ax, title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def fig_early_stop(t: pd.DataFrame, labels):
@@ -108,7 +108,7 @@ def fig_epochs(t: pd.DataFrame, labels):
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     # outside the axes: with several strategies the legend covered the stage-2..3 lines
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Fig. 9: epochs actually trained by stage (mean) vs budget")
     return fig
 
@@ -168,7 +168,7 @@ def fig_outlier(cdfs: pd.DataFrame, counts: pd.DataFrame, labels):
     ax.set_xlabel("cumulative fraction of the nodes that increased val_loss")
     ax.set_ylabel("outlier level = Δval_loss / parent val_loss (ratio)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     ax.set_title('Fig. 13: "outlier level" of the nodes that increased val_loss, sorted')
     return fig
 
@@ -236,7 +236,7 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
         for k in sorted(set(kinds.values())):
             sel = s[ranking.loc[s.index, "cell"].map(kinds) == k]
             ax.hist(sel, bins=bins, color=KIND_COLOURS.get(k, "k"), alpha=0.8, label=f"planted {k}")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
         from matplotlib.patches import Patch
 
         axes[0, 0].legend(handles=[Patch(color=KIND_COLOURS.get(k, "k"), label=k or "not planted")
@@ -248,6 +248,13 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     ax.set_title("score distribution, all cells")
     fig.suptitle("Cell ranking: cells whose held-out error stays high at every stage")
     return fig
+
+
+def _legend(ax, **kw) -> None:
+    """A legend when the axes have labelled artists; none (and no matplotlib warning on
+    stderr) when partial results left nothing to label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
@@ -266,7 +273,7 @@ def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("false positive rate (clean cells flagged)")
     ax.set_ylabel("true positive rate (planted cells found)")
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(ax, fontsize=8, loc="lower right")
     ax.set_title("Detection of the planted cells: ROC")
     return fig
 
@@ -500,11 +507,20 @@ def _fmt(v) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
+    cols = [_md_cell(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(_md_cell(_fmt(v)) for v in row) + " |")
     return "\n".join(lines)
+
+
+def _md_cell(value) -> str:
+    """One table cell on one line: ids are data (DESIGN §1 puts no limit on them), so a
+    ``|`` is escaped and a line break (or any control character) is shown as its escape,
+    ``\\n``, rather than ending the row."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 def _td(v) -> str:
