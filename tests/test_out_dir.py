@@ -21,18 +21,10 @@ import pytest
 
 from hbl_mpi.atomic import WriteFailed
 from hbl_mpi.outlock import acquire
+from faultutil import TINY_TREE
 from mpiutil import mpi_env, run_mpi, run_py
 
-CONFIG = """
-data = "d.h5"
-n = 2
-s = 2
-strategy = "flat:2"
-model = "tiny"
-batch_size = 64
-threads = 1
-flush_seconds = 0.0
-"""
+CONFIG = TINY_TREE
 
 
 @pytest.fixture(scope="module")

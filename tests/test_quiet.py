@@ -14,18 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from faultutil import TINY_TREE, all_nodes_slow
 from mpiutil import mpi_env, mpiexec, run_py
 
-CONFIG = """
-data = "d.h5"
-n = 2
-s = 2
-strategy = "flat:2"
-model = "tiny"
-batch_size = 64
-threads = 1
-flush_seconds = 0.0
-"""
+CONFIG = TINY_TREE
 
 
 def dataset(ids=None):
@@ -70,8 +62,7 @@ def test_sigint_under_mpi_is_one_line(tmp_path):
     from hbl_mpi.data import write_uno
 
     write_uno(dataset(), str(tmp_path / "d.h5"), seed=1)
-    slow = 'fault_slow_nodes = ["1.1", "1.2", "1.1.1", "1.1.2", "1.2.1", "1.2.2"]\nfault_slow_seconds = 3.0\n'
-    (tmp_path / "run.toml").write_text(CONFIG + slow)
+    (tmp_path / "run.toml").write_text(CONFIG + all_nodes_slow(3.0))
     proc = subprocess.Popen([mpiexec(), "-n", "3", sys.executable, "-m", "hbl_mpi", "run", "run.toml", "--out",
                              "out"], cwd=tmp_path, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

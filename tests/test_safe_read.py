@@ -18,17 +18,8 @@ import pytest
 
 from hbl_mpi.errors import InputError
 from hbl_mpi.hdf5_guard import check_file, unsafe_globals
+from faultutil import RunsCode
 from mpiutil import run_py
-
-
-class Marker:
-    """Unpickling this creates ``path``: the proof that reading ran code."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def tiny_data(path) -> None:
@@ -55,7 +46,7 @@ def plant_attribute(path, key: str, marker) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pd.HDFStore(path, "a") as st:
-            st.get_storer(key).attrs.note = Marker(marker)
+            st.get_storer(key).attrs.note = RunsCode(marker)
 
 
 def plant_object_rows(path, key: str, marker) -> None:
@@ -66,7 +57,7 @@ def plant_object_rows(path, key: str, marker) -> None:
             df = st[key]
             st.remove(key)
             df = df.astype({df.columns[0]: object})
-            df.iloc[0, 0] = Marker(marker)
+            df.iloc[0, 0] = RunsCode(marker)
             st.put(key, df, format="fixed")
 
 
@@ -84,7 +75,7 @@ def test_plain_pickles_are_allowed():
 
 def test_code_running_pickles_are_named(tmp_path):
     for proto in (0, 2, 4, 5):
-        assert unsafe_globals(pickle.dumps(Marker(tmp_path / "m"), proto)) == ["io.open"], proto
+        assert unsafe_globals(pickle.dumps(RunsCode(tmp_path / "m"), proto)) == ["io.open"], proto
     assert unsafe_globals(pickle.dumps(os.system, 4)) == ["posix.system"]
     assert unsafe_globals(b"not a pickle.") == []
     # a global whose name is built at run time cannot be vouched for
@@ -171,7 +162,7 @@ def test_gdsc_storage_global_loads_weights_only(tmp_path):
 
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save(Marker(marker), buf)
+    torch.save(RunsCode(marker), buf)
     blob = buf.getvalue()
 
     class Crafted:

@@ -11,21 +11,10 @@ import time
 
 import pytest
 
+from faultutil import TINY_TREE, all_nodes_slow
 from mpiutil import job_pids, run_mpi_timed
 
-CONFIG = """
-data = "d.h5"
-n = 2
-s = 2
-strategy = "flat:2"
-model = "tiny"
-batch_size = 64
-threads = 1
-flush_seconds = 0.0
-stall_seconds = 8.0
-fault_slow_nodes = ["1.1", "1.2", "1.1.1", "1.1.2", "1.2.1", "1.2.2"]
-fault_slow_seconds = 1.0
-"""
+CONFIG = TINY_TREE + "stall_seconds = 8.0\n" + all_nodes_slow(1.0)
 
 
 def rank_of(pid: int) -> int | None:
