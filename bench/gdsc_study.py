@@ -43,6 +43,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from hbl_mpi.atomic import replace_file  # noqa: E402
 from hbl_mpi.dataset import Dataset  # noqa: E402
 from hbl_mpi.errors import InputError  # noqa: E402
 from hbl_mpi.results import read_results  # noqa: E402
@@ -278,9 +279,7 @@ def _dispatch(args) -> int:
         print(f"wrote {args.out}: {args.k} label_noise cells of {ds.n_cells}, seed {args.seed}")
     elif args.cmd == "tissues":
         t = tissue_table(cell_ids_of(args.data), _read_cosmic(args.cosmic or _default_cosmic()))
-        tmp = f"{args.out}.tmp"
-        t.to_csv(tmp, index=False)
-        os.replace(tmp, args.out)
+        replace_file(args.out, lambda tmp: t.to_csv(tmp, index=False))
         print(f"wrote {args.out}: {int(t['tissue'].notna().sum())} of {len(t)} cells with a tissue")
     elif args.cmd == "table":
         ranked = ranking_with_tissue(args.report_dir, args.tissues, args.data)

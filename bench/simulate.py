@@ -41,6 +41,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from hbl_mpi.atomic import replace_text  # noqa: E402
 from hbl_mpi.plan import full_tree  # noqa: E402
 from hbl_mpi.policy import TreeState, place  # noqa: E402
 
@@ -95,10 +96,7 @@ def record(path: str, out: str = MEASURED) -> dict:
         "epochs_by_stage": {str(int(s)): [int(e) for e in g["epochs_run"]] for s, g in done.groupby("stage")},
     }
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(rec, f, indent=1)
-    os.replace(tmp, out)
+    replace_text(out, json.dumps(rec, indent=1))
     return rec
 
 

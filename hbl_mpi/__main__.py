@@ -12,7 +12,8 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import EXIT_INPUT, InputError
+from .atomic import WriteFailed
+from .errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",
@@ -47,9 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"hbl_mpi: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except WriteFailed as e:  # the file it names was left as it was (atomic.py)
+        print(f"hbl_mpi: fatal: {e.strerror}; the previous file (if any) is unchanged: "
+              "free space and run the command again", file=sys.stderr)
+        return EXIT_FATAL
     except KeyboardInterrupt:
-        print("hbl_mpi: interrupted", file=sys.stderr)
+        if _world_rank() == 0:  # under MPI every rank gets the SIGINT: one line for the job
+            print("hbl_mpi: interrupted", file=sys.stderr)
         return 130
+
+
+def _world_rank() -> int:
+    """This process's MPI rank when MPI is initialised, else 0 (no import of mpi4py here)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    try:
+        return mpi.COMM_WORLD.Get_rank() if mpi is not None and mpi.Is_initialized() else 0
+    except Exception:
+        return 0
 
 
 if __name__ == "__main__":

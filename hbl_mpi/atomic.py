@@ -18,8 +18,9 @@ CSVs, data files) goes through :func:`replace_file`, so the rules below hold eve
   file. Every file written here is the product of minutes of training or of a user's
   command; a few milliseconds of fsync are nothing beside that.
 * **A full disk is named.** A failure whose cause is ``ENOSPC``/``EDQUOT`` (also through
-  HDF5's wrapped errors, which keep only the message) raises :class:`WriteFailed` with
-  ``disk_full=True``; callers turn it into the one-line messages of README's exit codes.
+  HDF5's wrapped errors, which keep only the message), or any failure while the file
+  system has less than 1 MiB free (HDF5 can "succeed" on a full disk and leave a short
+  file that only ``verify`` catches), raises :class:`WriteFailed` with ``disk_full=True``; callers turn it into the one-line messages of README's exit codes.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def replace_file(path: str, write: Callable[[str], object], *,
         except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise WriteFailed(path, e, is_disk_full(e)) from e
+            raise WriteFailed(path, e, is_disk_full(e) or _nearly_full(folder)) from e
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -111,6 +112,23 @@ def replace_file(path: str, write: Callable[[str], object], *,
             pass
         raise
     fsync_dir(folder)
+
+
+FULL_BELOW = 1 << 20
+"""Free bytes under which a failed write counts as a full disk whatever its error said."""
+
+
+def _nearly_full(folder: str) -> bool:
+    """Whether the file system of ``folder`` is (nearly) out of space or inodes.
+
+    HDF5 on a full disk may report success and leave a file without its last nodes: only
+    ``verify`` notices, with an error that names no errno. The free space tells why.
+    """
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW or (st.f_files > 0 and st.f_favail == 0)
 
 
 def replace_bytes(path: str, data: bytes, **kw) -> None:

@@ -48,6 +48,7 @@ class RunConfig:
     out: str = "out"
     flush_seconds: float = 2.0
     progress_every: int = 0
+    stall_seconds: float = 0.0
     # checkpoints (CANDLE names, DESIGN §8)
     ckpt_restart_mode: str = "auto"
     ckpt_save_best: bool = True
@@ -102,6 +103,7 @@ DOCS: dict[str, str] = {
     "out": "output directory (results.h5, logs); relative to the working directory",
     "flush_seconds": "rank 0 rewrites results.h5 atomically at most this often while nodes finish",
     "progress_every": "print a progress line every this many finished nodes; 0 = automatic",
+    "stall_seconds": "abort (exit 4) when a worker has not reported for this many seconds on one node; 0 = automatic: 10 x the node's expected time (its rows x epochs at the median rate of finished nodes), at least 600 s, none before the first node finishes",
     "ckpt_restart_mode": "`off`, `auto` (resume when checkpoints exist) or `required`",
     "ckpt_save_best": "keep the best-metric checkpoint of each node",
     "ckpt_save_best_metric": "metric that defines `best` (val_loss)",
@@ -136,8 +138,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {
     "n": 2, "s": 1, "epochs": 1, "patience": 1, "batch_size": 1, "group_size": 1,
     "threads": 0, "seed": 0, "min_delta": 0.0, "flush_seconds": 0.0, "progress_every": 0,
+    "stall_seconds": 0.0,
     "ckpt_skip_epochs": 0, "ckpt_save_interval": 1, "ckpt_keep_limit": 0,
     "fault_slow_seconds": 0.0, "fault_crash_after": 0, "fault_crash_rank": -1,
+}
+
+MAXIMUM: dict[str, float] = {
+    "seed": 2**64 - 1,  # torch.manual_seed and numpy's generators take 64-bit seeds
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -207,6 +214,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, lo in MINIMUM.items():
         if getattr(cfg, key) < lo:
             raise InputError(f"config key {key!r} must be >= {lo:g}; got {getattr(cfg, key)!r}")
+    for key, hi in MAXIMUM.items():
+        if getattr(cfg, key) > hi:
+            raise InputError(f"config key {key!r} must be <= {hi}; got {getattr(cfg, key)!r}")
     if not 0.0 <= cfg.holdout_fraction <= 0.5:
         raise InputError(f"config key 'holdout_fraction' must be in [0, 0.5]; got {cfg.holdout_fraction}")
     if not cfg.learning_rate > 0:

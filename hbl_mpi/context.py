@@ -89,6 +89,7 @@ class RunContext:
     plan: Plan
     device: torch.device
     run_info: RestartInfo | None = None  # set by the run command (rank 0 decides, all ranks get it)
+    results_seen: tuple | None = None  # OUT/results.h5's (inode, size, mtime) when the run command judged it
     strategy: EpochStrategy = field(init=False)
     _tables: DeviceTables | None = field(default=None, init=False, repr=False)
     _initial: ModelState | None = field(default=None, init=False, repr=False)

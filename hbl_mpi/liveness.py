@@ -24,6 +24,7 @@ container layout never turns into a false alarm.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -120,3 +121,69 @@ def describe_death(rank: int, who: ProcessIdentity) -> str:
 
 class RankGone(RuntimeError):
     """A watched rank's process no longer exists: the job must end (``comm.Abort``)."""
+
+
+# ----------------------------------------------------------------------------- silence
+# A stopped worker (SIGSTOP, a hung file system, a debugger) is alive by every test above:
+# only time tells. The rule is pure (times in, verdicts out) so it is tested without MPI.
+
+STALL_FACTOR = 10.0
+"""Automatic limit: this many times the node's expected time (its work at the median rate)."""
+STALL_FLOOR_S = 600.0
+"""Automatic limit: never less than this, however fast the finished nodes were."""
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """When a worker that has not reported counts as stalled (config key ``stall_seconds``).
+
+    ``seconds > 0``: a fixed limit per node. ``seconds == 0`` (the default): ``STALL_FACTOR``
+    times the node's *expected* time, with a floor of ``STALL_FLOOR_S``. A node's work is
+    its training rows times its epoch budget, and the expected time is that work at the
+    median seconds-per-unit of the nodes finished so far, so a big or long node is not
+    judged by the small ones. Until a node has finished there is nothing to compare with:
+    the automatic rule then waits (set ``stall_seconds`` to guard the first wave too).
+    """
+
+    seconds: float = 0.0
+    factor: float = STALL_FACTOR
+    floor: float = STALL_FLOOR_S
+
+    def limit(self, work: float, rates: list[float]) -> float | None:
+        """Seconds a node of ``work`` units may run without a report (None: no limit yet)."""
+        if self.seconds > 0:
+            return self.seconds
+        if not rates:
+            return None
+        return max(self.floor, self.factor * max(work, 1.0) * statistics.median(rates))
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A running node whose group has been silent longer than its limit."""
+
+    group: int
+    node: str
+    silent_s: float
+    limit_s: float
+
+
+def stalled(now: float, running: dict[int, tuple[str, float, float]], rule: StallRule,
+            rates: list[float]) -> list[Stall]:
+    """The groups of ``running`` (group -> (node, start time, work)) silent beyond their limit."""
+    out = []
+    for group, (node, start, work) in sorted(running.items()):
+        limit = rule.limit(work, rates)
+        if limit is not None and now - start > limit:
+            out.append(Stall(group, node, now - start, limit))
+    return out
+
+
+def process_state(who: ProcessIdentity) -> str:
+    """``/proc`` state letter of a process (``T``: stopped), ``""`` when not visible."""
+    fields = _stat_fields(who.pid)
+    return fields[0] if fields else ""
+
+
+class WorkerStalled(RuntimeError):
+    """A worker has neither reported nor answered within its limit: the job must end."""

@@ -360,8 +360,20 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
                 nodes[name] = node
                 nxt.append(node)
         frontier = nxt
+    _check_training_rows(nodes, len(kept), n_test)
     return Plan(spec, cell_ids, drug_ids, cell_order, drug_order, holdout, nodes,
                 rows_by_cell, cell_rank_sorted, row_cell_rank, row_drug_rank)
+
+
+def _check_training_rows(nodes: dict[str, PlanNode], n_kept: int, n_test: int) -> None:
+    """Every trained node needs a training row: its training rows are the non-holdout rows
+    outside its validation set (cells, or the cell x drug block), so there are
+    ``n_kept - n_val_rows`` of them. A node without any would fail every epoch."""
+    empty = [name for name, node in nodes.items() if name != ROOT and n_kept - node.n_val_rows <= 0]
+    if empty:
+        raise InputError(f"{len(empty)} node(s) of the plan have no training rows (first: {empty[0]}; "
+                         f"{n_kept} rows are left after holding out {n_test} as the test set): lower "
+                         "holdout_fraction, or use more cells")
 
 
 def plan_for(dataset, spec: PlanSpec) -> Plan:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import analysis as A
 from . import ranking as R
+from .atomic import replace_bytes
 from .errors import InputError
 from .results import RunTables, read_results
 
@@ -94,7 +95,7 @@ def _bars_figure(table: pd.DataFrame, value: str, labels: list[str], ylabel: str
     ax.set_xlabel("stage")
     ax.grid(axis="y", alpha=0.3)
     if len(labels) > 1:  # outside the axes: bars may reach any height
-        ax.legend(title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        _legend(ax, title="epoch strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if fraction:
         ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
@@ -121,7 +122,7 @@ def fig_epochs(t: pd.DataFrame, labels):
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     # outside the axes: with several strategies the legend covered the stage-2..3 lines
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Fig. 9: epochs actually trained by stage (mean) vs budget")
     return fig
 
@@ -172,7 +173,7 @@ def fig_outlier(cdfs: pd.DataFrame, counts: pd.DataFrame, labels):
     ax.set_xlabel("cumulative fraction of the nodes that increased val_loss")
     ax.set_ylabel("outlier level = Δval_loss / parent val_loss (ratio)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     ax.set_title('Fig. 13: "outlier level" of the nodes that increased val_loss, sorted')
     return fig
 
@@ -240,7 +241,7 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
         for k in sorted(set(kinds.values())):
             sel = s[ranking.loc[s.index, "cell"].map(kinds) == k]
             ax.hist(sel, bins=bins, color=KIND_COLOURS.get(k, "k"), alpha=0.8, label=f"planted {k}")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
         from matplotlib.patches import Patch
 
         axes[0, 0].legend(handles=[Patch(color=KIND_COLOURS.get(k, "k"), label=k or "not planted")
@@ -252,6 +253,13 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     ax.set_title("score distribution, all cells")
     fig.suptitle("Cell ranking: cells whose held-out error stays high at every stage")
     return fig
+
+
+def _legend(ax, **kw) -> None:
+    """A legend when the axes have labelled artists; none (and no matplotlib warning on
+    stderr) when partial results left nothing to label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
@@ -270,7 +278,7 @@ def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("false positive rate (clean cells flagged)")
     ax.set_ylabel("true positive rate (planted cells found)")
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(ax, fontsize=8, loc="lower right")
     ax.set_title("Detection of the planted cells: ROC")
     return fig
 
@@ -591,11 +599,20 @@ def _fmt(v) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
+    cols = [_md_cell(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(_md_cell(_fmt(v)) for v in row) + " |")
     return "\n".join(lines)
+
+
+def _md_cell(value) -> str:
+    """One table cell on one line: ids are data (DESIGN §1 puts no limit on them), so a
+    ``|`` is escaped and a line break (or any control character) is shown as its escape,
+    ``\\n``, rather than ending the row."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 def _td(v) -> str:
@@ -654,13 +671,6 @@ def render_html(rep: Report) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write(rep: Report, out_dir: str) -> list[str]:
     """Write every file of the report into ``out_dir`` (each atomically); returns the paths."""
     rep.files["report.md"] = render_markdown(rep).encode()
@@ -672,6 +682,6 @@ def write(rep: Report, out_dir: str) -> list[str]:
     written = []
     for name, data in rep.files.items():
         path = os.path.join(out_dir, name)
-        _atomic_write(path, data)
+        replace_bytes(path, data)  # WriteFailed (the old file kept): commands/report.py says so
         written.append(path)
     return written

@@ -5,8 +5,9 @@ them a results file must have. The writer casts to it; :func:`read_results` chec
 is the only reader: the analysis, the report and ``run --restart`` all load a file through
 it, so a file one of them accepts the others accept too.
 
-Crash safety by construction: every flush writes the whole file to ``results.h5.tmp``,
-fsyncs it and ``os.replace``s it over ``results.h5``. A ``kill -9`` at any instant
+Crash safety by construction: every flush writes the whole file to a fresh temporary
+name, fsyncs it, reads it back and ``os.replace``s it over ``results.h5`` (``atomic.py``).
+A full disk leaves the previous file in place (``WriteFailed``). A ``kill -9`` at any instant
 leaves either the previous complete file or the new one, never a torn HDF5 file, and
 the file holds every node reported before the last flush. The tables are small (the
 normalised design keeps per-node output to a few rows), so rewriting is cheap; flushes
@@ -29,7 +30,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .atomic import replace_file
 from .errors import InputError
+from .hdf5_guard import check_file
 from .plan import parent_of
 
 Dtype = Literal["str", "int64", "float64", "bool"]
@@ -228,6 +231,7 @@ def read_results(path: str) -> RunTables:
         raise InputError(f"results file {path!r} does not exist")
     if not os.path.isfile(path):
         raise InputError(f"results file {path!r} is not a file")
+    check_file(path, "results file")  # before pandas: PyTables would unpickle its attributes
     try:
         store = pd.HDFStore(path, mode="r")
     except Exception as e:  # HDF5 / PyTables raise many types for a non-HDF5 file
@@ -265,10 +269,27 @@ def read_results(path: str) -> RunTables:
 
 
 def run_attributes(attrs) -> tuple[dict, dict, str]:
-    """``(config, versions, data_checksum)`` from the ``nodes`` table's attributes."""
-    config = dict(getattr(attrs, "config", None) or {})
-    versions = dict(getattr(attrs, "versions", None) or {})
-    return config, versions, str(getattr(attrs, "data_checksum", "") or "")
+    """``(config, versions, data_checksum)`` from the ``nodes`` table's attributes.
+
+    They are written as JSON strings (``config_json``, ``versions_json``): a string
+    attribute is never unpickled. Files written before that hold pickled dicts
+    (``config``, ``versions``), read only after ``hdf5_guard.check_file`` found that they
+    import nothing.
+    """
+    def _dict(json_name: str, old_name: str) -> dict:
+        text = getattr(attrs, json_name, None) if json_name in attrs._v_attrnames else None
+        if text is not None:
+            try:
+                value = json.loads(str(text))
+            except ValueError:
+                value = None
+            if isinstance(value, dict):
+                return value
+        old = getattr(attrs, old_name, None) if old_name in attrs._v_attrnames else None
+        return dict(old) if isinstance(old, dict) else {}
+
+    checksum = getattr(attrs, "data_checksum", "") if "data_checksum" in attrs._v_attrnames else ""
+    return _dict("config_json", "config"), _dict("versions_json", "versions"), str(checksum or "")
 
 
 class ResultsWriter:
@@ -303,12 +324,14 @@ class ResultsWriter:
         self._dirty = False
         self.flush_time = 0.0
         self.flushes = 0
+        self.saved_done = 0  # finished nodes in the file on disk (as of the last good flush)
         if previous is not None:
             done = previous.nodes[previous.nodes["status"] == "done"]
             keep = set(done["node"])
             self.node_rows = done.to_dict("records")
             self.history.append(previous.history[previous.history["node"].isin(keep)])
             self.cell_val.append(previous.cell_val[previous.cell_val["node"].isin(keep)])
+            self.saved_done = len(self.node_rows)  # the previous file on disk holds them
 
     def add(self, row: dict, history: list[dict] | None = None, cell_val=None) -> None:
         """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame).
@@ -364,39 +387,71 @@ class ResultsWriter:
         return out
 
     def flush(self) -> None:
-        """Write everything to ``path.tmp``, fsync, and atomically replace ``path``."""
+        """Rewrite the whole file through ``atomic.replace_file``: a fresh temporary file,
+        fsync'd and read back (:func:`verify_results`) before it replaces the previous one.
+
+        On any failure (a full disk above all) the previous file stays exactly as it was and
+        :class:`~hbl_mpi.atomic.WriteFailed` is raised; the tables stay in memory, so a later
+        flush may still succeed.
+        """
         t0 = time.perf_counter()
-        tmp = self.path + ".tmp"
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PyTables performance warnings on object columns
-            with pd.HDFStore(tmp, mode="w") as store:
-                for key, df in self.tables().items():
-                    # PyTables' table format silently stores nothing for an empty frame (then
-                    # the file has no `nodes` to hold the attributes): the fixed format does
-                    store.put(key, _hdf_safe(df), format="table" if len(df) else "fixed")
-                attrs = store.get_storer("nodes").attrs
-                attrs.config = self.config
-                attrs.versions = self.versions
-                attrs.data_checksum = self.data_checksum
-                attrs.config_json = json.dumps(self.config, sort_keys=True, default=str)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        tables = self.tables()
+
+        def write(tmp: str) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PyTables performance warnings on object columns
+                with pd.HDFStore(tmp, mode="w") as store:
+                    for key, df in tables.items():
+                        # PyTables' table format silently stores nothing for an empty frame (then
+                        # the file has no `nodes` to hold the attributes): the fixed format does
+                        store.put(key, _hdf_safe(df), format="table" if len(df) else "fixed")
+                    attrs = store.get_storer("nodes").attrs  # JSON strings: nothing here is pickled
+                    attrs.config_json = json.dumps(self.config, sort_keys=True, default=str)
+                    attrs.versions_json = json.dumps(self.versions, sort_keys=True, default=str)
+                    attrs.data_checksum = str(self.data_checksum)
+
+        replace_file(self.path, write, verify=lambda tmp: verify_results(tmp, len(tables["nodes"])))
         self._dirty = False
         self._last_flush = time.monotonic()
         self._last_duration = time.perf_counter() - t0
         self.flush_time += self._last_duration
         self.flushes += 1
+        self.saved_done = int((tables["nodes"]["status"] == "done").sum())
+
+
+def write_failed_line(e, out_dir: str, writer: "ResultsWriter | None") -> str:
+    """The one line a run ends with when a file in OUT could not be written (exit 4).
+
+    ``e`` is an ``atomic.WriteFailed``: the file it names was left as it was, so the
+    results file holds what its last good flush wrote (``writer.saved_done``).
+    """
+    results = results_path(out_dir)
+    what = "disk full" if e.disk_full else f"cannot write ({type(e.cause).__name__}: {e.cause})"
+    if writer is None:
+        return f"{what} while writing {e.path}; no node has run yet; free space and run again"
+    where = "it" if os.path.abspath(e.path) == os.path.abspath(results) else results
+    return (f"{what} while writing {e.path}; {writer.saved_done} finished nodes are in {where}; "
+            "free space and run --restart")
+
+
+def verify_results(path: str, n_nodes: int) -> None:
+    """Raise unless ``path`` reads back as a results file with ``n_nodes`` node rows.
+
+    HDF5 writes on a full disk can "succeed" and leave a file without its ``nodes`` key:
+    reading it back is the only proof that the new file may replace the old one.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pd.HDFStore(path, mode="r") as store:
+            keys = {k.lstrip("/") for k in store.keys()}
+            missing = {"nodes", "history", "cell_val"} - keys
+            if missing:
+                raise OSError(f"the new results file lacks {', '.join(sorted(missing))}")
+            n = len(store["nodes"])
+            if n != n_nodes:
+                raise OSError(f"the new results file holds {n} node rows, not {n_nodes}")
+            if "config_json" not in store.get_storer("nodes").attrs._v_attrnames:
+                raise OSError("the new results file lacks its attributes")
 
 
 def _hdf_safe(df: pd.DataFrame) -> pd.DataFrame:

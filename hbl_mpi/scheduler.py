@@ -25,16 +25,17 @@ from collections import deque
 
 from mpi4py import MPI
 
+from .atomic import WriteFailed
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
 from .lifecycle import Ledger, NodeResult
-from .liveness import RankGone, describe_death
+from .liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
 from .policy import Source, place, poll_cap
 from .progress import Progress
-from .results import ResultsWriter
+from .results import ResultsWriter, write_failed_line
 from .topology import Topology
 from .transfer import Backoff
 
@@ -59,6 +60,10 @@ class Scheduler:
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
         self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
         self.watch = topo.peer_watch()  # the workers on rank 0's host
+        self.stall_rule = StallRule(ctx.cfg.stall_seconds)
+        self.rates: deque[float] = deque(maxlen=256)  # seconds per work unit of finished nodes
+        self._kept_rows = int((~ctx.plan.holdout).sum())
+        self._next_stall_check = 0.0
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:
@@ -93,6 +98,7 @@ class Scheduler:
         while not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT, status=status):
             self.writer.maybe_flush()
             self._check_alive()
+            self._check_stall()
             backoff.sleep()
         return self.comm.recv(source=status.Get_source(), tag=TAG_REPORT)
 
@@ -106,12 +112,37 @@ class Scheduler:
         stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
                                   source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
+        if rep.ok:
+            self.rates.append((stop - start) / self._work(rep.node))
 
     def _check_alive(self) -> None:
         for rank, who in self.watch.dead().items():
             doing = [f"node {node} (group {g})" for g, (node, _, _) in self.running.items()
                      if rank in self.topo.groups[g]]
             raise RankGone(describe_death(rank, who) + (f" while training {doing[0]}" if doing else ""))
+
+    def _work(self, node: str) -> float:
+        """Training rows x epoch budget: what a node's time is proportional to (StallRule)."""
+        pn = self.ctx.plan.nodes[node]
+        return float(max(1, self._kept_rows - pn.n_val_rows) * self.ctx.strategy.budget(pn.stage, self.ctx.cfg.s))
+
+    def _check_stall(self) -> None:
+        """A group silent beyond ``stall_seconds`` (liveness.StallRule) ends the job (exit 4)."""
+        now = time.monotonic()
+        if now < self._next_stall_check:
+            return
+        self._next_stall_check = now + 1.0
+        running = {g: (node, start, self._work(node)) for g, (node, start, _) in self.running.items()}
+        late = stalled(now - self.t0, running, self.stall_rule, list(self.rates))
+        if late:
+            s = late[0]
+            ranks = self.topo.groups[s.group]
+            states = {r: process_state(self.topo.procs[r]) for r in ranks if self.topo.procs}
+            stopped = [r for r, st in states.items() if st in ("T", "t")]
+            who = f"rank {stopped[0]}" if stopped else f"rank {ranks[0]}" + (f" (group {s.group})" if len(ranks) > 1 else "")
+            why = "; its process is stopped (SIGSTOP?)" if stopped else ""
+            raise WorkerStalled(f"{who} has neither reported nor answered for {s.silent_s:.0f} s while training node "
+                                f"{s.node} (limit {s.limit_s:.0f} s, config key stall_seconds){why}")
 
     # ---- main loop -------------------------------------------------------------
     def run(self) -> dict:
@@ -154,9 +185,13 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
     """Run the scheduler; any error (Ctrl-C and SystemExit too) aborts every rank, never a hang."""
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
+    except WriteFailed as e:  # the results file kept its last good version: say what it holds
+        print(f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
+        comm.Abort(EXIT_FATAL)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
-        cause = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
+                                                   else f"{type(e).__name__}: {e}")
         print(f"hbl_mpi: fatal: rank 0: {cause}", file=sys.stderr, flush=True)
         try:
             writer.flush()

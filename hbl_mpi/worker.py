@@ -158,11 +158,16 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
     try:
         Worker(ctx, topo, comm, group_comm).run()
     except BaseException as e:
-        msg = f"{type(e).__name__}: {e}"
-        print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
+        # Ctrl-C reaches every rank: rank 0 says "interrupted" once for the job, a worker
+        # only tells rank 0 (which speaks for it when it alone was interrupted)
+        interrupted = isinstance(e, KeyboardInterrupt)
+        msg = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        if not interrupted:
+            print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
         try:
             if not isinstance(e, RankGone):
-                traceback.print_exc()
+                if not interrupted:
+                    traceback.print_exc()
                 _let_rank0_abort(comm, topo, msg)
         finally:
             comm.Abort(EXIT_FATAL)

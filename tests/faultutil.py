@@ -12,6 +12,32 @@ import pandas as pd
 from tinyrun import write_tiny_run
 
 NODES = ["1.1", "1.2", "1.1.1", "1.1.2", "1.2.1", "1.2.2"]
+TINY_TREE = """
+data = "d.h5"
+n = 2
+s = 2
+strategy = "flat:2"
+model = "tiny"
+batch_size = 64
+threads = 1
+flush_seconds = 0.0
+"""
+"""The six-node tree over ``d.h5`` without checkpoints (test_out_dir, test_quiet, test_stall_mpi)."""
+
+
+def all_nodes_slow(seconds: float) -> str:
+    """Config lines that make every node of TINY_TREE sleep ``seconds`` per epoch."""
+    return f"fault_slow_nodes = {NODES!r}\nfault_slow_seconds = {seconds}\n".replace("'", '"')
+
+
+class RunsCode:
+    """Unpickling this creates the file ``path``: the proof that reading a file ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 EXIT_LIMIT_S = 30.0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from faultutil import RunsCode
 from mpiutil import run_mpi, run_py
 
 BASE = """
@@ -100,6 +101,18 @@ def duplicate_row_other_label(path) -> None:
         rewrite(path, key, add)
 
 
+def plant_code(path) -> None:
+    with pd.HDFStore(path, "a") as st:
+        st.get_storer("y_train").attrs.note = RunsCode(Path(path).parent / "code_ran")
+
+
+def three_cells_one_drug():
+    from hbl_mpi.data import synthesize
+
+    return synthesize("small", seed=4, cells=3, drugs=1, cell_features=2, descriptors=2, fingerprints=0,
+                      anomaly_fraction=0.0)
+
+
 def truncate(path) -> None:
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
@@ -150,6 +163,11 @@ CONFIG_CASES = {
     "ckpt_restart_mode required without --restart": ('ckpt_restart_mode = "required"', [], None, "add --restart"),
     "fault node not in the plan": ('fault_fail_nodes = ["1.9"]', [], None, "names node '1.9', which is not a trained node"),
     "fault node is the root": ("", ["--set", "fault_nan_nodes=1"], None, "names node '1', which is not a trained node"),
+    # issue 19 item 8
+    "seed >= 2^64": ("seed = 18446744073709551616", [], None, "config key 'seed' must be <= 18446744073709551615"),
+    "empty --out": ("", ["--out", ""], None, "the output directory (--out or config key 'out') is empty"),
+    "--out with a part over 255 bytes": ("", ["--out", "p" * 300], None, "a part of it is 300 bytes long"),
+    "--out over PATH_MAX": ("", ["--out", "/".join(["d" * 200] * 25)], None, "limit (PATH_MAX)"),
 }
 
 DATA_CASES = {
@@ -172,6 +190,15 @@ DATA_CASES = {
     "results exist, neither --restart nor --overwrite": ("", [], "results exist", "exists: use --restart"),
     "output path below a regular file": ('out = "blocker/out"', [], "blocker", "exists and is not a directory"),
     "unwritable output directory": ("", [], "unwritable", "is not writable"),
+    # issue 19 items 1 and 8
+    "a plan node without training rows (3 cells, holdout 0.5)": (
+        "holdout_fraction = 0.5", [], lambda p: write_dataset(three_cells_one_drug(), p), "have no training rows"),
+    "label overflowing float32 training": ("", [], lambda p: rewrite(p, "y_train", set_value("AUC", 1e30, 1)),
+                                           "y_train column AUC has 1 value(s) beyond ±1e+18"),
+    "feature overflowing float32 training": ("", [], lambda p: rewrite(p, "x_train_0", set_value(1, -3e25, 2)),
+                                             "x_train_0 has 1 feature value(s) beyond ±1e+18"),
+    "pickled attribute that would run code": ("", [], lambda p: plant_code(p), "refused: node /y_train attribute"),
+    "--overwrite with OUT/ckpts a symlink": ("", ["--overwrite"], "ckpts symlink", "ckpts' is a symlink"),
 }
 
 CASES = {**CONFIG_CASES, **DATA_CASES}
@@ -222,6 +249,12 @@ def setup_case(name: str, tmp: Path, good: Path) -> list[str]:
     if data == "results exist":
         (tmp / "out").mkdir()
         (tmp / "out" / "results.h5").write_bytes(b"an earlier run's results")
+    elif data == "ckpts symlink":
+        (tmp / "out").mkdir()
+        (tmp / "out" / "results.h5").write_bytes(b"an earlier run's results")
+        (tmp / "kept").mkdir()
+        (tmp / "kept" / "model.pt").write_bytes(b"not ours to delete")
+        os.symlink(tmp / "kept", tmp / "out" / "ckpts")
     elif data == "blocker":
         (tmp / "blocker").write_text("a file, not a directory")
         args = []
@@ -273,6 +306,7 @@ MPI_CASES = {
                                                         "group_size = 4 does not divide the 2 worker ranks"),
     "fault_crash_rank beyond the world size": ("fault_crash_rank = 5",
                                                "'fault_crash_rank' = 5 but the job has 3 ranks"),
+    "seed >= 2^64": ("seed = 18446744073709551616", "config key 'seed' must be <= 18446744073709551615"),
 }
 
 
@@ -316,3 +350,16 @@ def test_ids_with_node_separator_and_unicode_run(tmp_path):
     plan = pd.read_hdf(results, "plan")
     assert set(plan["cell"]) == set(ids)
     assert set(plan["node"]) == set(nodes["node"])
+
+
+def test_labels_outside_their_range_are_read_with_one_warning(tmp_path, good_h5):
+    """AUC is declared in [0, 1] (DESIGN §1): rows beyond it are used, with a warning that
+    names their count (fitted AUCs slightly above 1 exist in real screens)."""
+    data = tmp_path / "data.h5"
+    shutil.copy(good_h5, data)
+    rewrite(data, "y_train", lambda df: df.assign(AUC=np.where(np.arange(len(df)) < 2, np.float32(1.5), df["AUC"])))
+    proc = run_py(["-m", "hbl_mpi", "data", "inspect", "data.h5"], timeout=50, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hbl_mpi: warning: ") and "2 AUC label(s) outside [0, 1]" \
+        in lines[0], lines

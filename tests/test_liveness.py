@@ -125,3 +125,55 @@ def test_a_peer_dead_before_the_watch_is_built_is_still_reported():
     assert set(watch.dead()) == {1}
     unseen = PeerWatch.on_my_host([1], [me, who], [0, 0], me=0, visible=[True, False])
     assert unseen.peers == {}  # not seen at start-up: another PID namespace, never watched
+
+
+# ----------------------------------------------------------------------------- stalls (issue 19 item 7)
+
+def test_stall_rule_fixed_limit():
+    from hbl_mpi.liveness import StallRule
+
+    rule = StallRule(seconds=30.0)
+    assert rule.limit(work=1e9, rates=[]) == 30.0 and rule.limit(work=1.0, rates=[5.0]) == 30.0
+
+
+def test_stall_rule_automatic_scales_with_the_node_and_has_a_floor():
+    from hbl_mpi.liveness import STALL_FACTOR, STALL_FLOOR_S, StallRule
+
+    rule = StallRule()
+    assert rule.limit(work=100.0, rates=[]) is None  # nothing finished yet: no verdict
+    # median rate 0.01 s/unit: a node of 1e5 units is expected to take 1000 s
+    assert rule.limit(work=1e5, rates=[0.005, 0.01, 0.5]) == pytest.approx(STALL_FACTOR * 1000.0)
+    # twice the work, twice the limit: a big node is not judged by the small ones
+    assert rule.limit(work=2e5, rates=[0.01]) == pytest.approx(2 * rule.limit(work=1e5, rates=[0.01]))
+    assert rule.limit(work=1.0, rates=[0.001]) == STALL_FLOOR_S
+
+
+def test_stalled_names_only_the_silent_groups():
+    from hbl_mpi.liveness import Stall, StallRule, stalled
+
+    running = {0: ("1.1", 0.0, 10.0), 1: ("1.2", 50.0, 10.0), 3: ("1.3", 0.0, 1000.0)}
+    rule = StallRule(factor=2.0, floor=0.0)
+    # rate 1 s/unit: limits 20 s, 20 s and 2000 s
+    assert stalled(60.0, running, rule, [1.0]) == [Stall(0, "1.1", 60.0, 20.0)]
+    assert stalled(60.0, running, StallRule(), []) == []
+    assert [s.group for s in stalled(100.0, running, StallRule(seconds=45.0), [])] == [0, 1, 3]
+
+
+def test_process_state_sees_a_stopped_process():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hbl_mpi.liveness import identity, process_state
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while process_state(identity(child.pid)) != "T" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_state(identity(child.pid)) == "T"
+    finally:
+        child.kill()
+        child.wait()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
+from ..atomic import replace_file
 from ..errors import InputError
 
 # flag -> config key; each given flag becomes a ``--set key=value`` override
@@ -85,21 +85,9 @@ def check_out(path: str) -> None:
 def write_csv_atomic(plan, path: str) -> int:
     """Write ``plan.csv`` via a temporary file in the same directory; returns the row count."""
     check_out(path)
-    target = os.path.abspath(path)
-    folder = os.path.dirname(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".csv.tmp", dir=folder)
-    except OSError as e:
-        raise InputError(f"--out {path!r} cannot be written: {e.strerror}") from None
-    os.close(fd)
-    try:
-        rows = plan.write_csv(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return rows
+    rows = []  # WriteFailed (nothing replaced) ends the command with exit 4 (__main__)
+    replace_file(os.path.abspath(path), lambda tmp: rows.append(plan.write_csv(tmp)))
+    return rows[0]
 
 
 def format_summary(plan, build_s: float) -> list[str]:

@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 
+from ..atomic import WriteFailed, replace_text
 from ..errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 
@@ -35,6 +36,36 @@ def configure(p) -> None:
     p.add_argument("--restart", action="store_true",
                    help="continue the run in OUT: finished nodes are not run again")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/results.h5")
+
+
+NAME_MAX = 255
+"""Bytes in one path component on every Linux file system hbl_mpi runs on."""
+
+
+def _check_out_path(path: str) -> None:
+    """An output path the file system can hold, judged before any directory is made
+    (``os.makedirs`` would otherwise create the parts that fit and leave them behind)."""
+    if not path or not path.strip():
+        raise InputError("the output directory (--out or config key 'out') is empty")
+    if "\x00" in path:
+        raise InputError("the output directory contains a NUL character")
+    full = os.fsencode(os.path.abspath(path))
+    for part in full.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise InputError(f"output path {path[:40]!r}...: a part of it is {len(part)} bytes long; "
+                             f"the file system allows {NAME_MAX}")
+    limit = _path_max()
+    # the longest file written inside OUT (a checkpoint) adds its own name to OUT's
+    if len(full) + 64 >= limit:
+        raise InputError(f"output path {path[:40]!r}... is {len(full)} bytes long; with the files hbl_mpi writes "
+                         f"inside it that exceeds the system's {limit}-byte limit (PATH_MAX)")
+
+
+def _path_max() -> int:
+    try:
+        return int(os.pathconf("/", "PC_PATH_MAX"))
+    except (OSError, ValueError):
+        return 4096
 
 
 def _writable_dir(path: str) -> None:
@@ -59,6 +90,7 @@ def prepare(args):
     from ..config import load_config
     from ..data import read_uno
     from ..faults import check_fault_nodes
+    from ..outlock import check_free
     from ..plan import PlanSpec, plan_for
     from ..results import read_results, results_path
 
@@ -67,7 +99,9 @@ def prepare(args):
     if args.restart and args.overwrite:
         raise InputError("--restart continues the run in OUT and --overwrite replaces it: give one of them")
     cfg = load_config(args.config, args.overrides, args.out)
+    _check_out_path(cfg.out)
     _writable_dir(cfg.out)
+    check_free(cfg.out)  # a live run there: refused now (the lock itself is taken after the checks)
     path = results_path(cfg.out)
     previous = None
     if args.restart:
@@ -89,8 +123,42 @@ def prepare(args):
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
         check_compatible(previous, cfg, ctx.data_checksum)
+    ckpts = ctx.ckpt_params.ckpt_directory
+    if args.overwrite and not cfg.ckpt_directory and os.path.islink(ckpts):
+        raise InputError(f"--overwrite: {ckpts!r} is a symlink; the replaced run's checkpoints are removed only "
+                         "from a real directory: remove the link, or set ckpt_directory to its target")
+    ctx.results_seen = _file_identity(path)
     ctx.run_info = plan_restart(ctx, previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
+
+
+def _file_identity(path: str):
+    """What ``path`` was when prepare() judged it (None: absent), to notice a change."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write_failed(e, out: str, writer) -> str:
+    from ..results import write_failed_line  # pandas: not at parser build time
+
+    return write_failed_line(e, out, writer)
+
+
+def _lock_out(ctx, args):
+    """Take OUT's lock (``outlock.py``), then make sure OUT is still what prepare() saw:
+    a run that ended while this one read its data may have written results.h5 since."""
+    from ..outlock import acquire
+    from ..results import results_path
+
+    lock = acquire(ctx.cfg.out)
+    if _file_identity(results_path(ctx.cfg.out)) != ctx.results_seen:
+        lock.release()
+        raise InputError(f"{results_path(ctx.cfg.out)!r} changed while this run was starting (another run on "
+                         "the same --out?): start again")
+    return lock
 
 
 def _log_restart(ctx) -> None:
@@ -119,7 +187,6 @@ def _clear_overwritten_checkpoints(ctx, overwrite: bool) -> None:
 def _make_writer(ctx, previous):
     from ..results import ResultsWriter, results_path
 
-    os.makedirs(ctx.cfg.out, exist_ok=True)
     attrs = ctx.run_attrs()
     truth = ctx.dataset.truth
     writer = ResultsWriter(
@@ -158,13 +225,21 @@ def run_serial_command(args) -> int:
     from ..serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
-    _clear_overwritten_checkpoints(ctx, args.overwrite)
-    writer = _make_writer(ctx, previous)
-    print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
-    _log_restart(ctx)
-    stats = run_serial(ctx, writer, ctx.run_info.done)
-    _summary(ctx, stats, writer.path)
-    return _exit_code(stats)
+    lock = _lock_out(ctx, args)
+    writer = None
+    try:
+        _clear_overwritten_checkpoints(ctx, args.overwrite)
+        writer = _make_writer(ctx, previous)
+        print(f"[hbl_mpi] serial run: {len(ctx.plan)} nodes, data {ctx.cfg.data}, out {ctx.cfg.out}", flush=True)
+        _log_restart(ctx)
+        stats = run_serial(ctx, writer, ctx.run_info.done)
+        _summary(ctx, stats, writer.path)
+        return _exit_code(stats)
+    except WriteFailed as e:
+        print(f"hbl_mpi: fatal: {_write_failed(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
+    finally:
+        lock.release()
 
 
 def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
@@ -257,6 +332,18 @@ def run_mpi(args) -> int:
         if rank == 0:
             print(f"hbl_mpi: error: {e}", file=sys.stderr, flush=True)
         return EXIT_INPUT
+    # rank 0 alone takes OUT's lock (outlock.py); every rank learns the verdict, none waits
+    lock, locked = None, None
+    if rank == 0:
+        try:
+            lock = _lock_out(ctx, args)
+        except InputError as e:
+            locked = str(e)
+    locked = comm.bcast(locked, root=0)
+    if locked is not None:
+        if rank == 0:
+            print(f"hbl_mpi: error: {locked}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
     workers_here = topo.ranks_on_host - (1 if topo.host_of_rank[0] == topo.host_of_rank[rank] else 0)
     torch.set_num_threads(1 if rank == 0 else (cfg.threads or default_threads(max(1, workers_here))))
     group = topo.group
@@ -266,8 +353,9 @@ def run_mpi(args) -> int:
             _clear_overwritten_checkpoints(ctx, args.overwrite)
             writer = _make_writer(ctx, previous)
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
-            print(f"hbl_mpi: fatal: rank 0: cannot write the results file: {type(e).__name__}: {e}",
-                  file=sys.stderr, flush=True)
+            why = (_write_failed(e, cfg.out, None) if isinstance(e, WriteFailed)
+                   else f"cannot write the results file: {type(e).__name__}: {e}")
+            print(f"hbl_mpi: fatal: rank 0: {why}", file=sys.stderr, flush=True)
             comm.Abort(EXIT_FATAL)
         print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
               f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
@@ -278,8 +366,11 @@ def run_mpi(args) -> int:
                   f"its workers do not fill whole groups of {cfg.group_size}", flush=True)
         _log_restart(ctx)
         stats = scheduler_main(ctx, topo, comm, writer, run_info.done)
-        with open(os.path.join(cfg.out, "run_stats.json"), "w") as f:
-            json.dump(stats, f, indent=1, default=str)
+        try:
+            replace_text(os.path.join(cfg.out, "run_stats.json"), json.dumps(stats, indent=1, default=str))
+        except WriteFailed as e:  # the results are complete: say so, and end as a failed run
+            print(f"hbl_mpi: fatal: rank 0: {_write_failed(e, cfg.out, writer)}", file=sys.stderr, flush=True)
+            comm.Abort(EXIT_FATAL)
         _summary(ctx, stats, writer.path)
         code = _exit_code(stats)
     elif group is not None:

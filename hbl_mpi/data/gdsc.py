@@ -116,13 +116,26 @@ class _TensorDictUnpickler(pickle.Unpickler):
     running whatever it names.
     """
 
-    ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-               ("torch.storage", "_load_from_bytes")}
+    ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2")}
 
     def find_class(self, module, name):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            # torch's own version calls torch.load(weights_only=False), which unpickles
+            # anything: a storage is loaded with torch's restricted unpickler instead
+            return _storage_from_bytes
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
         return super().find_class(module, name)
+
+
+def _storage_from_bytes(data: bytes):
+    """``torch.storage._load_from_bytes`` with ``weights_only=True``: tensors and storages
+    load, a pickled object that would run code raises ``UnpicklingError``."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def _load_pickle(path: str):

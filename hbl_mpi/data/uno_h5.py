@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..atomic import replace_file
 from ..dataset import CELL, DRUG, Dataset, FeatureGroup
 from ..errors import InputError
+from ..hdf5_guard import check_file
 
 PARTITIONS = ("train", "val", "test")
 LABELS = ("AUC", "Growth")
@@ -37,6 +40,14 @@ FEATURE_NAMES_KEY = "feature_names"
 """Side table (group, name) with every group's column names: HDF5 object headers cannot
 hold thousands of column names (pandas stores them as node attributes, limit 64 KiB), so
 wide groups are written with blank column names, as the real Top21 file does."""
+LABEL_RANGES = {"AUC": (0.0, 1.0), "Growth": (-100.0, float("inf"))}
+"""The range each label is declared to have (DESIGN §1: AUC in [0, 1]; growth in percent of
+the control, at least -100 = every cell killed). Rows outside it are read (fitted AUCs
+slightly above 1 exist) with a warning naming their count."""
+VALUE_LIMIT = 1e18
+"""Largest |value| of a label, dose or feature: training computes in float32, whose range
+ends at 3.4e38, and a squared error of a value beyond 1e18 (or a product of features of
+that size with weights) overflows it into inf/NaN losses. Beyond it: an error, exit 2."""
 CHUNK_BYTES = 128 << 20
 _MAX_NAME_PICKLE = 30_000  # bytes of pickled column names that still fit in a node attribute
 _SHOW = 3  # offending ids named in an error message
@@ -77,6 +88,7 @@ class _Store:
             raise InputError(f"data file {path!r} cannot be read: {_one_line(e)}") from None
         if not is_hdf5:
             raise InputError(f"data file {path!r} is not an HDF5 file")
+        check_file(path, "data file")  # before pandas: PyTables would unpickle its attributes
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -223,6 +235,14 @@ def _ids(y: pd.DataFrame, col: str, key: str, path: str) -> np.ndarray:
     return out
 
 
+def _check_magnitude(v: np.ndarray, where: str, path: str, cells, drugs) -> None:
+    """InputError when finite values of a response column exceed :data:`VALUE_LIMIT`."""
+    big = np.flatnonzero(np.abs(v) > VALUE_LIMIT)
+    if len(big):
+        raise InputError(f"data file {path!r}: {where} has {len(big):,} value(s) beyond ±{VALUE_LIMIT:g}, which "
+                         f"overflow float32 training (first: {_first(f'{cells[i]}/{drugs[i]}={v[i]:.3g}' for i in big)})")
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -234,11 +254,12 @@ class _Responses:
     dose: np.ndarray | None
     label_name: str
     offsets: dict  # partition -> (start, stop) in the merged rows
+    notes: list  # warnings, printed once the whole file has been read without an error
 
 
 def _read_responses(store: _Store, present: list[str]) -> _Responses:
     path = store.path
-    cells, drugs, labels, doses, offsets = [], [], [], [], {}
+    cells, drugs, labels, doses, offsets, notes = [], [], [], [], {}, []
     label_name = None
     start = 0
     for p in present:
@@ -270,6 +291,13 @@ def _read_responses(store: _Store, present: list[str]) -> _Responses:
         if len(bad):
             raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {lab} label(s) (first: "
                              f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
+        _check_magnitude(v, f"{key} column {lab}", path, c, d)
+        lo, hi = LABEL_RANGES[lab]
+        outside = np.flatnonzero((v < lo) | (v > hi))
+        if len(outside):
+            notes.append(f"hbl_mpi: warning: data file {path!r}: {key} has {len(outside):,} {lab} label(s) "
+                         f"outside [{lo:g}, {hi:g}] (first: {_first(f'{c[i]}/{d[i]}={v[i]:.6g}' for i in outside)}); "
+                         "they are used as they are")
         dcol = next((x for x in DOSE_COLUMNS if x in cols), None)
         if dcol is not None:
             if not pd.api.types.is_numeric_dtype(y[dcol].dtype):
@@ -279,6 +307,7 @@ def _read_responses(store: _Store, present: list[str]) -> _Responses:
             if len(bad):
                 raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {dcol} value(s) (first: "
                                  f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
+            _check_magnitude(dv, f"{key} column {dcol}", path, c, d)
             doses.append(dv.astype(np.float32))
         elif doses:
             raise InputError(f"data file {path!r}: {key} has no dose column but an earlier partition has one")
@@ -291,7 +320,7 @@ def _read_responses(store: _Store, present: list[str]) -> _Responses:
         raise InputError(f"data file {path!r}: only some partitions have a dose column")
     return _Responses(
         cells=np.concatenate(cells), drugs=np.concatenate(drugs), label=np.concatenate(labels),
-        dose=np.concatenate(doses) if doses else None, label_name=label_name, offsets=offsets,
+        dose=np.concatenate(doses) if doses else None, label_name=label_name, offsets=offsets, notes=notes,
     )
 
 
@@ -420,13 +449,20 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
                         r = lo + s + b
                         nonfinite_first.append(f"{key} row {s + b} ({resp.cells[r]}/{resp.drugs[r]})")
                     continue
+                big = np.abs(v) > VALUE_LIMIT
+                if big.any():
+                    col = int(np.flatnonzero(big.any(axis=0))[0])
+                    name = str(columns[inp.index][col]) or f"#{col}"
+                    raise InputError(f"data file {path!r}: {key} has {int(big.sum()):,} feature value(s) beyond "
+                                     f"±{VALUE_LIMIT:g} in rows {s}:{e}, which overflow float32 training "
+                                     f"(first column: {name!r})")
                 if inp.entity is None:
                     x_dose[lo + s:lo + e] = v[:, 0]
                 else:
                     tables[inp.index].absorb(codes[inp.entity][lo + s:lo + e], v)
         if nonfinite_rows:
             raise InputError(f"data file {path!r}: input x_*_{inp.index} ({inp.type}) has {nonfinite_rows:,} row(s) "
-                             f"with NaN/inf features (first: {_first(nonfinite_first)})")
+                             f"with NaN/inf features, or values beyond float32's range (first: {_first(nonfinite_first)})")
         if inp.entity is None:
             if dose is not None and not np.array_equal(dose, x_dose):
                 raise InputError(f"data file {path!r}: the dose input x_*_{inp.index} disagrees with the y dose column")
@@ -459,6 +495,8 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
         except (TypeError, ValueError):
             pass
     sel = (lambda a: a) if keep is None else (lambda a: a[keep])
+    for line in resp.notes:
+        print(line, file=sys.stderr, flush=True)
     return Dataset(
         cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
         cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
@@ -582,14 +620,18 @@ def write_uno(ds: Dataset, path: str, *, seed: int = 0, fractions=(0.8, 0.1, 0.1
         raise InputError(f"output path {path!r} is a directory")
     parts = _split(ds.n_rows, seed, fractions)
     groups = ds.groups_of(CELL) + ds.groups_of(DRUG)
-    tmp = os.path.join(target_dir, f".{os.path.basename(path)}.{os.getpid()}.h5.tmp")
-    try:
-        _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    replace_file(path, lambda tmp: _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes),
+                 verify=lambda tmp: _verify_written(tmp, ds.n_rows))
+
+
+def _verify_written(tmp: str, n_rows: int) -> None:
+    """The new file reads back with every response row (a full disk can leave HDF5 short)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pd.HDFStore(tmp, mode="r") as store:
+            n = sum(store.get_storer(f"y_{p}").nrows for p in PARTITIONS if f"/y_{p}" in store.keys())
+    if n != n_rows:
+        raise OSError(f"the new data file holds {n} response rows, not {n_rows}")
 
 
 def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
@@ -641,5 +683,3 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                 t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
                                   "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
                 store.put("truth", t, format="table")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
