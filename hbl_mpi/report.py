@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis as A
+from . import cross_study
 from . import ranking as R
 from .errors import InputError
 
@@ -402,6 +403,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         "`outlier_level` that node's.",
         rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
     rep.summary["ranking"] = main
+    rep.sections += cross_study.sections(rep, main)
 
     # ---- detection scores ------------------------------------------------------------------
     if truth is not None:
