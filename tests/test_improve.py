@@ -14,7 +14,6 @@ import pytest
 from hbl_mpi.__main__ import main
 from hbl_mpi.data import read_uno
 from hbl_mpi.data.improve import build_improve, gene_columns
-from hbl_mpi.errors import InputError
 
 # (source, improve_sample_id, improve_chem_id, auc, ic50)
 RESPONSES = [

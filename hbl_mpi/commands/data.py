@@ -142,40 +142,36 @@ def _synth(args) -> int:
     return 0
 
 
-def _gdsc(args) -> int:
-    from ..data import build_gdsc, write_uno
+def _build_and_write(build, args, what) -> int:
+    """Build a data set (printing its report), then write it to ``args.out``; ``what(report)`` names it."""
+    from ..data import write_uno
 
     t0 = time.perf_counter()
-    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
-                            ccle_label=args.ccle_label)
+    ds, report = build()
     t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
     _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed)
     t2 = time.perf_counter()
-    print(f"wrote {args.out}: GDSC {args.source} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
+    print(f"wrote {args.out}: {what(report)} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
     _print_summary(ds.summary())
     return 0
+
+
+def _gdsc(args) -> int:
+    from ..data import build_gdsc
+
+    return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
+                                               ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}")
 
 
 def _improve(args) -> int:
-    from ..data import write_uno
     from ..data.improve import build_improve
 
-    t0 = time.perf_counter()
-    ds, report = build_improve(args.dir, args.source, label=args.label, drug_features_from=args.drug_features,
-                               fp_bits=args.fp_bits)
-    t1 = time.perf_counter()
-    for line in report.lines():
-        print(line, flush=True)
-    _make_parent(args.out)
-    write_uno(ds, args.out, seed=args.seed)
-    t2 = time.perf_counter()
-    print(f"wrote {args.out}: IMPROVE {','.join(report.sources)} label {args.label} "
-          f"(build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
-    _print_summary(ds.summary())
-    return 0
+    return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
+                                                  drug_features_from=args.drug_features, fp_bits=args.fp_bits),
+                            args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}")
 
 
 def _inspect(args) -> int:

@@ -297,6 +297,17 @@ def _rdkit():
     return Chem, Descriptors, rdFingerprintGenerator, rdBase.rdkitVersion
 
 
+def check_fp_bits(fp_bits) -> int:
+    """The Morgan fingerprint width as an int in 1..65536, or an InputError."""
+    try:
+        fp_bits = int(fp_bits)
+    except (TypeError, ValueError):
+        raise InputError(f"fingerprint bits {fp_bits!r}: expected a positive integer") from None
+    if not 1 <= fp_bits <= 1 << 16:
+        raise InputError(f"fingerprint bits {fp_bits}: expected 1..65536")
+    return fp_bits
+
+
 def parse_smiles(smiles: dict[str, str]) -> tuple[dict, list[str]]:
     """RDKit molecules of the parseable SMILES, and the names that did not parse."""
     Chem = _rdkit()[0]
@@ -530,12 +541,7 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
     screens, prefix_cells = parse_source(source)
     if ccle_label not in CCLE_LABELS:
         raise InputError(f"CCLE label {ccle_label!r}: choose from {', '.join(CCLE_LABELS)}")
-    try:
-        fp_bits = int(fp_bits)
-    except (TypeError, ValueError):
-        raise InputError(f"fingerprint bits {fp_bits!r}: expected a positive integer") from None
-    if not 1 <= fp_bits <= 1 << 16:
-        raise InputError(f"fingerprint bits {fp_bits}: expected 1..65536")
+    fp_bits = check_fp_bits(fp_bits)
     rdkit_version = _rdkit()[3]  # fail early, before reading anything, when RDKit is missing
     data_dir = package_data_dir() if data_dir is None else os.fspath(data_dir)
     if not os.path.isdir(data_dir):

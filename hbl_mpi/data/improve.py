@@ -60,7 +60,7 @@ import pandas as pd
 
 from ..dataset import CELL, DRUG, Dataset, FeatureGroup
 from ..errors import InputError
-from .gdsc import MORGAN_RADIUS, ScreenCounts, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
+from .gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
 
 RESPONSE = os.path.join("y_data", "response.tsv")
 EXPRESSION = os.path.join("x_data", "cancer_gene_expression.tsv")
@@ -322,12 +322,7 @@ def build_improve(root: str, sources: str, *, label: str = "auc", drug_features_
     if mode == "files":
         have = set.intersection(*(set(df.index) for df in tables.values()))
     else:
-        try:
-            fp_bits = int(fp_bits)
-        except (TypeError, ValueError):
-            raise InputError(f"fingerprint bits {fp_bits!r}: expected a positive integer") from None
-        if not 1 <= fp_bits <= 1 << 16:
-            raise InputError(f"fingerprint bits {fp_bits}: expected 1..65536")
+        fp_bits = check_fp_bits(fp_bits)
         mols, unparsed = parse_smiles(load_smiles(root))
         have = set(mols)
 
