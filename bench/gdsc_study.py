@@ -4,6 +4,8 @@
     python bench/gdsc_study.py tissues [--cosmic-info PATH] --out tissues.csv
     python bench/gdsc_study.py table REPORT_DIR [--tissues tissues.csv] [--top 20]
     python bench/gdsc_study.py planted REPORT_DIR
+    python bench/gdsc_study.py plant MULTI.h5 --cross-study --k 10 --seed 11 --out PLANTED.h5
+    python bench/gdsc_study.py cross REPORT_DIR --results PLANTED_RUN/results.h5
 
 ``plant`` corrupts the labels of ``k`` real cell lines the way the synthetic generator's
 ``label_noise`` does (``hbl_mpi.data.synth``): every response row of a chosen cell gets
@@ -24,6 +26,11 @@ label); it is not a dependency of hbl_mpi. Get it without installing anything wi
 --no-deps gdsctools``; names are joined on upper-case alphanumerics, the rule
 ``data gdsc`` uses, and keys shared by two different names are left unlabelled.
 
+With ``--cross-study`` (a multi-study file, ids ``STUDY.line``), ``plant`` chooses among
+one seeded instance of each line that two or more studies measured, so the corruption is
+study-specific; ``cross`` says how many of those lines the report's cross-study section
+flags and whether it blames the planted study (hbl_mpi/cross_study.py).
+
 ``table`` prints the top of a report's ``cell_ranking.csv`` with its evidence columns
 (and tissue) as a markdown table; ``planted`` prints where the planted cells rank and
 the report's detection scores.
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import os
 import sys
 import tarfile
@@ -56,8 +64,28 @@ EVIDENCE = ["rank", "cell", "score", "mse_ratio", "mean_log_ratio", "max_log_rat
 # ----------------------------------------------------------------------------- planting
 
 
-def plant_label_noise(ds: Dataset, k: int, seed: int) -> tuple[Dataset, pd.DataFrame]:
+def cross_study_candidates(ds: Dataset, seed: int) -> np.ndarray:
+    """One seeded instance (cell index) of every line that two or more studies measured (ids ``STUDY.line``)."""
+    from hbl_mpi.cross_study import split_ids
+
+    ids = split_ids(ds.cell_ids)
+    if ids is None:
+        raise InputError("--cross-study needs source-prefixed cell ids (STUDY.line)")
+    ids["index"] = np.arange(len(ids))
+    shared = ids[ids.groupby("line")["study"].transform("nunique") >= 2]
+    if shared.empty:
+        raise InputError("--cross-study: no line is measured by two studies")
+    rng = np.random.default_rng(seed + 1)  # not the draw of the k cells below
+    pick = shared.groupby("line")["index"].agg(lambda x: int(rng.choice(x.to_numpy())))
+    return np.sort(pick.to_numpy())
+
+
+def plant_label_noise(ds: Dataset, k: int, seed: int, among: np.ndarray | None = None) -> tuple[Dataset, pd.DataFrame]:
     """Copy of ``ds`` whose ``k`` seeded cells carry labels drawn from other cells' rows.
+
+    ``among``: cell indices to choose from (default: every cell), e.g.
+    ``cross_study_candidates`` to corrupt one study's instance of k lines several studies
+    measured.
 
     Returns the new Dataset (``truth`` = the chosen cells, kind ``label_noise``) and a
     per-cell summary: cell, rows, mean AUC before and after, mean |change|. Cells, drugs,
@@ -65,10 +93,12 @@ def plant_label_noise(ds: Dataset, k: int, seed: int) -> tuple[Dataset, pd.DataF
     """
     if ds.truth is not None and len(ds.truth):
         raise InputError("the data already has a truth table: plant into clean data")
-    if not 1 <= k < ds.n_cells:
-        raise InputError(f"k = {k}: expected 1..{ds.n_cells - 1} (the data has {ds.n_cells} cells)")
+    pool_cells = np.arange(ds.n_cells) if among is None else np.asarray(among)
+    if not 1 <= k < min(ds.n_cells, len(pool_cells) + 1):
+        raise InputError(f"k = {k}: expected 1..{min(ds.n_cells - 1, len(pool_cells))} (the data has {ds.n_cells} "
+                         f"cells, {len(pool_cells)} to choose from)")
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(ds.n_cells, size=k, replace=False))
+    chosen = np.sort(rng.choice(pool_cells, size=k, replace=False))
     is_planted = np.isin(ds.cell_index, chosen)
     pool = np.flatnonzero(~is_planted)
     label = ds.label.copy()
@@ -225,6 +255,24 @@ def run_to_run(report_dir: str, clean_dir: str, truth: pd.DataFrame, top: int = 
             "top": top, "top_overlap": overlap, "planted_top": b["cell"].head(top).tolist()}
 
 
+def cross_study_check(report_dir: str, truth: pd.DataFrame) -> dict:
+    """Of the planted instances, how many of their lines the cross-study report flags, blaming the planted study."""
+    from hbl_mpi.cross_study import analyse, split_ids
+
+    cs = analyse(pd.read_csv(os.path.join(report_dir, "cell_ranking.csv")))
+    if cs is None:
+        raise InputError(f"{report_dir}: the ranking is not multi-study")
+    planted = split_ids(truth["cell"].astype(str))
+    lines = cs.lines.set_index("line")
+    hit = lines.loc[planted["line"]]
+    blamed = hit["flagged"].to_numpy() & (hit["worst_study"].to_numpy() == planted["study"].to_numpy())
+    return {"planted": len(planted), "planted_flagged": int(hit["flagged"].sum()),
+            "planted_flagged_right_study": int(blamed.sum()), "lines": len(lines), "flagged": int(lines["flagged"].sum()),
+            "chance_flags": round(cs.chance_flags, 1),
+            "planted_worst_q": [round(float(v), 3) for v in hit["worst_q"]],
+            "planted_lines": planted["line"].tolist(), "planted_studies": planted["study"].tolist()}
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -237,6 +285,11 @@ def main(argv=None) -> int:
     a.add_argument("--seed", type=int, default=7)
     a.add_argument("--out", required=True)
     a.add_argument("--summary", help="CSV of the planted cells (rows, mean AUC before/after)")
+    a.add_argument("--cross-study", dest="cross_study", action="store_true",
+                   help="choose among one seeded instance of each line measured by two or more studies")
+    x = sub.add_parser("cross", help="the planted cross-study check: are the planted lines flagged? (JSON last line)")
+    x.add_argument("report_dir")
+    x.add_argument("--results", required=True, help="results.h5 of the planted run (its truth table)")
     t = sub.add_parser("tissues", help="cell -> tissue for the cells of DATA, from gdsctools' cosmic_info")
     t.add_argument("data")
     t.add_argument("--cosmic-info", dest="cosmic", help="cosmic_info.csv.gz, a gdsctools sdist .tar.gz or package dir")
@@ -264,7 +317,8 @@ def _dispatch(args) -> int:
 
     if args.cmd == "plant":
         ds = read_uno(args.data)
-        planted, summary = plant_label_noise(ds, args.k, args.seed)
+        among = cross_study_candidates(ds, args.seed) if args.cross_study else None
+        planted, summary = plant_label_noise(ds, args.k, args.seed, among)
         write_uno(planted, args.out, seed=0, fractions=(1.0, 0.0, 0.0))
         back = read_uno(args.out)  # the promise above: same rows, same order, only the labels differ
         same = (np.array_equal(back.cell_ids, ds.cell_ids) and np.array_equal(back.drug_ids, ds.drug_ids)
@@ -294,6 +348,8 @@ def _dispatch(args) -> int:
                   f"{ranked['score'].corr(ranked['mean_auc'], method='spearman'):.3f}; "
                   f"sd of AUC across drugs: top {top['sd_auc'].mean():.3f}, all {ranked['sd_auc'].mean():.3f}, "
                   f"Spearman(score, sd) {ranked['score'].corr(ranked['sd_auc'], method='spearman'):.3f}")
+    elif args.cmd == "cross":
+        print(json.dumps(cross_study_check(args.report_dir, pd.read_hdf(args.results, "truth")), sort_keys=True))
     elif args.cmd == "planted":
         truth = read_results(args.results).truth
         if truth is None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis as A
+from . import cross_study
 from . import ranking as R
 from .atomic import replace_bytes
 from .errors import InputError
@@ -448,6 +449,11 @@ def ranking_sections(inp: ReportInputs, rep: Report) -> None:
     rep.summary["ranking"] = main
 
 
+def cross_study_part(inp: ReportInputs, rep: Report) -> None:
+    """Cell lines measured by several studies whose instances rank very differently (``cross_study.py``)."""
+    rep.sections += cross_study.sections(rep, inp.ranking)
+
+
 def _planted(cells: pd.Series, truth: pd.DataFrame) -> pd.Series:
     """Each cell's planted kind ("" for a clean cell)."""
     return cells.map(dict(zip(truth["cell"], truth["kind"]))).fillna("")
@@ -538,7 +544,7 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, detection_sections, summary_sections)
+    run_sections, paper_sections, ranking_sections, cross_study_part, detection_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
 

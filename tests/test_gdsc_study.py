@@ -82,3 +82,27 @@ def test_tissue_join_on_normalised_names_leaves_shared_keys_unlabelled(study):
     t = study.tissue_table(["PFSK1", "KMH2", "A253", "NOSUCH"], cosmic).set_index("cell")
     assert t.loc["PFSK1", "tissue"] == "nervous_system" and t.loc["A253", "tcga"] == "HNSC"
     assert t.loc["KMH2"].isna().all() and t.loc["NOSUCH"].isna().all()
+
+
+def test_cross_study_plant_corrupts_one_instance_of_shared_lines(study, clean, tmp_path):
+    import dataclasses
+
+    # 60 cells as two studies: A.L00..A.L29 and B.L10..B.L39, so L10..L29 are measured by both
+    ids = np.array([f"A.L{i:02d}" if i < 30 else f"B.L{i - 20:02d}" for i in range(60)], dtype=object)
+    multi = dataclasses.replace(clean, cell_ids=ids)
+    among = study.cross_study_candidates(multi, seed=4)
+    lines = [ids[i][2:] for i in among]
+    assert len(among) == 20 and sorted(lines) == [f"L{i}" for i in range(10, 30)]
+    planted, _ = study.plant_label_noise(multi, k=6, seed=4, among=among)
+    cells = list(planted.truth["cell"])
+    assert len({c[2:] for c in cells}) == 6 and all(10 <= int(c[3:]) < 30 for c in cells)
+    # scoring: a ranking in which the planted instances come first and every other instance after
+    order = cells + [c for c in ids if c not in cells]
+    rep = tmp_path / "report"
+    rep.mkdir()
+    pd.DataFrame({"cell": order, "score": np.arange(len(order), 0, -1.0), "rank": np.arange(1, len(order) + 1)}
+                 ).to_csv(rep / "cell_ranking.csv", index=False)
+    got = study.cross_study_check(str(rep), planted.truth)
+    assert got["planted"] == 6 and got["planted_flagged"] == got["planted_flagged_right_study"] >= 4
+    with pytest.raises(InputError):
+        study.cross_study_candidates(clean, seed=1)  # plain ids: not multi-study

