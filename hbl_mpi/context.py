@@ -70,11 +70,11 @@ def versions() -> dict[str, str]:
 
 
 def load_dataset(path: str) -> Dataset:
-    from .data import read_uno
+    from .data import read_data
 
     if not os.path.exists(path):
         raise InputError(f"data file {path!r} does not exist")
-    return read_uno(path)
+    return read_data(path)
 
 
 @dataclass

