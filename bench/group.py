@@ -11,7 +11,8 @@ bench/train.py's data set) with the same global batch, each in fresh processes:
           run: each rank takes half of every global batch (``batch[rank::2]``), the
           gradient is summed by bucketed ``Iallreduce`` posted from gradient hooks during
           backward and waited on before the optimizer step;
-  ddp     ``torch.multiprocessing`` (2 processes, ``spawn``), gloo over TCP loopback,
+  ddp     ``torch.multiprocessing`` (2 processes, ``spawn``), gloo over TCP loopback
+          (nccl with ``--device cuda``),
           ``DistributedDataParallel`` with its defaults (25 MB buckets, overlap through
           autograd hooks), ``torch.optim.Adam``; each process takes the same half of every
           global batch from the same ``DeviceTables``; the loss is scaled by the world size
@@ -48,13 +49,32 @@ from train import TOP21_WIDTHS, make_dataset, split_rows  # noqa: E402  (bench/t
 VARIANTS = ("ours", "ddp", "single")
 
 
-def _data(args):
+def _device(args, local_rank: int) -> str:
+    """``--device cuda``: one GPU per process by local rank (unmeasured here: no GPU)."""
+    if args.device == "cpu":
+        return "cpu"
+    import torch
+
+    idx = local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(idx)
+    return f"cuda:{idx}"
+
+
+def _data(args, device: str):
     from hbl_mpi.tables import DeviceTables
 
     widths = [int(w) for w in args.widths.split(",")]
     ds = make_dataset(args.rows, tuple(widths), args.seed)
     rows = split_rows(ds, args.steps * args.batch, args.batch, args.seed)
-    return widths, DeviceTables.from_dataset(ds, "cpu"), rows
+    return widths, DeviceTables.from_dataset(ds, device), rows
+
+
+def _stamp(device: str, stamps: list[float]) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()  # a GPU step is over when its kernels are
+    stamps.append(time.perf_counter())
 
 
 def _median_step(stamps: list[float]) -> float:
@@ -73,15 +93,16 @@ def run_ours(args) -> dict | None:
 
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
-    widths, tables, rows = _data(args)
+    device = _device(args, comm.Get_rank())
+    widths, tables, rows = _data(args, device)
     init = initial_state(widths, args.preset, args.seed, 1e-3)
-    ts = TrainState(build_model(widths, args.preset), 1e-3)
+    ts = TrainState(build_model(widths, args.preset), 1e-3, device)
     group = GroupComm(comm) if comm.Get_size() > 1 else None
     stamps: list[float] = []
     spec = TrainSpec(node="1", stage=1, max_epochs=args.epochs + 1, patience=10**6, batch_size=args.batch,
                      seed=args.seed, preset=args.preset)
     out = train_node(tables, rows, init, spec, train_state=ts, group=group,
-                     poll=lambda: stamps.append(time.perf_counter()))
+                     poll=lambda: _stamp(device, stamps))
     spe = -(-len(rows.train) // args.batch)
     stamps = stamps[spe + 1:]  # after the warm-up epoch (one stamp per step + one per epoch end)
     step_s = _median_step(stamps)
@@ -104,12 +125,15 @@ def _ddp_rank(rank: int, world: int, port: int, args) -> None:
     from hbl_mpi.uno import build_model
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    widths, tables, rows = _data(args)
+    device = _device(args, rank)
+    backend = "gloo" if device == "cpu" else "nccl"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    widths, tables, rows = _data(args, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        model = build_model(widths, args.preset)
-    ddp = DDP(model)  # broadcasts rank 0's parameters; default 25 MB buckets
+        model = build_model(widths, args.preset).to(device)
+    # broadcasts rank 0's parameters; default 25 MB buckets
+    ddp = DDP(model) if device == "cpu" else DDP(model, device_ids=[torch.device(device).index])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     stamps: list[float] = []
     ddp.train()
@@ -125,10 +149,10 @@ def _ddp_rank(rank: int, world: int, port: int, args) -> None:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=False)
-            stamps.append(time.perf_counter())
+            _stamp(device, stamps)
     step_s = _median_step(stamps)
     if rank == 0:
-        print(json.dumps({"variant": "ddp", "ranks": world, "step_s": step_s,
+        print(json.dumps({"variant": "ddp", "backend": backend, "ranks": world, "step_s": step_s,
                           "samples_per_s": args.batch / step_s}), flush=True)
     dist.destroy_process_group()
 
@@ -143,7 +167,7 @@ def run_ddp(args) -> None:
 
 
 def _child(variant: str, args) -> dict:
-    common = ["--preset", args.preset, "--rows", str(args.rows), "--steps", str(args.steps), "--epochs",
+    common = ["--device", args.device, "--preset", args.preset, "--rows", str(args.rows), "--steps", str(args.steps), "--epochs",
               str(args.epochs), "--batch", str(args.batch), "--widths", args.widths, "--seed", str(args.seed)]
     me = [sys.executable, os.path.abspath(__file__), "--role", variant, *common]
     if variant == "ours":
@@ -170,6 +194,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--widths", default=",".join(map(str, TOP21_WIDTHS)))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: one GPU per process, DDP on nccl (never run here: no GPU was at hand)")
     ap.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     ap.add_argument("--role", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -215,7 +241,7 @@ def main() -> None:
               f"group vs single {r['group_speedup_vs_single']:.2f}x, ddp vs single {r['ddp_speedup_vs_single']:.2f}x; "
               f"ours waits {r['ours_wait_ms_per_step']:.2f} ms/step for {r['ours_buckets']} bucket(s), "
               f"{100 * r['ours_posted_in_backward_fraction']:.0f} % posted during backward")
-    out = {"batch": args.batch, "reps": args.reps, "rows": args.rows, "widths": args.widths,
+    out = {"device": args.device, "batch": args.batch, "reps": args.reps, "rows": args.rows, "widths": args.widths,
            "ratio_vs_ddp": min(r["ratio_vs_ddp"] for r in per_preset.values()),
            "presets": {p: {k: v for k, v in r.items() if k != "runs"} for p, r in per_preset.items()},
            "runs": {p: r["runs"] for p, r in per_preset.items()}}
