@@ -12,8 +12,8 @@ the real ``hbl_mpi run`` with time stamps hooked in (``--child``): rank 0 stamps
 worker stamps the start of its first node and the end of its first ``--steps`` optimizer
 steps, then writes its peak resident set (``ru_maxrss``, i.e. VmHWM), the bytes of the
 normalised tables it holds and whether the training tables share the broadcast arrays'
-memory (one copy). Once every rank has written, the job is stopped (SIGTERM to
-``mpiexec``); nothing of it is kept.
+memory (one copy). Once every rank has written, every rank leaves (``os._exit``) and the
+run's output is deleted.
 
 ``launch_to_first_step_s`` is from the launch of ``mpiexec`` to the last worker's first
 finished optimizer step. Peak RSS covers start-up and the first steps: the model and its
@@ -52,6 +52,19 @@ def _write(stamps: str, rank: int, rec: dict) -> None:
     os.replace(tmp, os.path.join(stamps, f"rank{rank}.json"))  # the driver never reads half a file
 
 
+def _leave_when_all_stamped(stamps: str, ranks: int) -> None:
+    """A daemon thread: once every rank has written its stamp, end this rank (the run is
+    not needed any further; every rank leaves within 0.1 s, so mpiexec ends)."""
+    import threading
+
+    def watch() -> None:
+        while len([f for f in os.listdir(stamps) if f.endswith(".json")]) < ranks:
+            time.sleep(0.1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def child(stamps: str, steps: int, argv: list[str]) -> int:
     """One rank of the timed ``hbl_mpi run``: hooks that stamp, then the real command."""
     from mpi4py import MPI
@@ -61,6 +74,7 @@ def child(stamps: str, steps: int, argv: list[str]) -> int:
     from hbl_mpi.commands import run as run_cmd
 
     rank = MPI.COMM_WORLD.Get_rank()
+    _leave_when_all_stamped(stamps, MPI.COMM_WORLD.Get_size())
     rec: dict = {"rank": rank, "main": T0}
     prepare, schedule, train_node = run_cmd.prepare, scheduler.scheduler_main, trainer.train_node
 
@@ -120,19 +134,6 @@ def _env() -> dict:
     return env
 
 
-def _job_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
 def timed_run(args, data: str, label: str) -> dict:
     stamps = os.path.join(args.work, f"stamps_{label}")
     os.makedirs(stamps)
@@ -144,9 +145,12 @@ def timed_run(args, data: str, label: str) -> dict:
     t_launch = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + args.timeout
+    def stamped() -> bool:
+        return len([f for f in os.listdir(stamps) if f.endswith(".json")]) >= args.ranks
+
     try:
-        while len([f for f in os.listdir(stamps) if f.endswith(".json")]) < args.ranks:
-            if proc.poll() is not None:
+        while not stamped():
+            if proc.poll() is not None and not stamped():
                 o, e = proc.communicate()
                 raise SystemExit(f"bench/startup.py: the {label} run ended (exit {proc.returncode}) before every "
                                  f"rank stamped:\n{o[-2000:]}\n{e[-3000:]}")
@@ -154,18 +158,11 @@ def timed_run(args, data: str, label: str) -> dict:
                 raise SystemExit(f"bench/startup.py: the {label} run took longer than --timeout {args.timeout} s")
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
+        try:  # every rank leaves by itself once all have stamped (``_leave_when_all_stamped``)
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGTERM)  # hydra forwards it to every rank
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in _job_pids(stamps):  # a rank the launcher left behind
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            proc.wait()
     ranks = {}
     for r in range(args.ranks):
         with open(os.path.join(stamps, f"rank{r}.json")) as f:
