@@ -141,7 +141,8 @@ def timed_run(args, data: str, label: str) -> dict:
     cmd = [_mpiexec(), "-n", str(args.ranks), sys.executable, os.path.abspath(__file__), "--child", stamps,
            "--steps", str(args.steps), "--", "run", os.path.join(ROOT, "jobs", "demo.toml"),
            "--set", f"data={json.dumps(os.path.abspath(data))}", "--set", f"model={json.dumps(args.preset)}",
-           "--set", f"batch_size={args.batch}", "--set", "threads=1", "--out", out, "--overwrite"]
+           "--set", f"batch_size={args.batch}", "--set", "threads=1", "--set", f"device={json.dumps(args.device)}",
+           "--out", out, "--overwrite"]
     t_launch = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + args.timeout
@@ -204,6 +205,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps each worker takes before stamping")
     ap.add_argument("--work", default="/tmp/hbl_startup/work", help="scratch folder (replaced)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: the workers' tables and model on their GPU (never run here: no GPU was at hand)")
     ap.add_argument("--no-cache", dest="cache", action="store_false", help="skip the normalised-cache run")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per run before giving up")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -222,7 +225,7 @@ def main() -> None:
     if os.path.exists(args.work):
         shutil.rmtree(args.work)
     os.makedirs(args.work)
-    res = {"ranks": args.ranks, "preset": args.preset, "batch": args.batch, "steps": args.steps,
+    res = {"ranks": args.ranks, "device": args.device, "preset": args.preset, "batch": args.batch, "steps": args.steps,
            "synth_s": made_s, "h5": timed_run(args, args.data, "h5")}
     if args.cache:
         npz = os.path.join(args.work, "normalised.npz")
