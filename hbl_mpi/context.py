@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .checkpoint import Checkpointing, CkptParams, RestartInfo, run_fingerprint
 from .config import RunConfig
-from .data import read_uno
+from .data import read_data
 from .dataset import Dataset
 from .epochs import EpochStrategy
 from .errors import InputError
@@ -75,7 +75,7 @@ def versions() -> dict[str, str]:
 def load_dataset(path: str) -> Dataset:
     if not os.path.exists(path):
         raise InputError(f"data file {path!r} does not exist")
-    return read_uno(path)
+    return read_data(path)
 
 
 @dataclass

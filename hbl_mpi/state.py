@@ -124,6 +124,7 @@ class TrainState:
         self.param.grad = self.grad
         self.optimizer = torch.optim.Adam([self.param], lr=learning_rate, foreach=False)
         self._bind_optimizer_state(step=0)
+        self.grad_sync = None  # a rank group's grad_sync.GradSync hooked on these parameters
 
     def _bind_optimizer_state(self, step: int) -> None:
         P = self.n_params

@@ -8,9 +8,10 @@ bit-identical across the serial driver and any MPI schedule.
 
 Data parallel (a rank group): every rank of the group walks the same shuffled order;
 each takes a strided shard of each global batch, computes ``sum(sq. error) / global
-batch rows`` and the gradients are summed by one allreduce of the flat gradient buffer —
-the same gradient as one rank on the whole batch, up to float reassociation. Evaluation
-shards rows the same way and sums squared errors.
+batch rows`` and the gradients are summed over the group by bucketed non-blocking
+allreduces that overlap backward (``grad_sync.GradSync``, waited on before the optimizer
+step) — the same gradient as one rank on the whole batch, up to float reassociation.
+Evaluation shards rows the same way and sums squared errors.
 
 Non-finite losses raise ``NonFiniteLoss``; every rank of a group sees the same reduced
 epoch loss, so they all raise together (no rank is left waiting in a collective).
@@ -43,6 +44,8 @@ class Group(Protocol):
     rank: int
 
     def allreduce_(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def gradient_sync(self, ts: TrainState): ...  # -> grad_sync.GradSync (wait() before each step)
 
 
 @dataclass
@@ -230,6 +233,7 @@ def train_node(
 
     train_rows = rows.train
     ts.module.train()
+    sync = group.gradient_sync(ts) if group is not None else None
 
     epoch = first_epoch - 1
     stop = wait >= spec.patience
@@ -249,8 +253,8 @@ def train_node(
             if spec.inject_nan and epoch == 1 and a == 0:
                 sq = sq * float("nan")
             (sq / len(batch)).backward()
-            if group is not None:
-                group.allreduce_(ts.grad)
+            if sync is not None:
+                sync.wait()  # the bucket allreduces posted during backward
             ts.optimizer.step()
             ts.zero_grad()
             total += sq.detach().double()

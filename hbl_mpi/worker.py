@@ -24,13 +24,13 @@ import sys
 import time
 import traceback
 
-import torch
 from mpi4py import MPI
 
 from .checkpoint import open_checkpointing
 from .context import RunContext
 from .errors import EXIT_FATAL
 from .faults import maybe_crash
+from .grad_sync import GroupComm
 from .lifecycle import NodeRunner
 from .liveness import RankGone, describe_death
 from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
@@ -39,21 +39,6 @@ from .policy import Source
 from .state import ModelState, TrainState
 from .topology import Topology
 from .transfer import Backoff, OutgoingStates, recv_state_into
-
-
-class GroupComm:
-    """The data-parallel group as the trainer sees it: size, rank, in-place SUM allreduce."""
-
-    def __init__(self, comm: MPI.Comm):
-        self.comm = comm
-        self.size = comm.Get_size()
-        self.rank = comm.Get_rank()
-
-    def allreduce_(self, t: torch.Tensor) -> torch.Tensor:
-        buf = t.numpy() if t.device.type == "cpu" else t
-        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.FLOAT if t.dtype == torch.float32 else MPI.DOUBLE],
-                            op=MPI.SUM)
-        return t
 
 
 class Worker:

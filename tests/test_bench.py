@@ -116,3 +116,55 @@ def test_state_buffers_are_huge_page_backed_when_linux_allows():
             elif inside and head == "AnonHugePages:":
                 huge_kb += int(line.split()[1])
     assert huge_kb >= 16 * 1024, f"only {huge_kb} kB of huge pages in a 32 MB state buffer"
+
+
+@pytest.fixture(scope="module")
+def tiny_h5(tmp_path_factory):
+    from hbl_mpi.data import synthesize, write_uno
+
+    path = tmp_path_factory.mktemp("bench_data") / "tiny.h5"
+    write_uno(synthesize("small", seed=2, cells=24, drugs=8), str(path))
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_group_bench_tiny():
+    res = last_json(run_py([str(ROOT / "bench/group.py"), "--presets", "tiny", "--reps", "1", "--steps", "3",
+                            "--epochs", "1", "--rows", "600", "--batch", "32"], timeout=290))
+    r = res["presets"]["tiny"]
+    assert res["ratio_vs_ddp"] == pytest.approx(r["ratio_vs_ddp"])
+    assert r["ratio_vs_ddp"] == pytest.approx(r["samples_per_s"]["ours"] / r["samples_per_s"]["ddp"])
+    ours = res["runs"]["tiny"]["ours"][0]
+    assert ours["ranks"] == 2 and ours["buckets"] >= 1 and ours["steps"] == 2 * 3
+    # the group's update is the single process's, up to float reassociation
+    single = res["runs"]["tiny"]["single"][0]
+    assert ours["final_loss"] == pytest.approx(single["final_loss"], rel=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_file_workflow_bench_tiny(tiny_h5, tmp_path):
+    sets = [f"data='{tiny_h5}'", "n=2", "s=2", "strategy='flat:1'", "model='tiny'", "batch_size=64"]
+    res = last_json(run_py([str(ROOT / "bench/file_workflow.py"), "--ranks", "3", "--work", str(tmp_path / "w"),
+                            *sum((["--set", s] for s in sets), [])], timeout=290))
+    assert res["nodes"] == 2 + 4 and len(res["per_node"]) == 6
+    assert res["speedup"] == pytest.approx(res["file_makespan_s"] / res["ours_makespan_s"])
+    # same trainer, plan and seeds: the one-process-per-node workflow computes the same tree
+    assert res["val_loss_bit_identical"] is True
+    for phases in res["per_node"].values():
+        assert set(phases) == {"process_start", "data_read", "state_load", "training", "state_save", "exit"}
+        assert all(v >= 0 for v in phases.values())
+    assert res["ours_per_node"]["sources"].get("fresh") == 2
+
+
+@pytest.mark.timeout(400)
+def test_startup_bench_tiny(tiny_h5, tmp_path):
+    res = last_json(run_py([str(ROOT / "bench/startup.py"), "--data", str(tiny_h5), "--ranks", "3", "--preset", "tiny",
+                            "--steps", "2", "--work", str(tmp_path / "w"), "--timeout", "300"], timeout=390))
+    for form in ("h5", "npz"):
+        r = res[form]
+        assert len(r["worker_peak_rss_bytes"]) == 2 and r["rank0_peak_rss_bytes"] > 0
+        assert r["launch_to_first_step_s"] >= r["phases_s"]["rank0_read_and_plan"] > 0
+        assert r["worker_tables_share_dataset"] == [True, True]
+        assert r["worker_dataset_bytes"][0] == r["normalised_bytes"]
+    assert res["npz"]["file_bytes"] < res["h5"]["file_bytes"]
+    assert res["one_table_copy_per_worker"] is True

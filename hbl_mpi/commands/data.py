@@ -1,4 +1,4 @@
-"""``python -m hbl_mpi data {synth,gdsc,improve,inspect}``: build and look at Uno HDF5 files.
+"""``python -m hbl_mpi data {synth,gdsc,improve,normalise,inspect}``: build, cache and look at Uno HDF5 files.
 
 The heavy modules (pandas HDF, RDKit) are imported inside ``run`` so that ``--help`` is
 instant. Every file these commands write goes through ``write_uno`` (temp file, then
@@ -73,6 +73,13 @@ def configure(p) -> None:
     m.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048,
                    help="Morgan fingerprint bits with RDKit features (default 2048)")
     m.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
+
+    n = sub.add_parser("normalise", help="cache a Uno file's normalised tables (runs then skip the duplicated rows)",
+                       description="Read a Uno HDF5 file once (streaming its duplicated feature rows) and write "
+                                   "its normalised tables to an .npz file that `run`, `plan`, `data inspect` "
+                                   "and `model` read in its place, with the same data checksum.")
+    n.add_argument("path", help="a .h5 file in the CANDLE Uno format")
+    n.add_argument("--out", required=True, help="output .npz file")
 
     i = sub.add_parser("inspect", help="summarise a Uno-format file",
                        description="Read a Uno-format file, validate it and print its summary.")
@@ -175,10 +182,10 @@ def _improve(args) -> int:
 
 
 def _inspect(args) -> int:
-    from ..data import read_uno
+    from ..data import read_data
 
     t0 = time.perf_counter()
-    ds = read_uno(args.path)
+    ds = read_data(args.path)
     seconds = time.perf_counter() - t0
     summary = ds.summary()
     summary["path"] = args.path
@@ -202,5 +209,21 @@ def _inspect(args) -> int:
     return 0
 
 
+def _normalise(args) -> int:
+    from ..data import read_uno, write_normalised
+
+    t0 = time.perf_counter()
+    ds = read_uno(args.path)
+    t1 = time.perf_counter()
+    _make_parent(args.out)
+    write_normalised(ds, args.out)
+    t2 = time.perf_counter()
+    print(f"wrote {args.out}: normalised tables of {args.path} (read {t1 - t0:.1f} s, write {t2 - t1:.1f} s; "
+          f"{os.path.getsize(args.out) / 1e6:,.1f} MB against {os.path.getsize(args.path) / 1e6:,.1f} MB)")
+    _print_summary(ds.summary())
+    return 0
+
+
 def run(args) -> int:
-    return {"synth": _synth, "gdsc": _gdsc, "improve": _improve, "inspect": _inspect}[args.data_command](args)
+    return {"synth": _synth, "gdsc": _gdsc, "improve": _improve, "normalise": _normalise,
+            "inspect": _inspect}[args.data_command](args)

@@ -108,14 +108,14 @@ def format_summary(plan, build_s: float) -> list[str]:
 
 
 def run(args) -> int:
-    from ..data import read_uno
+    from ..data import read_data
     from ..plan import PlanSpec, check_invariants, plan_for
 
     cfg = settings(args)
     if args.out:
         check_out(args.out)
     t0 = time.perf_counter()
-    dataset = read_uno(cfg.data)
+    dataset = read_data(cfg.data)
     t1 = time.perf_counter()
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     t2 = time.perf_counter()

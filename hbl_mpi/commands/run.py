@@ -88,7 +88,7 @@ def prepare(args):
     and the previous run's results to continue (minus the nodes that run again).
     """
     from ..config import load_config
-    from ..data import read_uno
+    from ..data import read_data
     from ..faults import check_fault_nodes
     from ..outlock import check_free
     from ..plan import PlanSpec, plan_for
@@ -113,7 +113,7 @@ def prepare(args):
     elif os.path.exists(path) and not args.overwrite:
         raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
                          "or another --out")
-    dataset = read_uno(cfg.data)
+    dataset = read_data(cfg.data)
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second

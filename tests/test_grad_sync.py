@@ -1,0 +1,78 @@
+"""The rank group's bucketed gradient allreduce (hbl_mpi/grad_sync.py).
+
+Pure parts (the bucket plan, the staging rule) without MPI; the collective itself under
+``mpiexec -n 2`` (tests/mpi_programs/grad_sync_check.py) against a blocking allreduce of
+the whole gradient, through the host-staging path with CUDA-awareness forced off, and
+through the trainer against one rank on the whole batches.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mpiutil import ROOT, run_mpi
+
+
+def test_buckets_cover_the_flat_gradient_in_backward_order():
+    from hbl_mpi.grad_sync import plan_buckets
+
+    sizes = [100, 10, 50, 5, 300, 1]
+    buckets = plan_buckets(sizes, first_cap=6, cap=120)
+    assert buckets == [[5, 4], [3, 2, 1, 0]]  # first closes at >= 6 elements, then at >= 120
+    flat = [i for b in buckets for i in b]
+    assert flat == list(reversed(range(len(sizes))))  # every parameter once, never split
+    for b in buckets:  # consecutive indices: one contiguous slice of the flat buffer
+        assert sorted(b) == list(range(min(b), max(b) + 1))
+    assert plan_buckets(sizes, 1, 1) == [[i] for i in reversed(range(6))]
+    assert plan_buckets([], 1, 1) == []
+    with pytest.raises(ValueError):
+        plan_buckets(sizes, 0, 1)
+
+
+def test_staging_rule_follows_cuda_awareness(monkeypatch):
+    from hbl_mpi.grad_sync import Staging, staging_for
+
+    monkeypatch.setenv("HBL_CUDA_AWARE", "0")
+    assert staging_for("cuda:0") is Staging.HOST
+    assert staging_for("cpu") is Staging.DIRECT
+    monkeypatch.setenv("HBL_CUDA_AWARE", "1")
+    assert staging_for("cuda:0") is Staging.DIRECT
+
+
+def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
+    from mpi4py import MPI
+
+    from hbl_mpi.grad_sync import GroupComm, Staging
+    from hbl_mpi.state import TrainState
+    from hbl_mpi.uno import build_model
+
+    ts = TrainState(build_model([12, 9], "tiny"), 1e-3)
+    params = list(ts.module.parameters())
+    x = (torch.randn(8, 12), torch.randn(8, 9))
+    ts.forward(*x).square().sum().backward()
+    expected = ts.grad.clone()
+    for staging in (None, Staging.HOST, None):
+        group = GroupComm(MPI.COMM_SELF, staging=staging)
+        sync = group.gradient_sync(ts, bucket_bytes=64, first_bucket_bytes=16)
+        assert group.gradient_sync(ts) is sync  # the same group reuses its sync
+        ts.zero_grad()
+        ts.forward(*x).square().sum().backward()
+        sync.wait()
+        assert torch.equal(ts.grad, expected)  # a sum over one rank is the identity
+        assert sum(len(p._post_accumulate_grad_hooks or {}) for p in params) == len(params)
+    assert sync.stats.steps == 1 and sync.stats.posted_in_backward == len(sync.buckets)
+    sync.detach()
+    assert ts.grad_sync is None and all(not p._post_accumulate_grad_hooks for p in params)
+
+
+@pytest.mark.timeout(150)
+def test_group_of_two_matches_blocking_allreduce_and_one_rank():
+    proc = run_mpi(2, [str(ROOT / "tests/mpi_programs/grad_sync_check.py")], timeout=140)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["ok"], res
+    assert res["buckets_equal_blocking"] and res["host_staging_equal"]
+    assert res["trainer_state_close"] and res["trainer_host_staging_bit_equal"]
