@@ -67,6 +67,7 @@ class RunTables:
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     data_checksum: str = ""
+    cell_test: pd.DataFrame | None = None  # per node and cell on the holdout rows (newer runs only)
 
     @property
     def group_size(self) -> int:
@@ -110,6 +111,7 @@ def read_run(path: str) -> RunTables:
             columns=["node", "epoch", "loss", "val_loss", "seconds"])
         plan = store["plan"] if "plan" in keys else None
         truth = store["truth"] if "truth" in keys else None
+        cell_test = store["cell_test"] if "cell_test" in keys else None
         attrs = store.get_storer("nodes").attrs
         config = dict(getattr(attrs, "config", None) or {})
         versions = dict(getattr(attrs, "versions", None) or {})
@@ -124,8 +126,11 @@ def read_run(path: str) -> RunTables:
     cell_val = cell_val.assign(node=cell_val["node"].astype(str), cell=cell_val["cell"].astype(str))
     if truth is not None:
         truth = truth.assign(cell=truth["cell"].astype(str), kind=truth["kind"].astype(str))
+    if cell_test is not None:
+        cell_test = cell_test.assign(node=cell_test["node"].astype(str), cell=cell_test["cell"].astype(str))
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
-    return RunTables(path, label, nodes, history, cell_val, plan, truth, config, versions, checksum)
+    return RunTables(path, label, nodes, history, cell_val, plan, truth, config, versions, checksum,
+                     cell_test)
 
 
 def _normalise_nodes(nodes: pd.DataFrame) -> pd.DataFrame:

@@ -212,6 +212,7 @@ class RunContext:
             "history": [_history_dict(o.node, h) for h in o.history],
             "cell_val": (np.asarray(cells, dtype=np.int64), np.asarray(n_rows, dtype=np.int64),
                          np.asarray(mse, dtype=np.float64)),
+            "cell_test": tuple(np.asarray(v) for v in o.cell_test) if o.cell_test is not None else None,
         }
 
     def node_row(self, node: str, status: str, **fields) -> dict:
@@ -221,8 +222,10 @@ class RunContext:
         row.update(fields)
         return row
 
-    def cell_val_records(self, cell_val) -> tuple:
-        """(cell ids, n_rows, mse) arrays of a reported per-cell validation error."""
+    def cell_val_records(self, cell_val) -> tuple | None:
+        """(cell ids, n_rows, mse) arrays of a reported per-cell error (cell_val or cell_test)."""
+        if cell_val is None:
+            return None
         cells, n_rows, mse = cell_val
         return (self.dataset.cell_ids[np.asarray(cells, dtype=np.int64)], np.asarray(n_rows, dtype=np.int64),
                 np.asarray(mse, dtype=np.float64))

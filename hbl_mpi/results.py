@@ -32,7 +32,8 @@ NODE_COLUMNS = [
 ]
 HISTORY_COLUMNS = ["node", "epoch", "loss", "val_loss", "seconds"]
 CELL_VAL_COLUMNS = ["node", "cell", "n_rows", "mse"]
-TABLES = ("nodes", "history", "cell_val", "plan", "truth")
+CELL_TEST_COLUMNS = CELL_VAL_COLUMNS  # per node and cell, on the common holdout rows
+TABLES = ("nodes", "history", "cell_val", "cell_test", "plan", "truth")
 
 _FLOAT_NODE = {"start", "stop", "train_loss", "val_loss", "val_loss_last", "test_loss", "train_s", "transfer_s"}
 _INT_NODE = {"stage", "group", "epochs_planned", "epochs_run", "n_train_rows", "n_val_rows",
@@ -65,6 +66,7 @@ class FinishedRun:
     history: pd.DataFrame
     cell_val: pd.DataFrame
     config: dict
+    cell_test: pd.DataFrame | None = None  # absent in files written before the table existed
 
     def done_nodes(self) -> set[str]:
         return set(self.nodes.loc[self.nodes["status"] == "done", "node"])
@@ -82,11 +84,42 @@ def read_results(path: str) -> FinishedRun:
                 raise InputError(f"{path!r} is not an hbl_mpi results file (missing {', '.join(sorted(missing))})")
             attrs = store.get_storer("nodes").attrs
             config = dict(getattr(attrs, "config", {}) or {})
-            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config)
+            cell_test = store["cell_test"] if "cell_test" in keys else None
+            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config, cell_test)
     except InputError:
         raise
     except Exception as e:  # HDF5 errors come in many types
         raise InputError(f"cannot read results file {path!r}: {type(e).__name__}: {e}") from None
+
+
+class _CellTable:
+    """One per-(node, cell) table (cell_val, cell_test): raw arrays appended, frames built at flush."""
+
+    def __init__(self):
+        self.frames: list[pd.DataFrame] = []
+        self.parts: list[tuple] = []
+
+    def add(self, node: str, records) -> None:
+        if isinstance(records, pd.DataFrame):
+            self.frames.append(records[CELL_VAL_COLUMNS])
+        elif len(records[0]):
+            cells, n_rows, mse = records
+            self.parts.append((node, cells, n_rows, mse))
+
+    def frame(self) -> pd.DataFrame:
+        if self.parts:
+            parts = self.parts
+            self.frames.append(pd.DataFrame({
+                "node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
+                "cell": np.concatenate([np.asarray(p[1], dtype=object) for p in parts]),
+                "n_rows": np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts]),
+                "mse": np.concatenate([np.asarray(p[3], dtype=np.float64) for p in parts]),
+            }))
+            self.parts = []
+        if len(self.frames) > 1:
+            self.frames = [pd.concat(self.frames, ignore_index=True)]
+        cv = self.frames[0] if self.frames else pd.DataFrame(columns=CELL_VAL_COLUMNS)
+        return cv.astype({"node": object, "cell": object, "n_rows": "int64", "mse": "float64"})
 
 
 class ResultsWriter:
@@ -113,9 +146,9 @@ class ResultsWriter:
         self.flush_seconds = flush_seconds
         self.node_rows: list[dict] = []
         self.history: list[pd.DataFrame] = []
-        self.cell_val: list[pd.DataFrame] = []
+        self._cell_val = _CellTable()
+        self._cell_test = _CellTable()
         self._history_rows: list[dict] = []
-        self._cell_val_parts: list[tuple] = []
         self._last_flush = 0.0
         self._last_duration = 0.0
         self._dirty = False
@@ -126,10 +159,12 @@ class ResultsWriter:
             keep = set(done["node"])
             self.node_rows = done.to_dict("records")
             self.history.append(previous.history[previous.history["node"].isin(keep)])
-            self.cell_val.append(previous.cell_val[previous.cell_val["node"].isin(keep)])
+            self._cell_val.add("", previous.cell_val[previous.cell_val["node"].isin(keep)])
+            if previous.cell_test is not None:
+                self._cell_test.add("", previous.cell_test[previous.cell_test["node"].isin(keep)])
 
-    def add(self, row: dict, history: list[dict] | None = None, cell_val=None) -> None:
-        """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame).
+    def add(self, row: dict, history: list[dict] | None = None, cell_val=None, cell_test=None) -> None:
+        """Record one node. ``cell_val`` / ``cell_test`` are ``(cell_ids, n_rows, mse)`` arrays (or frames).
 
         Plain lists are appended here and frames built only at flush time: a report costs
         rank 0 microseconds, not a pandas construction.
@@ -138,11 +173,9 @@ class ResultsWriter:
         if history:
             self._history_rows.extend(history)
         if cell_val is not None:
-            if isinstance(cell_val, pd.DataFrame):
-                self.cell_val.append(cell_val[CELL_VAL_COLUMNS])
-            elif len(cell_val[0]):
-                cells, n_rows, mse = cell_val
-                self._cell_val_parts.append((row["node"], cells, n_rows, mse))
+            self._cell_val.add(row["node"], cell_val)
+        if cell_test is not None:
+            self._cell_test.add(row["node"], cell_test)
         self._dirty = True
 
     def maybe_flush(self) -> bool:
@@ -160,28 +193,15 @@ class ResultsWriter:
         if self._history_rows:
             self.history.append(pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS))
             self._history_rows = []
-        if self._cell_val_parts:
-            parts = self._cell_val_parts
-            self.cell_val.append(pd.DataFrame({
-                "node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
-                "cell": np.concatenate([np.asarray(p[1], dtype=object) for p in parts]),
-                "n_rows": np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts]),
-                "mse": np.concatenate([np.asarray(p[3], dtype=np.float64) for p in parts]),
-            }))
-            self._cell_val_parts = []
         if len(self.history) > 1:
             self.history = [pd.concat(self.history, ignore_index=True)]
-        if len(self.cell_val) > 1:
-            self.cell_val = [pd.concat(self.cell_val, ignore_index=True)]
         nodes = _nodes_frame(self.node_rows)
         hist = (pd.concat(self.history, ignore_index=True) if self.history
                 else pd.DataFrame(columns=HISTORY_COLUMNS))
         hist = hist.astype({"node": object, "epoch": "int64", "loss": "float64",
                             "val_loss": "float64", "seconds": "float64"})
-        cv = (pd.concat(self.cell_val, ignore_index=True) if self.cell_val
-              else pd.DataFrame(columns=CELL_VAL_COLUMNS))
-        cv = cv.astype({"node": object, "cell": object, "n_rows": "int64", "mse": "float64"})
-        out = {"nodes": nodes, "history": hist, "cell_val": cv, "plan": self.plan_frame}
+        out = {"nodes": nodes, "history": hist, "cell_val": self._cell_val.frame(),
+               "cell_test": self._cell_test.frame(), "plan": self.plan_frame}
         if self.truth is not None:
             out["truth"] = self.truth
         return out

@@ -27,7 +27,8 @@ def add_node(w, node, status="done", val=0.5):
     w.add({"node": node, "parent": "1", "stage": 1, "status": status, "group": 0, "val_loss": val,
            "epochs_run": 3, "stopped_early": True, "error": "" if status == "done" else "boom"},
           [{"node": node, "epoch": e, "loss": 1.0 / e, "val_loss": val, "seconds": 0.1} for e in (1, 2, 3)],
-          pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}))
+          pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}),
+          (["A", "B"], [2, 3], [val, 2 * val]))
 
 
 def test_tables_read_with_pandas(tmp_path):
@@ -36,7 +37,7 @@ def test_tables_read_with_pandas(tmp_path):
     add_node(w, "1.1")
     add_node(w, "1.2", status="failed", val=float("nan"))
     w.flush()
-    for key in ("nodes", "history", "cell_val", "plan", "truth"):
+    for key in ("nodes", "history", "cell_val", "cell_test", "plan", "truth"):
         df = pd.read_hdf(path, key)
         assert len(df) > 0, key
     nodes = pd.read_hdf(path, "nodes")
@@ -65,6 +66,9 @@ def test_restart_keeps_only_done_nodes_once(tmp_path):
     assert nodes.set_index("node").loc["1.2", "status"] == "done"
     hist = pd.read_hdf(path, "history")
     assert len(hist) == 6 and hist.groupby("node").size().to_dict() == {"1.1": 3, "1.2": 3}
+    ct = pd.read_hdf(path, "cell_test")
+    assert ct.groupby("node").size().to_dict() == {"1.1": 2, "1.2": 2}
+    assert ct.set_index(["node", "cell"]).loc[("1.2", "B"), "mse"] == 0.5
 
 
 def test_not_a_results_file(tmp_path):

@@ -66,8 +66,14 @@ def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     plan = pd.read_hdf(out / "results.h5", "plan")
     assert set(nodes["node"]) == set(plan["node"])
     _compare(reference, nodes.set_index("node"))
-    for key in ("history", "cell_val", "plan", "truth"):
+    for key in ("history", "cell_val", "cell_test", "plan", "truth"):
         assert len(pd.read_hdf(out / "results.h5", key)) > 0, key
+    # the per-cell holdout errors too are the serial driver's, bit for bit
+    key = ["node", "cell"]
+    mine = pd.read_hdf(out / "results.h5", "cell_test").sort_values(key).reset_index(drop=True)
+    ref = pd.read_hdf(root / "serial" / "results.h5", "cell_test").sort_values(key).reset_index(drop=True)
+    assert list(mine["cell"]) == list(ref["cell"]) and list(mine["node"]) == list(ref["node"])
+    np.testing.assert_array_equal(mine["mse"].to_numpy(), ref["mse"].to_numpy())
     if ranks > 2:
         assert (nodes["source"] == "group").any(), "no fork went between groups"
     assert "rank 0 CPU" in proc.stdout
