@@ -390,6 +390,9 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         if len(runs) > 1:
             rep.csv(f"cell_ranking_{_slug(lab)}.csv", rk)
     truth = next((r.truth for r in same_data if r.truth is not None), None)
+    from .report_impact import impact_section
+
+    main, impact_sec = impact_section(rep, main, runs[0], truth)  # + impact, impact_sd, combined
     rep.csv("cell_ranking.csv", main)
     shown = main.head(top).copy()
     if truth is not None:
@@ -402,6 +405,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         "`outlier_level` that node's.",
         rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
     rep.summary["ranking"] = main
+    rep.sections.append(impact_sec)
 
     # ---- detection scores ------------------------------------------------------------------
     if truth is not None:
