@@ -42,7 +42,7 @@ s = {s}
 strategy = "EXP2"
 epochs = {epochs}
 patience = 3
-batch_size = 256
+batch_size = {batch}
 learning_rate = 0.001
 model = "small"
 inherit = "best"
@@ -59,7 +59,8 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------
 # data and tree
 # ---------------------------------------------------------------------------
-def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int, synth_extra: list[str]):
+def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int, synth_extra: list[str],
+               batch: int = 256):
     data = os.path.join(work, "data.h5")
     if not os.path.exists(data):
         subprocess.run([sys.executable, "-m", "hbl_mpi", "data", "synth", "--seed", str(seed), "--cells", str(cells),
@@ -69,7 +70,7 @@ def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int
     if not os.path.exists(res):
         cfg = os.path.join(work, "tree.toml")
         with open(cfg, "w") as f:
-            f.write(TREE_CONFIG.format(data=data, s=s, epochs=epochs, seed=seed))
+            f.write(TREE_CONFIG.format(data=data, s=s, epochs=epochs, seed=seed, batch=batch))
         subprocess.run([sys.executable, "-m", "hbl_mpi", "run", cfg, "--serial", "--out", os.path.join(work, "tree"),
                         "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     return data, res, time.perf_counter() - t0
@@ -245,6 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--tree-epochs", type=int, default=12)
     p.add_argument("--retrain-epochs", type=int, default=12)
     p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--batch", type=int, default=256, help="batch size of the tree and of every retraining")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 9)), help="retraining seeds")
     p.add_argument("--ks", type=float, nargs="+", default=[0.025, 0.05, 0.10], help="fractions of the cells")
     p.add_argument("--methods", nargs="*", default=None, help="rankings to run (default: all)")
@@ -258,7 +260,8 @@ def main(argv=None) -> int:
     from hbl_mpi.context import load_dataset
 
     t_start = time.perf_counter()
-    data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs, args.synth)
+    data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs, args.synth,
+                                 args.batch)
     log(f"tree ready ({tree_s:.0f} s)")
     ds = load_dataset(data)
     truth = ds.truth
