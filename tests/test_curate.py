@@ -6,20 +6,7 @@ import pandas as pd
 import pytest
 
 from mpiutil import run_py
-
-CONFIG = """
-data = "{data}"
-n = 3
-s = 2
-strategy = "exp2:3"
-patience = 2
-batch_size = 64
-learning_rate = 0.003
-model = "tiny"
-seed = 5
-threads = 1
-flush_seconds = 0.0
-"""
+from test_run_mpi import CONFIG  # the same tiny tree (3 x 2 stages, tiny model)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi.impact import (add_impact, cell_impact, combined_score, family_contrasts, noise_floor,
-                            two_way_fit)
+from hbl_mpi.impact import (add_impact, cell_impact, combined_score, curate_selection, family_contrasts,
+                            harm_order, noise_floor, two_way_fit)
 from hbl_mpi.plan import PlanSpec, build_plan
 
 
@@ -140,3 +140,20 @@ def test_combined_score_and_ranking_columns():
     out = add_impact(ranking, res)
     assert {"score", "impact", "impact_sd", "combined"} <= set(out.columns)
     assert list(out["score"]) == list(ranking["score"])
+
+
+def test_harm_order_and_curate_selection():
+    rk = pd.DataFrame({"cell": list("abcdef"), "score": [5.0, 1.0, 2.0, 0.0, 3.0, -1.0],
+                       "impact": [0.0, 0.2, 0.2, -0.3, 0.0, 0.1]})
+    rk["combined"] = combined_score(rk.set_index("cell")["score"], rk.set_index("cell")["impact"]).to_numpy()
+    # a leaf's shared impact: ties broken by the resist score
+    assert list(harm_order(rk, "impact")["cell"]) == ["c", "b", "f", "a", "e", "d"]
+    assert list(harm_order(rk, "resist")["cell"][:2]) == ["a", "e"]
+    drop = curate_selection(rk, "impact", 2, "drop")
+    assert list(drop["cell"]) == ["c", "b"] and list(drop.columns) == ["cell", "score", "impact", "reason"]
+    assert "#1 most harmful of 6 by impact" in drop["reason"][0]
+    keep = curate_selection(rk, "impact", 2, "keep")
+    assert list(keep["cell"]) == ["d", "e"] and "most beneficial" in keep["reason"][0]
+    for bad in (0, 6):
+        with pytest.raises(ValueError):
+            curate_selection(rk, "impact", bad, "drop")
