@@ -235,6 +235,82 @@ def top_k(score: pd.Series, pool: list[str], k: int) -> list[str]:
 # ---------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------
+def markdown(summary: dict) -> str:
+    """The findings tables from a summary.json (``--tables``)."""
+    out = []
+    kp = summary["planted"]
+    for metric, title in (("kept_clean", "holdout rows of the clean cells no ranking removes"),
+                          ("new_lines", "new cell lines (clean cells held out of every retraining)")):
+        fr = summary["oracle_fraction_at_planted"][metric]
+        o = fr["_oracle_gain_vs_seed_noise"]
+        out.append(f"\n**{title}**: k = 0 MSE sd over seeds {o['baseline_sd']:.5f}; oracle gain at k = {kp}: "
+                   f"{o['oracle_gain']:.5f} ± {o['oracle_gain_sd']:.5f} (mean ± sd over seeds, paired)\n")
+        ks = [str(k) for k in summary["ks"]]
+        out.append("| ranking | " + " | ".join(f"MSE k={k}" for k in ["0"] + ks) +
+                   f" | gain at k={kp} (± sd) | fraction of oracle's gain (± sd over seeds) |")
+        out.append("|---" * (len(ks) + 4) + "|")
+        for m, curve in summary["point_removal"][metric].items():
+            f = fr[m]
+            cells = " | ".join(f"{curve[k][0]:.5f}" for k in ["0"] + ks)
+            out.append(f"| {m} | {cells} | {f['gain_mean']:.5f} ± {f['gain_sd']:.5f} | "
+                       f"{f['fraction']:.2f} ± {f['sd_over_seeds']:.2f} |")
+    if "lds" in summary:
+        out.append(f"\n**LDS** ({summary['lds_halves']} halves): Spearman(summed score over the half, "
+                   "retrained MSE on the new lines)\n")
+        out.append("| method | LDS | bootstrap sd |\n|---|---|---|")
+        for m, v in summary["lds"].items():
+            out.append(f"| {m} | {v['spearman']:.3f} | {v['bootstrap_sd']:.3f} |")
+    out.append("\n**Compute** (of each ranking)\n\n| method | epochs | row-epochs | seconds |\n|---|---|---|---|")
+    for m, c in summary["cost"].items():
+        out.append(f"| {m} | {c['epochs']} | {c['row_epochs']:.3g} | {c['seconds']:.0f} |")
+    return "\n".join(out)
+
+
+def leave_one_out(rt: Retrainer, pool: list[str], kinds: dict, new_rows: np.ndarray, n_clean: int,
+                  seeds: list[int], scores: dict[str, pd.Series], seed: int) -> dict:
+    """Leave-one-cell-out effects: the planted cells and ``n_clean`` random clean cells, each seed.
+
+    effect(c) = MSE(all pool cells) - MSE(pool without c), on the new lines and on the holdout
+    rows of the other clean pool cells (> 0: removing c helps, c harms). The noise floor is
+    the effects' seed-to-seed sd.
+    """
+    from hbl_mpi.trainer import mean_loss
+
+    rng = np.random.default_rng([seed, 0x1005])
+    clean = [c for c in pool if c not in kinds]
+    cells = sorted(c for c in pool if c in kinds) + sorted(rng.choice(clean, size=min(n_clean, len(clean)),
+                                                                       replace=False))
+    rows = []
+    for sd in seeds:
+        base = rt.fit(pool, sd, {"new_lines": new_rows}, keep_state=True)
+        for c in cells:
+            others = rt.rows_of([x for x in clean if x != c], holdout=True)
+            rt.ts.load(base["state"])
+            base_o = mean_loss(rt.ts, rt.tables, others)
+            r = rt.fit([x for x in pool if x != c], sd, {"new_lines": new_rows, "others": others})
+            rows.append({"cell": c, "kind": kinds.get(c, ""), "seed": sd,
+                         "effect_new_lines": base["new_lines"] - r["new_lines"], "effect_others": base_o - r["others"]})
+        log(f"LOO seed {sd} done ({rt.fits} fits)")
+    df = pd.DataFrame(rows)
+    from scipy.stats import spearmanr
+
+    out = {"cells": len(cells), "seeds": seeds}
+    for metric in ("effect_new_lines", "effect_others"):
+        per_cell = df.groupby("cell")[metric].agg(["mean", "std"])
+        kind = per_cell.index.map(lambda c: kinds.get(c, "clean"))
+        out[metric] = {
+            "noise_floor_sd": float(df.groupby("cell")[metric].std().mean()),
+            "by_kind_mean": {k: float(per_cell["mean"][kind == k].mean()) for k in sorted(set(kind))},
+            "clean_inside_2sd": float((per_cell["mean"][kind == "clean"].abs()
+                                       <= 2 * per_cell["std"][kind == "clean"] / np.sqrt(len(seeds))).mean()),
+            "spearman_with": {m: float(spearmanr(scores[m].reindex(per_cell.index).astype(float),
+                                                 per_cell["mean"], nan_policy="omit").statistic)
+                              for m in scores},
+        }
+    out["table"] = df.to_dict("records")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True)
@@ -253,7 +329,14 @@ def main(argv=None) -> int:
     p.add_argument("--new-lines", type=float, default=0.10, help="fraction of clean cells held out of all retrains")
     p.add_argument("--halves", type=int, default=50)
     p.add_argument("--no-tracin", action="store_true")
+    p.add_argument("--loo", type=int, default=0, metavar="N_CLEAN",
+                   help="only the leave-one-out phase: the planted cells and N_CLEAN clean ones (no TracIn)")
+    p.add_argument("--tables", action="store_true", help="print the markdown tables of WORK/summary.json and stop")
     args = p.parse_args(argv)
+    if args.tables:
+        with open(os.path.join(args.work, "summary.json")) as f:
+            print(markdown(json.load(f)))
+        return 0
     os.makedirs(args.work, exist_ok=True)
 
     from hbl_mpi.baselines import config_from_dict
@@ -288,7 +371,7 @@ def main(argv=None) -> int:
     new_rows = rt.rows_of(new_lines, holdout=None)
 
     # the full-data model (k = 0, first seed) doubles as the attribution method's checkpoint
-    if not args.no_tracin:
+    if not args.no_tracin and not args.loo:
         full = rt.fit(pool, args.seeds[0], {"new_lines": new_rows}, keep_state=True)
         ref_rows = rt.rows_of(pool, holdout=True)
         tr, tr_s = tracin_scores(rt, full["state"], full["train_rows"], ref_rows)
@@ -296,6 +379,13 @@ def main(argv=None) -> int:
         cost["TracIn (dattri)"] = {"epochs": full["epochs"], "row_epochs": float(full["epochs"] * len(full["train_rows"])),
                                    "seconds": tr_s}
         log(f"TracIn ready ({tr_s:.0f} s)")
+    if args.loo:
+        loo = leave_one_out(rt, pool, kinds, new_rows, args.loo, args.seeds, scores, args.seed)
+        loo["seconds"] = time.perf_counter() - t_start
+        with open(os.path.join(args.work, "loo.json"), "w") as f:
+            json.dump(loo, f, indent=1)
+        print(json.dumps(loo))
+        return 0
     scores["random"] = pd.Series(np.random.default_rng([args.seed, 0xA11]).random(len(pool)), index=pool)
     scores["oracle"] = oracle_order(truth, pool, args.seed)
     methods = args.methods or list(scores)
