@@ -116,3 +116,18 @@ def test_state_buffers_are_huge_page_backed_when_linux_allows():
             elif inside and head == "AnonHugePages:":
                 huge_kb += int(line.split()[1])
     assert huge_kb >= 16 * 1024, f"only {huge_kb} kB of huge pages in a 32 MB state buffer"
+
+
+@pytest.mark.timeout(900)
+def test_impact_study_tiny(tmp_path):
+    """The point-removal / LDS study end to end at a toy size (no TracIn: dattri is optional)."""
+    res = last_json(run_py([str(ROOT / "bench/impact_study.py"), "--work", str(tmp_path), "--seed", "5",
+                            "--cells", "32", "--drugs", "8", "--s", "2", "--tree-epochs", "2", "--retrain-epochs",
+                            "2", "--seeds", "1", "2", "--ks", "0.1", "--halves", "4", "--no-tracin"], timeout=880))
+    assert res["planted"] >= 1 and res["planted"] in res["ks"]
+    for metric in ("kept_clean", "new_lines"):
+        fr = res["oracle_fraction_at_planted"][metric]
+        assert fr["oracle"]["fraction"] == pytest.approx(1.0)
+        assert {"HBL resist", "HBL impact", "HBL combined", "OOF residual", "random"} <= set(fr)
+    assert res["lds_halves"] == 4 and "HBL impact" in res["lds"]
+    assert res["retrain_row_epochs"] > 0

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi.impact import (add_impact, cell_impact, combined_score, curate_selection, family_contrasts,
-                            harm_order, noise_floor, two_way_fit)
+from hbl_mpi.curation import curate_selection, harm_order
+from hbl_mpi.impact import add_impact, cell_impact, combined_score, family_contrasts, noise_floor, two_way_fit
 from hbl_mpi.plan import PlanSpec, build_plan
 
 

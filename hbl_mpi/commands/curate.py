@@ -15,7 +15,7 @@ import os
 
 
 def configure(p) -> None:
-    from ..impact import CURATE_BY, DEFAULT_CURATE_BY
+    from ..curation import CURATE_BY, DEFAULT_CURATE_BY
 
     p.add_argument("results", help="results.h5 written by `run` on DATA")
     p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
@@ -39,7 +39,7 @@ def run(args) -> int:
     from ..context import load_dataset
     from ..data import write_uno
     from ..errors import InputError
-    from ..impact import curate_selection
+    from ..curation import curate_selection
     from ..ranking import rank_cells
     from ..report_impact import run_impact
 
