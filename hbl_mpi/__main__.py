@@ -21,6 +21,7 @@ COMMANDS = {
     "model": "print the Uno model's layer table and parameter count",
     "run": "train the whole node tree (under mpiexec; --serial for one process)",
     "report": "analyse results.h5 files: the paper's figures, the cell ranking, detection scores",
+    "curate": "write the data without the most harmful cells (or with only the most beneficial)",
 }
 
 

@@ -97,6 +97,27 @@ class Dataset:
                 h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
+    def subset_cells(self, keep) -> "Dataset":
+        """The same data with only the cells in ``keep`` (ids), their responses and truth rows.
+
+        Drugs and their features are kept whole (a drug may lose all its rows); the cell
+        order of the original is preserved.
+        """
+        keep = {str(c) for c in keep}
+        mask = np.array([str(c) in keep for c in self.cell_ids], dtype=bool)
+        new_index = np.full(len(self.cell_ids), -1, dtype=np.int64)
+        new_index[mask] = np.arange(int(mask.sum()))
+        rows = mask[np.asarray(self.cell_index, dtype=np.int64)]
+        groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == CELL else g.values)
+                  for g in self.groups]
+        truth = None
+        if self.truth is not None:
+            truth = self.truth[self.truth["cell"].astype(str).isin(keep)].reset_index(drop=True)
+        return Dataset(self.cell_ids[mask], self.drug_ids, groups,
+                       new_index[np.asarray(self.cell_index, dtype=np.int64)[rows]].astype(self.cell_index.dtype),
+                       self.drug_index[rows], self.label[rows], None if self.dose is None else self.dose[rows],
+                       self.label_name, truth, self.source, dict(self.meta))
+
     def summary(self) -> dict:
         """Plain-data summary used by ``data inspect`` and the run log."""
         lab = self.label.astype(np.float64)

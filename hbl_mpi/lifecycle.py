@@ -31,7 +31,7 @@ from .context import RunContext
 from .liveness import RankGone
 from .plan import parent_of
 from .policy import Source, TreeState
-from .results import ResultsWriter, cell_val_records, node_row, payload
+from .results import ResultsWriter, node_row, node_tables, payload
 from .state import ModelState, TrainState
 
 
@@ -181,7 +181,8 @@ class Ledger:
             res = result.payload
             self.writer.add(self._row(node, "done", group=group, start=start, stop=stop, source=source.value,
                                       **res["row"]),
-                            res["history"], cell_val_records(self.ctx.dataset.cell_ids, res["cell_val"]))
+                            res["history"], node_tables(res["tables"], self.ctx.dataset.cell_ids,
+                                                        self.ctx.dataset.drug_ids))
             return stop
         skipped = self.tree.mark_failed(node)
         self.writer.add(self._row(node, "failed", group=group, rank=rank, start=start, stop=stop,

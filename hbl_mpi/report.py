@@ -32,6 +32,8 @@ from . import cross_study
 from . import ranking as R
 from .atomic import replace_bytes
 from .errors import InputError
+from .impact import ImpactResult, add_impact, run_impact
+from .report_impact import impact_sections
 from .results import RunTables, read_results
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -323,14 +325,20 @@ class ReportInputs:
         return {r.label: R.rank_cells(r.cell_val, r.nodes, method=self.method, plan=r.plan) for r in self.runs}
 
     @cached_property
+    def impact(self) -> ImpactResult | None:
+        """The first run's impact estimate (None: its results predate ``cell_test``)."""
+        return run_impact(self.runs[0])
+
+    @cached_property
     def ranking(self) -> pd.DataFrame:
         """The report's ranking: the first run's, or the scores averaged over the runs on its
-        data (evidence columns from the first run)."""
+        data (evidence columns from the first run); with ``impact``, ``impact_sd`` and
+        ``combined`` when the run has an impact estimate."""
         main = self.rankings[self.runs[0].label]
         if len(self.same_data) > 1:
             comb = R.combine_rankings([self.rankings[r.label] for r in self.same_data])
             main = comb.merge(main.drop(columns=["score", "rank"]), on="cell", how="left")
-        return main
+        return main if self.impact is None else add_impact(main, self.impact)
 
 
 SectionBuilder = Callable[[ReportInputs, Report], None]
@@ -544,7 +552,8 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, cross_study_part, detection_sections, summary_sections)
+    run_sections, paper_sections, ranking_sections, impact_sections, cross_study_part, detection_sections,
+    summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
 

@@ -167,6 +167,11 @@ TRUTH = Table("truth", (Column("cell", "str", required=True), Column("kind", "st
 SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, PLAN, TRUTH)}
 """Every table of results.h5 by name, in the order the writer writes them."""
 
+PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test")
+"""The per-(node, cell) tables a trained node reports besides its row and history: the
+lifecycle, the writer and a restart carry each of them the same way (``node_tables``)."""
+REQUIRED_PER_NODE = {name for name in PER_NODE_TABLES if SCHEMA[name].required}
+
 
 def results_path(out_dir: str) -> str:
     return os.path.join(out_dir, "results.h5")
@@ -200,6 +205,10 @@ class RunTables:
     def done_nodes(self) -> set[str]:
         return set(self.nodes.loc[self.nodes["status"] == "done", "node"])
 
+    def per_node(self, name: str) -> pd.DataFrame | None:
+        """One of ``PER_NODE_TABLES`` (None: this file predates it)."""
+        return getattr(self, name)
+
     def without(self, nodes) -> RunTables:
         """The same run without the rows of ``nodes`` in any per-node table (for restarts)."""
         drop = set(nodes)
@@ -207,8 +216,8 @@ class RunTables:
         def keep(df: pd.DataFrame | None) -> pd.DataFrame | None:
             return None if df is None else df[~df["node"].isin(drop)]
 
-        return replace(self, nodes=keep(self.nodes), history=keep(self.history), cell_val=keep(self.cell_val),
-                       cell_test=keep(self.cell_test))
+        return replace(self, nodes=keep(self.nodes), history=keep(self.history),
+                       **{name: keep(self.per_node(name)) for name in PER_NODE_TABLES})
 
     @property
     def group_size(self) -> int:
@@ -292,6 +301,36 @@ def run_attributes(attrs) -> tuple[dict, dict, str]:
     return _dict("config_json", "config"), _dict("versions_json", "versions"), str(checksum or "")
 
 
+class _PerNodeTable:
+    """One per-node table being written: raw column arrays appended per node, folded into
+    one frame (cast to the schema) at flush time."""
+
+    def __init__(self, table: Table):
+        self.table = table
+        self.frames: list[pd.DataFrame] = []
+        self.parts: list[tuple] = []
+
+    def add(self, node: str, records) -> None:
+        if isinstance(records, pd.DataFrame):
+            self.frames.append(records[self.table.names])
+        elif len(records[0]):
+            self.parts.append((node, *records))
+
+    def has_rows(self) -> bool:
+        return bool(self.parts) or any(len(f) for f in self.frames)
+
+    def frame(self) -> pd.DataFrame:
+        if self.parts:
+            parts, self.parts = self.parts, []
+            cols = {"node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts])}
+            for i, name in enumerate(self.table.names[1:], start=1):
+                cols[name] = np.concatenate([np.asarray(p[i]) for p in parts])
+            self.frames.append(pd.DataFrame(cols))
+        if len(self.frames) > 1:
+            self.frames = [pd.concat(self.frames, ignore_index=True)]
+        return self.table.written(self.frames[0] if self.frames else [])
+
+
 class ResultsWriter:
     """Accumulates node results in memory; ``flush`` rewrites the file atomically."""
 
@@ -316,9 +355,8 @@ class ResultsWriter:
         self.flush_seconds = flush_seconds
         self.node_rows: list[dict] = []
         self.history: list[pd.DataFrame] = []
-        self.cell_val: list[pd.DataFrame] = []
         self._history_rows: list[dict] = []
-        self._cell_val_parts: list[tuple] = []
+        self.per_node = {name: _PerNodeTable(SCHEMA[name]) for name in PER_NODE_TABLES}
         self._last_flush = 0.0
         self._last_duration = 0.0
         self._dirty = False
@@ -330,11 +368,16 @@ class ResultsWriter:
             keep = set(done["node"])
             self.node_rows = done.to_dict("records")
             self.history.append(previous.history[previous.history["node"].isin(keep)])
-            self.cell_val.append(previous.cell_val[previous.cell_val["node"].isin(keep)])
+            for name, acc in self.per_node.items():
+                old = previous.per_node(name)
+                if old is not None:
+                    acc.add("", old[old["node"].isin(keep)])
             self.saved_done = len(self.node_rows)  # the previous file on disk holds them
 
-    def add(self, row: dict, history: list[dict] | None = None, cell_val=None) -> None:
-        """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame).
+    def add(self, row: dict, history: list[dict] | None = None, tables: dict | None = None) -> None:
+        """Record one node. ``tables`` maps a per-node table (``PER_NODE_TABLES``) to its
+        rows as column arrays in schema order without ``node`` (see :func:`node_tables`), or
+        to a frame.
 
         Plain lists are appended here and frames built only at flush time: a report costs
         rank 0 microseconds, not a pandas construction.
@@ -342,12 +385,9 @@ class ResultsWriter:
         self.node_rows.append(row)
         if history:
             self._history_rows.extend(history)
-        if cell_val is not None:
-            if isinstance(cell_val, pd.DataFrame):
-                self.cell_val.append(cell_val[CELL_VAL.names])
-            elif len(cell_val[0]):
-                cells, n_rows, mse = cell_val
-                self._cell_val_parts.append((row["node"], cells, n_rows, mse))
+        for name, records in (tables or {}).items():
+            if records is not None:
+                self.per_node[name].add(row["node"], records)
         self._dirty = True
 
     def maybe_flush(self) -> bool:
@@ -365,23 +405,15 @@ class ResultsWriter:
         if self._history_rows:
             self.history.append(pd.DataFrame(self._history_rows, columns=HISTORY.names))
             self._history_rows = []
-        if self._cell_val_parts:
-            parts = self._cell_val_parts
-            self.cell_val.append(pd.DataFrame({
-                "node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
-                "cell": np.concatenate([np.asarray(p[1], dtype=object) for p in parts]),
-                "n_rows": np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts]),
-                "mse": np.concatenate([np.asarray(p[3], dtype=np.float64) for p in parts]),
-            }))
-            self._cell_val_parts = []
         if len(self.history) > 1:
             self.history = [pd.concat(self.history, ignore_index=True)]
-        if len(self.cell_val) > 1:
-            self.cell_val = [pd.concat(self.cell_val, ignore_index=True)]
         nodes = NODES.written(self.node_rows)
         hist = HISTORY.written(pd.concat(self.history, ignore_index=True) if self.history else [])
-        cv = CELL_VAL.written(pd.concat(self.cell_val, ignore_index=True) if self.cell_val else [])
-        out = {"nodes": nodes, "history": hist, "cell_val": cv, "plan": self.plan_frame}
+        out = {"nodes": nodes, "history": hist}
+        for name, acc in self.per_node.items():
+            if name in REQUIRED_PER_NODE or acc.has_rows():
+                out[name] = acc.frame()
+        out["plan"] = self.plan_frame
         if self.truth is not None:
             out["truth"] = self.truth
         return out
@@ -469,10 +501,10 @@ def _hdf_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def payload(outcome, transfer_s: float = 0.0) -> dict:
-    """A trained node (``trainer.NodeOutcome``) as plain data: row fields, history, per-cell
-    validation error (what a worker reports to rank 0)."""
+    """A trained node (``trainer.NodeOutcome``) as plain data: row fields, history and the
+    per-node tables (``PER_NODE_TABLES``, cells and drugs as dataset indices): what a worker
+    reports to rank 0."""
     o = outcome
-    cells, n_rows, mse = o.cell_val
     return {
         "row": {
             "epochs_planned": o.epochs_planned, "epochs_run": o.epochs_run,
@@ -485,8 +517,8 @@ def payload(outcome, transfer_s: float = 0.0) -> dict:
             "inherit_checksum": o.inherit_state.checksum(), "resumed_from": o.resumed_from,
         },
         "history": [_history_dict(o.node, h) for h in o.history],
-        "cell_val": (np.asarray(cells, dtype=np.int64), np.asarray(n_rows, dtype=np.int64),
-                     np.asarray(mse, dtype=np.float64)),
+        "tables": {name: tuple(np.asarray(v) for v in getattr(o, name)) for name in PER_NODE_TABLES
+                   if getattr(o, name, None) is not None},
     }
 
 
@@ -497,12 +529,16 @@ def node_row(node: str, parent: str, stage: int, status: str, **fields) -> dict:
     return row
 
 
-def cell_val_records(cell_ids, cell_val) -> tuple:
-    """(cell ids, n_rows, mse) arrays of a reported per-cell validation error; ``cell_val``
-    holds cell indices into ``cell_ids`` (the dataset's)."""
-    cells, n_rows, mse = cell_val
-    return (np.asarray(cell_ids)[np.asarray(cells, dtype=np.int64)], np.asarray(n_rows, dtype=np.int64),
-            np.asarray(mse, dtype=np.float64))
+def node_tables(tables: dict, cell_ids, drug_ids) -> dict:
+    """A payload's per-node tables with ids for indices: a column named ``cell`` (``drug``)
+    holds indices into the dataset's ``cell_ids`` (``drug_ids``)."""
+    ids = {"cell": np.asarray(cell_ids), "drug": np.asarray(drug_ids)}
+    out = {}
+    for name, arrays in tables.items():
+        cols = SCHEMA[name].names[1:]  # without node
+        out[name] = tuple(ids[c][np.asarray(a, dtype=np.int64)] if c in ids else np.asarray(a)
+                          for c, a in zip(cols, arrays))
+    return out
 
 
 def _history_dict(node: str, h) -> dict:

@@ -127,6 +127,9 @@ class NodeOutcome:
     inherit_state: ModelState
     best_state: ModelState = field(repr=False, default=None)
     resumed_from: int = 0  # epochs taken from a ResumePoint (0: trained from the start)
+    # (cell index, n_rows, mse) on the common holdout rows, per cell with holdout rows: no
+    # node trains on these rows, so siblings compare on them (impact.py)
+    cell_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def derive_seed(seed: int, node: str, epoch: int = 0) -> int:
@@ -186,6 +189,21 @@ def per_cell_mse(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: 
     with np.errstate(invalid="ignore", divide="ignore"):
         mse = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return cells.astype(np.int64), counts.astype(np.int64), mse
+
+
+def holdout_cell_mse(ts: TrainState, tables: DeviceTables, test: np.ndarray,
+                     group: Group | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``per_cell_mse`` on the holdout rows, for every cell that has holdout rows.
+
+    One evaluation pass after training (eval mode, no RNG drawn), so it cannot change
+    what the node learned; the cell list comes from the unsharded rows, identical on
+    every rank of a group.
+    """
+    if len(test) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    cells = np.unique(tables.cell_index_np[test]).astype(np.int64)
+    return per_cell_mse(ts, tables, test, cells, group)
 
 
 def _sleep_serving(seconds: float, poll: Callable[[], None] | None) -> None:
@@ -288,6 +306,7 @@ def train_node(
     ts.load(inherit)
     cell_val = per_cell_mse(ts, tables, rows.val, rows.val_cells, group)
     test_loss = mean_loss(ts, tables, rows.test, group) if len(rows.test) else math.nan
+    cell_test = holdout_cell_mse(ts, tables, rows.test, group)
     best_rec = history[best_epoch - 1]
     return NodeOutcome(
         node=spec.node, epochs_planned=spec.max_epochs, epochs_run=len(history),
@@ -298,6 +317,7 @@ def train_node(
         steps=spe * len(history),
         train_s=time.perf_counter() - t0, start_checksum=start_checksum, inherit_state=inherit,
         best_state=best_state, resumed_from=resume.epochs_done if resume is not None else 0,
+        cell_test=cell_test,
     )
 
 

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hbl_mpi.results import CELL_VAL, HISTORY, PLAN, ResultsWriter
+from hbl_mpi.results import CELL_TEST, CELL_VAL, HISTORY, PLAN, ResultsWriter
 
 
-def write_results(path, nodes, *, history=(), cell_val=(), plan=None, truth=None, config=None,
+def write_results(path, nodes, *, history=(), cell_val=(), cell_test=None, plan=None, truth=None, config=None,
                   versions=None, data_checksum: str = "abc") -> str:
-    """Write a results file holding ``nodes`` (records or a frame), their ``history`` and
-    ``cell_val`` rows (records or frames), the ``plan`` and the ``truth``; returns its path."""
+    """Write a results file holding ``nodes`` (records or a frame), their ``history``,
+    ``cell_val`` and (when given) ``cell_test`` rows (records or frames), the ``plan`` and the
+    ``truth``; returns its path."""
     rows = nodes.to_dict("records") if isinstance(nodes, pd.DataFrame) else list(nodes)
     hist = pd.DataFrame(history, columns=HISTORY.names)
-    cv = pd.DataFrame(cell_val, columns=CELL_VAL.names)
+    per_node = {"cell_val": pd.DataFrame(cell_val, columns=CELL_VAL.names)}
+    if cell_test is not None:
+        per_node["cell_test"] = pd.DataFrame(cell_test, columns=CELL_TEST.names)
     w = ResultsWriter(str(path), config=dict(config or {}), versions=dict(versions or {}),
                       data_checksum=data_checksum,
                       plan_frame=pd.DataFrame(plan if plan is not None else [], columns=PLAN.names),
                       truth=None if truth is None else pd.DataFrame(truth), flush_seconds=0.0)
     for row in rows:
         node = row["node"]
-        w.add(row, hist[hist["node"] == node].to_dict("records"), cv[cv["node"] == node])
+        w.add(row, hist[hist["node"] == node].to_dict("records"),
+              {name: df[df["node"] == node] for name, df in per_node.items()})
     w.flush()
     return str(path)

@@ -168,3 +168,18 @@ def test_startup_bench_tiny(tiny_h5, tmp_path):
         assert r["worker_dataset_bytes"][0] == r["normalised_bytes"]
     assert res["npz"]["file_bytes"] < res["h5"]["file_bytes"]
     assert res["one_table_copy_per_worker"] is True
+
+
+@pytest.mark.timeout(900)
+def test_impact_study_tiny(tmp_path):
+    """The point-removal / LDS study end to end at a toy size (no TracIn: dattri is optional)."""
+    res = last_json(run_py([str(ROOT / "bench/impact_study.py"), "--work", str(tmp_path), "--seed", "5",
+                            "--cells", "32", "--drugs", "8", "--s", "2", "--tree-epochs", "2", "--retrain-epochs",
+                            "2", "--seeds", "1", "2", "--ks", "0.1", "--halves", "4", "--no-tracin"], timeout=880))
+    assert res["planted"] >= 1 and res["planted"] in res["ks"]
+    for metric in ("kept_clean", "new_lines"):
+        fr = res["oracle_fraction_at_planted"][metric]
+        assert fr["oracle"]["fraction"] == pytest.approx(1.0)
+        assert {"HBL resist", "HBL impact", "HBL combined", "OOF residual", "random"} <= set(fr)
+    assert res["lds_halves"] == 4 and "HBL impact" in res["lds"]
+    assert res["retrain_row_epochs"] > 0

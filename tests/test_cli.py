@@ -31,7 +31,7 @@ def test_help_lists_every_subcommand():
     r = hbl("--help")
     assert r.returncode == 0, r.stderr
     assert "usage: python -m hbl_mpi" in r.stdout
-    expected = ["data", "plan", "run", "report", "model"]
+    expected = ["data", "plan", "run", "report", "model", "curate"]
     assert set(expected) == set(COMMANDS)
     for name in expected:
         assert any(line.split()[:1] == [name] for line in r.stdout.splitlines()), f"{name} missing from --help"

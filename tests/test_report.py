@@ -19,12 +19,16 @@ from resultsutil import write_results
 PLANTED = {"C03": "label_noise", "C11": "shift", "C20": "swap"}
 
 
-def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED):
-    """A results file shaped like the runtime's: N-ary tree over N^S cells, one planted-heavy MSE per cell."""
+def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED, harm=None):
+    """A results file shaped like the runtime's: N-ary tree over N^S cells, one planted-heavy MSE per cell.
+
+    With ``harm`` (cell -> amount) it also has ``cell_test``: every node's holdout MSE of
+    every cell rises by ``harm[j]`` for each harmful cell j it trained on (j != the cell).
+    """
     rng = np.random.default_rng(seed)
     cells = [f"C{i:02d}" for i in range(n ** s)]
     order = list(rng.permutation(cells))
-    nodes, cell_val, plan, history = [], [], [], []
+    nodes, cell_val, plan, history, cell_test = [], [], [], [], []
     budget = {"EXP2": lambda st: max(8 // 2 ** (st - 1), 1), "F-10": lambda st: 10}[strategy]
     t = 0.0
 
@@ -48,6 +52,12 @@ def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED):
                              "role": "val"})
             for e in range(ep):
                 history.append({"node": name, "epoch": e, "loss": val, "val_loss": val, "seconds": 1.0})
+            if harm is not None:
+                trained = set(cells) - set(val_cells)
+                for c in cells:
+                    extra = sum(h for j, h in harm.items() if j in trained and j != c)
+                    cell_test.append({"node": name, "cell": c, "n_rows": 3,
+                                      "mse": 0.1 / stage * (1 + 0.01 * rng.random()) + extra})
         if stage == s:
             return
         k = len(val_cells) // n
@@ -57,7 +67,8 @@ def fake_run(path, strategy="EXP2", n=3, s=3, seed=0, planted=PLANTED):
     visit("1", order, 0)
     truth = {"cell": list(planted), "kind": list(planted.values())} if planted else None
     config = {"strategy": strategy, "n": n, "s": s, "seed": seed, "data": "missing.h5", "group_size": 1}
-    return write_results(path, nodes, history=history, cell_val=cell_val, plan=plan, truth=truth,
+    return write_results(path, nodes, history=history, cell_val=cell_val, cell_test=cell_test or None, plan=plan,
+                         truth=truth,
                          config=config, versions={"hbl_mpi": "test"})
 
 
@@ -98,6 +109,28 @@ def test_report_two_strategies(tmp_path, capsys):
         assert f"]({fig})" in md and f"src='{fig}'" in html
     assert "Table 2" in md and "<table>" in html
     assert "AUROC 1.000" in capsys.readouterr().out
+
+
+def test_report_has_the_impact_axis_when_cell_test_exists(tmp_path):
+    a = fake_run(tmp_path / "a.h5", harm={"C20": 0.05})
+    out = tmp_path / "rep"
+    assert cmd.run(args_for([a, "--out", str(out)])) == 0
+    rk = pd.read_csv(out / "cell_ranking.csv")
+    for col in ("score", "impact", "impact_sd", "impact_z", "combined"):
+        assert col in rk.columns, col
+    assert rk.sort_values("impact", ascending=False)["cell"].iloc[0] == "C20"  # S = 3 over 27 cells: 1-cell leaves
+    assert rk.set_index("cell").loc["C03", "impact"] == pytest.approx(0.0, abs=0.01)  # resists, harms nobody
+    md = (out / "report.md").read_text()
+    assert "## Impact on the other cells" in md and "](fig_impact_quadrant.png)" in md
+    assert md.index("## Cell ranking") < md.index("## Impact on the other cells")
+    assert "most harmful" in md and "most beneficial" in md
+    assert (out / "impact_contrasts.csv").exists()
+
+
+def test_report_without_cell_test_says_impact_is_unavailable(tmp_path):
+    rep = REP.build([fake_run(tmp_path / "a.h5")])
+    sec = next(x for x in rep.sections if x.title == "Impact on the other cells")
+    assert "Not available" in sec.text and "impact" not in rep.files.get("cell_ranking.csv", b"").decode()
 
 
 def test_report_without_truth(tmp_path):

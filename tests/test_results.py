@@ -29,7 +29,8 @@ def add_node(w, node, status="done", val=0.5):
     w.add({"node": node, "parent": "1", "stage": 1, "status": status, "group": 0, "val_loss": val,
            "epochs_run": 3, "stopped_early": True, "error": "" if status == "done" else "boom"},
           [{"node": node, "epoch": e, "loss": 1.0 / e, "val_loss": val, "seconds": 0.1} for e in (1, 2, 3)],
-          pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}))
+          {"cell_val": pd.DataFrame({"node": [node], "cell": ["A"], "n_rows": [4], "mse": [val]}),
+           "cell_test": (["A", "B"], [2, 3], [val, 2 * val])})
 
 
 def write_done_and_failed(path):
@@ -43,7 +44,7 @@ def write_done_and_failed(path):
 def test_tables_read_with_pandas(tmp_path):
     path = tmp_path / "results.h5"
     write_done_and_failed(path)
-    for key in ("nodes", "history", "cell_val", "plan", "truth"):
+    for key in ("nodes", "history", "cell_val", "cell_test", "plan", "truth"):
         df = pd.read_hdf(path, key)
         assert len(df) > 0, key
     nodes = pd.read_hdf(path, "nodes")
@@ -70,6 +71,9 @@ def test_restart_keeps_only_done_nodes_once(tmp_path):
     assert nodes.set_index("node").loc["1.2", "status"] == "done"
     hist = pd.read_hdf(path, "history")
     assert len(hist) == 6 and hist.groupby("node").size().to_dict() == {"1.1": 3, "1.2": 3}
+    ct = pd.read_hdf(path, "cell_test")
+    assert ct.groupby("node").size().to_dict() == {"1.1": 2, "1.2": 2}
+    assert ct.set_index(["node", "cell"]).loc[("1.2", "B"), "mse"] == 0.5
 
 
 def test_not_a_results_file(tmp_path):

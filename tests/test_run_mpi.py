@@ -60,8 +60,8 @@ def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     plan = pd.read_hdf(out / "results.h5", "plan")
     assert set(nodes["node"]) == set(plan["node"])
     _compare(reference, nodes.set_index("node"))
-    for key, order in (("history", ["node", "epoch"]), ("cell_val", ["node", "cell"]), ("plan", ["node", "cell"]),
-                       ("truth", ["cell"])):
+    for key, order in (("history", ["node", "epoch"]), ("cell_val", ["node", "cell"]), ("cell_test", ["node", "cell"]),
+                       ("plan", ["node", "cell"]), ("truth", ["cell"])):
         _compare_table(root / "serial" / "results.h5", out / "results.h5", key, order)
     if ranks > 2:
         assert (nodes["source"] == "group").any(), "no fork went between groups"

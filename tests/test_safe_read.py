@@ -38,7 +38,7 @@ def tiny_results(path) -> None:
                       plan_frame=plan, truth=None)
     w.add({"node": "1.1", "parent": "1", "stage": 1, "status": "done", "group": 0, "val_loss": 0.5},
           [{"node": "1.1", "epoch": 1, "loss": 1.0, "val_loss": 0.5, "seconds": 0.1}],
-          (np.array(["A"], dtype=object), np.array([3]), np.array([0.5])))
+          {"cell_val": (np.array(["A"], dtype=object), np.array([3]), np.array([0.5]))})
     w.flush()
 
 
@@ -136,7 +136,6 @@ def test_results_readers_refuse(tmp_path, plant):
 
 def test_old_results_with_pickled_dict_attributes_still_read(tmp_path):
     """Files written before the JSON attributes hold pickled dicts of plain data: still read."""
-    from hbl_mpi.analysis import read_run
     from hbl_mpi.results import read_results
 
     path = tmp_path / "r.h5"
@@ -146,8 +145,8 @@ def test_old_results_with_pickled_dict_attributes_still_read(tmp_path):
         del attrs.config_json, attrs.versions_json
         attrs.config = {"n": 2, "s": 1, "strategy": "EXP2"}
         attrs.versions = {"torch": "2"}
-    assert read_results(str(path)).config["strategy"] == "EXP2"
-    run = read_run(str(path))
+    run = read_results(str(path))
+    assert run.config["strategy"] == "EXP2"
     assert run.config["n"] == 2 and run.versions == {"torch": "2"}
 
 

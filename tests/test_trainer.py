@@ -77,6 +77,19 @@ def test_training_lowers_the_loss(ctx):
         out.val_loss if out.best_epoch else out.val_loss_last, rel=1e-5)
 
 
+def test_cell_test_splits_the_holdout_loss_by_cell(ctx):
+    ts = ctx.new_train_state()
+    rows = ctx.plan.rows("1.2")
+    out = train_node(ctx.tables, rows, ctx.initial_state(), spec(ctx, "1.2"), train_state=ts)
+    cells, n_rows, mse = out.cell_test
+    holdout_cells = np.unique(ctx.dataset.cell_index[rows.test])
+    assert list(cells) == list(holdout_cells) and n_rows.sum() == len(rows.test)
+    assert (n_rows > 0).all() and np.isfinite(mse).all()
+    # trained and validated cells alike are scored on rows no node trains on
+    assert set(rows.val_cells) & set(cells) and set(rows.train_cells) & set(cells)
+    assert np.sum(mse * n_rows) / n_rows.sum() == pytest.approx(out.test_loss, rel=1e-9)
+
+
 def test_same_seed_same_state_and_start_independent_of_history(ctx):
     ts = ctx.new_train_state()
     a = ctx.train("1.2", ctx.initial_state(), ts)

@@ -1,0 +1,81 @@
+"""``python -m hbl_mpi curate RESULTS.h5 --data DATA.h5 (--drop K | --keep K) [--by ...] --out OUT.h5``.
+
+Acts on the ranking: writes an Uno-format copy of the data without the K most harmful
+cells (``--drop``) or with only the K most beneficial (``--keep``: a small set for quick
+prototype studies), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
+impact, reason). The ordering (``--by``) is impact, resist (the ranking's score) or their
+combination; the default was chosen by the point-removal study (docs/findings.md §8).
+Everything is checked before anything is written: K in 1 .. cells - 1, the results made
+from this very data (data checksum), the impact table present when the ordering needs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configure(p) -> None:
+    from ..curation import CURATE_BY, DEFAULT_CURATE_BY
+
+    p.add_argument("results", help="results.h5 written by `run` on DATA")
+    p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells")
+    mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells")
+    p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
+                   help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings.md §8)")
+    p.add_argument("--out", required=True, help="output Uno-format .h5 file")
+
+
+def csv_path(out: str, mode: str) -> str:
+    """``cur.h5`` -> ``cur.dropped.csv`` / ``cur.kept.csv``."""
+    stem = out[:-3] if out.endswith(".h5") else out
+    return f"{stem}.{'dropped' if mode == 'drop' else 'kept'}.csv"
+
+
+def run(args) -> int:
+    from ..atomic import WriteFailed, replace_text
+    from ..context import load_dataset
+    from ..curation import curate_selection
+    from ..data import write_uno
+    from ..errors import InputError
+    from ..impact import add_impact, run_impact
+    from ..ranking import rank_cells
+    from ..results import read_results
+
+    mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
+    if k < 1:
+        raise InputError(f"--{mode} K must be >= 1; got {k}")
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
+    if os.path.isdir(out):
+        raise InputError(f"--out {args.out!r} is a directory")
+    run_ = read_results(args.results)
+    ds = load_dataset(args.data)
+    if run_.data_checksum and ds.checksum() != run_.data_checksum:
+        raise InputError(f"{args.results!r} was not made from {args.data!r} (data checksums differ)")
+    ranking = rank_cells(run_.cell_val, run_.nodes, plan=run_.plan)
+    if args.by != "resist":
+        result = run_impact(run_)
+        if result is None:
+            raise InputError(f"{args.results!r} has no cell_test table (written before impact existed); "
+                             "use --by resist or run again")
+        ranking = add_impact(ranking, result)
+    n = len(ranking)
+    if k >= n:
+        raise InputError(f"--{mode} K must be < the number of ranked cells ({n}); got {k}")
+    sel = curate_selection(ranking, args.by, k, mode)
+    chosen = set(sel["cell"])
+    keep = [c for c in ds.cell_ids.astype(str) if (c in chosen) == (mode == "keep")]
+    sub = ds.subset_cells(keep)
+    table = csv_path(out, mode)
+    try:
+        write_uno(sub, out, seed=int(run_.config.get("seed", 0) or 0))
+        replace_text(table, sel.to_csv(index=False))
+    except WriteFailed as e:
+        raise InputError(f"cannot write {e.path!r}{': disk full' if e.disk_full else ''}") from None
+    print(f"[hbl_mpi] curate: {mode} {k} of {n} cells by {args.by}: {sub.n_cells} cells, {sub.n_rows} rows "
+          f"-> {out}")
+    print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} cells -> {table}")
+    return 0

@@ -1,0 +1,68 @@
+"""Which cells to drop or keep (``curate``): the ordering rule, pure and light to import.
+
+The command's parser needs ``CURATE_BY`` and the default without paying for pandas
+(``--help`` imports no heavy module), so the rule lives here rather than in impact.py;
+the functions take the ranking frame that ``impact.add_impact`` produced.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CURATE_BY = ("impact", "resist", "combined")
+SCORE_COLUMN = {"impact": "impact", "resist": "score", "combined": "combined"}
+"""The cell_ranking column each ordering sorts by (``score`` is the resist score)."""
+DEFAULT_CURATE_BY = "combined"
+"""curate's default ordering; chosen by the point-removal study (docs/findings.md §8)."""
+
+
+def harm_order(ranking: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The ranking sorted most harmful first by ``by`` (``impact``, ``resist`` = score, ``combined``).
+
+    Ties (a leaf's cells share one impact) are broken by the resist score, then by cell id.
+    """
+    if by not in CURATE_BY:
+        raise ValueError(f"unknown ordering {by!r}; one of {', '.join(CURATE_BY)}")
+    key = SCORE_COLUMN[by]
+    import numpy as np
+
+    t = ranking.copy()
+    t["_key"] = t[key].replace([np.inf, -np.inf], np.nan).astype("float64")
+    t["_tie"] = t["score"].replace([np.inf, -np.inf], np.nan).astype("float64")
+    t = t.sort_values(["_key", "_tie", "cell"], ascending=[False, False, True], na_position="last",
+                      kind="mergesort")
+    return t.drop(columns=["_key", "_tie"]).reset_index(drop=True)
+
+
+def curate_selection(ranking: pd.DataFrame, by: str, k: int, mode: str) -> pd.DataFrame:
+    """The ``k`` cells to drop (``mode = "drop"``: most harmful) or keep (``"keep"``: most beneficial).
+
+    Columns cell, score, impact, reason (a short sentence naming the ordering and the
+    cell's place in it). Raises ValueError for k outside 1 .. cells - 1.
+    """
+    import numpy as np
+
+    n = len(ranking)
+    if not 1 <= k < n:
+        raise ValueError(f"K must be in 1 .. {n - 1} (the ranking has {n} cells); got {k}")
+    order = harm_order(ranking, by)
+    if mode == "drop":
+        sel = order.head(k).copy()
+        place = np.arange(1, k + 1)
+        words = "most harmful"
+    elif mode == "keep":
+        sel = order.tail(k).iloc[::-1].copy()
+        place = np.arange(1, k + 1)
+        words = "most beneficial"
+    else:
+        raise ValueError(f"mode must be 'drop' or 'keep'; got {mode!r}")
+    key = SCORE_COLUMN[by]
+    sel["reason"] = [f"#{p} {words} of {n} by {by} ({key} {v:.4g})" for p, v in zip(place, sel[key])]
+    cols = ["cell", "score", "impact", "reason"]
+    for c in ("impact",):
+        if c not in sel:
+            sel[c] = np.nan
+    return sel[cols].reset_index(drop=True)
