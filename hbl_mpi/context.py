@@ -212,6 +212,7 @@ class RunContext:
             "history": [_history_dict(o.node, h) for h in o.history],
             "cell_val": (np.asarray(cells, dtype=np.int64), np.asarray(n_rows, dtype=np.int64),
                          np.asarray(mse, dtype=np.float64)),
+            "cell_pred": getattr(o, "cell_pred", None),
         }
 
     def node_row(self, node: str, status: str, **fields) -> dict:
@@ -226,6 +227,22 @@ class RunContext:
         cells, n_rows, mse = cell_val
         return (self.dataset.cell_ids[np.asarray(cells, dtype=np.int64)], np.asarray(n_rows, dtype=np.int64),
                 np.asarray(mse, dtype=np.float64))
+
+    def cell_pred_records(self, cell_pred) -> tuple | None:
+        """(cell ids, drug ids, prediction, label) arrays of a reported prediction grid, or None."""
+        if cell_pred is None:
+            return None
+        cells, drugs, pred, label = cell_pred
+        return (self.dataset.cell_ids[np.asarray(cells, dtype=np.int64)],
+                self.dataset.drug_ids[np.asarray(drugs, dtype=np.int64)],
+                np.asarray(pred, dtype=np.float32), np.asarray(label, dtype=np.float32))
+
+    def static_tables(self) -> dict:
+        """Run-level tables written once beside the plan: the cells' expression neighbours."""
+        from .diagnosis import expression_neighbours
+
+        nb = expression_neighbours(self.dataset)
+        return {} if nb is None else {"cell_neighbours": nb}
 
     def run_attrs(self) -> dict:
         return {"config": self.cfg.as_dict(), "versions": versions(),

@@ -32,7 +32,10 @@ NODE_COLUMNS = [
 ]
 HISTORY_COLUMNS = ["node", "epoch", "loss", "val_loss", "seconds"]
 CELL_VAL_COLUMNS = ["node", "cell", "n_rows", "mse"]
-TABLES = ("nodes", "history", "cell_val", "plan", "truth")
+CELL_PRED_COLUMNS = ["node", "cell", "drug", "pred", "label"]
+"""Per node: its prediction for every drug of each validation cell; label = the mean measured
+validation label (NaN: not measured). The diagnosis (``hbl_mpi/diagnosis.py``) reads it."""
+TABLES = ("nodes", "history", "cell_val", "plan", "truth", "cell_pred", "cell_neighbours")
 
 _FLOAT_NODE = {"start", "stop", "train_loss", "val_loss", "val_loss_last", "test_loss", "train_s", "transfer_s"}
 _INT_NODE = {"stage", "group", "epochs_planned", "epochs_run", "n_train_rows", "n_val_rows",
@@ -65,6 +68,7 @@ class FinishedRun:
     history: pd.DataFrame
     cell_val: pd.DataFrame
     config: dict
+    cell_pred: pd.DataFrame | None = None
 
     def done_nodes(self) -> set[str]:
         return set(self.nodes.loc[self.nodes["status"] == "done", "node"])
@@ -82,7 +86,8 @@ def read_results(path: str) -> FinishedRun:
                 raise InputError(f"{path!r} is not an hbl_mpi results file (missing {', '.join(sorted(missing))})")
             attrs = store.get_storer("nodes").attrs
             config = dict(getattr(attrs, "config", {}) or {})
-            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config)
+            return FinishedRun(store["nodes"], store["history"], store["cell_val"], config,
+                               store["cell_pred"] if "cell_pred" in keys else None)
     except InputError:
         raise
     except Exception as e:  # HDF5 errors come in many types
@@ -103,6 +108,7 @@ class ResultsWriter:
         truth: pd.DataFrame | None,
         flush_seconds: float = 2.0,
         previous: FinishedRun | None = None,
+        static: dict[str, pd.DataFrame] | None = None,
     ):
         self.path = path
         self.config = config
@@ -116,6 +122,9 @@ class ResultsWriter:
         self.cell_val: list[pd.DataFrame] = []
         self._history_rows: list[dict] = []
         self._cell_val_parts: list[tuple] = []
+        self.cell_pred: list[pd.DataFrame] = []
+        self._cell_pred_parts: list[tuple] = []
+        self.static = dict(static or {})  # run-level tables written as they are (cell_neighbours)
         self._last_flush = 0.0
         self._last_duration = 0.0
         self._dirty = False
@@ -127,9 +136,12 @@ class ResultsWriter:
             self.node_rows = done.to_dict("records")
             self.history.append(previous.history[previous.history["node"].isin(keep)])
             self.cell_val.append(previous.cell_val[previous.cell_val["node"].isin(keep)])
+            if previous.cell_pred is not None:
+                self.cell_pred.append(previous.cell_pred[previous.cell_pred["node"].isin(keep)])
 
-    def add(self, row: dict, history: list[dict] | None = None, cell_val=None) -> None:
-        """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame).
+    def add(self, row: dict, history: list[dict] | None = None, cell_val=None, cell_pred=None) -> None:
+        """Record one node. ``cell_val`` is ``(cell_ids, n_rows, mse)`` arrays (or a frame);
+        ``cell_pred`` is ``(cell_ids, drug_ids, pred, label)`` arrays or None.
 
         Plain lists are appended here and frames built only at flush time: a report costs
         rank 0 microseconds, not a pandas construction.
@@ -143,6 +155,8 @@ class ResultsWriter:
             elif len(cell_val[0]):
                 cells, n_rows, mse = cell_val
                 self._cell_val_parts.append((row["node"], cells, n_rows, mse))
+        if cell_pred is not None and len(cell_pred[0]):
+            self._cell_pred_parts.append((row["node"],) + tuple(cell_pred))
         self._dirty = True
 
     def maybe_flush(self) -> bool:
@@ -169,6 +183,18 @@ class ResultsWriter:
                 "mse": np.concatenate([np.asarray(p[3], dtype=np.float64) for p in parts]),
             }))
             self._cell_val_parts = []
+        if self._cell_pred_parts:
+            parts = self._cell_pred_parts
+            self.cell_pred.append(pd.DataFrame({
+                "node": np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
+                "cell": np.concatenate([np.asarray(p[1], dtype=object) for p in parts]),
+                "drug": np.concatenate([np.asarray(p[2], dtype=object) for p in parts]),
+                "pred": np.concatenate([np.asarray(p[3], dtype=np.float32) for p in parts]),
+                "label": np.concatenate([np.asarray(p[4], dtype=np.float32) for p in parts]),
+            }))
+            self._cell_pred_parts = []
+        if len(self.cell_pred) > 1:
+            self.cell_pred = [pd.concat(self.cell_pred, ignore_index=True)]
         if len(self.history) > 1:
             self.history = [pd.concat(self.history, ignore_index=True)]
         if len(self.cell_val) > 1:
@@ -184,6 +210,9 @@ class ResultsWriter:
         out = {"nodes": nodes, "history": hist, "cell_val": cv, "plan": self.plan_frame}
         if self.truth is not None:
             out["truth"] = self.truth
+        if self.cell_pred:
+            out["cell_pred"] = self.cell_pred[0]
+        out.update(self.static)
         return out
 
     def flush(self) -> None:

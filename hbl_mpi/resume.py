@@ -187,7 +187,9 @@ def drop_rerun(previous, rerun):
 
     keep = ~previous.nodes["node"].isin(list(rerun))
     return FinishedRun(previous.nodes[keep], previous.history[~previous.history["node"].isin(list(rerun))],
-                       previous.cell_val[~previous.cell_val["node"].isin(list(rerun))], previous.config)
+                       previous.cell_val[~previous.cell_val["node"].isin(list(rerun))], previous.config,
+                       None if previous.cell_pred is None
+                       else previous.cell_pred[~previous.cell_pred["node"].isin(list(rerun))])
 
 
 # --------------------------------------------------------------------------- reading

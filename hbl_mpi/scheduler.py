@@ -115,7 +115,8 @@ class Scheduler:
             res = rep.result
             row = ctx.node_row(rep.node, "done", group=rep.group, start=start, stop=stop, source=source,
                                **res["row"])
-            self.writer.add(row, res["history"], ctx.cell_val_records(res["cell_val"]))
+            self.writer.add(row, res["history"], ctx.cell_val_records(res["cell_val"]),
+                            cell_pred=ctx.cell_pred_records(res.get("cell_pred")))
         else:
             skipped = self.tree.mark_failed(rep.node)
             self.writer.add(ctx.node_row(rep.node, "failed", group=rep.group, start=start, stop=stop,

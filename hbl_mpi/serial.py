@@ -87,7 +87,8 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
                 tree.mark_done(node, 0)
                 row = ctx.node_row(node, "done", group=0, rank=0, start=start,
                                    stop=time.monotonic() - t0, source=source, **payload["row"])
-                writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]))
+                writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]),
+                           cell_pred=ctx.cell_pred_records(payload.get("cell_pred")))
                 if ctx.has_children(node):
                     held[node] = outcome.inherit_state
                     stack.extend(reversed(plan.nodes[node].children))
