@@ -433,7 +433,7 @@ def cross_screen(this: pd.DataFrame, ref: pd.DataFrame, grid: Grid | None = None
     """Per cell in both screens: agreement of drug-centred responses on the shared (cell, drug) pairs.
 
     ``this`` and ``ref``: cell, drug, label (replicates averaged). Each screen is centred
-    by its drug means over the cells the two share, so a drug's scale in one screen does
+    by its drug medians over the cells the two share, so a drug's scale in one screen does
     not count as disagreement. Columns: cell, shared_drugs, screen_agreement (Pearson r of
     the two centred profiles), screen_offset (mean of this - reference, centred), and with
     the held-out ``grid``: model_this_corr / model_ref_corr (the model's centred
@@ -446,8 +446,8 @@ def cross_screen(this: pd.DataFrame, ref: pd.DataFrame, grid: Grid | None = None
         cols += ["model_this_corr", "model_ref_corr", "model_this_mse", "model_ref_mse"]
     if both.empty:
         return pd.DataFrame(columns=cols)
-    for s in ("this", "ref"):
-        both[s + "_c"] = both[s] - both.groupby("drug")[s].transform("mean")
+    for s in ("this", "ref"):  # medians: one corrupted cell does not move a drug's centre
+        both[s + "_c"] = both[s] - both.groupby("drug")[s].transform("median")
     if grid is not None:
         gi, gd = grid.index(), {d: j for j, d in enumerate(grid.drugs)}
         ci = both["cell"].map(gi)
@@ -457,7 +457,7 @@ def cross_screen(this: pd.DataFrame, ref: pd.DataFrame, grid: Grid | None = None
         p[ok.to_numpy()] = grid.pred[ci[ok].astype(int).to_numpy(), dj[ok].astype(int).to_numpy()]
         both["pred"] = p
         # the model predicts this screen's scale: centre it by this screen's drug means
-        both["pred_c"] = both["pred"] - both.groupby("drug")["this"].transform("mean")
+        both["pred_c"] = both["pred"] - both.groupby("drug")["this"].transform("median")
     rows = []
     for cell, g in both.groupby("cell"):
         if len(g) < min_drugs:

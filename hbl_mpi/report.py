@@ -284,9 +284,15 @@ def load_runs(paths: list[str]) -> list[A.RunTables]:
 
 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
-          method: str = R.DEFAULT_METHOD, top: int = 30, log=print) -> Report:
-    """Read the runs and compute every table and figure (nothing is written here)."""
+          method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
+          cells: int = 20) -> Report:
+    """Read the runs and compute every table and figure (nothing is written here).
+
+    ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
+    many top cells get a diagnosis page (``report_cells``)."""
     runs = load_runs(paths)
+    if reference is not None and not os.path.isfile(reference):
+        raise InputError(f"--reference {reference!r} does not exist")
     data_path = None
     if baselines:  # checked before any work: bad input costs nothing
         data_path = data or _data_path(runs[0])
@@ -390,6 +396,18 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         if len(runs) > 1:
             rep.csv(f"cell_ranking_{_slug(lab)}.csv", rk)
     truth = next((r.truth for r in same_data if r.truth is not None), None)
+    base_results = []
+    if baselines:
+        from .baselines import run_baselines
+
+        base_results = run_baselines(data_path, runs[0].config, kfold=kfold, log=log)
+    from .report_cells import add_sections
+
+    n_sections = len(rep.sections)
+    main = add_sections(rep, runs[0], main, reference=reference, cells=cells,
+                        scores={b.name: b.score for b in base_results}, log=log)
+    cell_pages = rep.sections[n_sections:]
+    del rep.sections[n_sections:]
     rep.csv("cell_ranking.csv", main)
     shown = main.head(top).copy()
     if truth is not None:
@@ -401,6 +419,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         "`mse` its per-cell validation MSE, `mse_ratio` that MSE over the stage's median per-cell MSE, "
         "`outlier_level` that node's.",
         rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
+    rep.sections += cell_pages
     rep.summary["ranking"] = main
 
     # ---- detection scores ------------------------------------------------------------------
@@ -420,9 +439,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
                                       row_epochs=sum(t["row_epochs"] for t in tot),
                                       seconds=sum(t["train_hours"] for t in tot) * 3600))
         if baselines:
-            from .baselines import run_baselines
-
-            for b in run_baselines(data_path, runs[0].config, kfold=kfold, log=log):
+            for b in base_results:
                 d = R.detection_metrics(b.score, truth)
                 det_parts.append(d.assign(method=b.name, epochs=b.epochs, row_epochs=b.row_epochs,
                                           seconds=b.seconds))
@@ -447,8 +464,9 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
              ("ranking_methods.csv (every candidate cell score, kind = all)", cmp[cmp["kind"] == "all"])]))
         rep.summary["detection"] = det
         rep.summary["methods"] = cmp
-    elif baselines:
+    elif baselines and reference is None:
         log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
+    rep.sections += cell_pages  # the per-cell pages last: the run-level answers come first
     rep.sections.insert(0, summary_section(rep, truth, method))
     return rep
 
@@ -456,7 +474,8 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
 def summary_section(rep: Report, truth: pd.DataFrame | None, method: str, top: int = 10) -> Section:
     """The answer first: the most suspicious cells and, with a truth, how well each method found the planted ones."""
     ranking = rep.summary["ranking"]
-    cols = [c for c in ["rank", "cell", "score", "node", "mse_ratio", "stages"] if c in ranking.columns]
+    cols = [c for c in ["rank", "cell", "score", "diagnosis", "confidence", "likely_identity", "screen_agreement",
+                        "node", "mse_ratio", "stages"] if c in ranking.columns]
     head = ranking.head(top)[cols].copy()
     tables = [(f"the {len(head)} most suspicious cells (score `{method}`; all cells in cell_ranking.csv)", head)]
     text = ("Cells ranked by how badly models that never trained on them predict their responses, "
