@@ -419,7 +419,6 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         "`mse` its per-cell validation MSE, `mse_ratio` that MSE over the stage's median per-cell MSE, "
         "`outlier_level` that node's.",
         rep.png("fig_cell_ranking.png", fig_ranking(main, truth, top, method)), [(f"top {top} of cell_ranking.csv", shown)]))
-    rep.sections += cell_pages
     rep.summary["ranking"] = main
 
     # ---- detection scores ------------------------------------------------------------------

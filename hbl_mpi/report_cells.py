@@ -122,7 +122,7 @@ def sentence(row: pd.Series) -> str:
 # ---------------------------------------------------------------------------
 # per-cell pages
 # ---------------------------------------------------------------------------
-def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 6):
+def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 10):
     """Measured vs predicted, residual by drug (the most discordant named), error by stage."""
     from .report import _figure
 
@@ -130,7 +130,7 @@ def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 6):
     m = dg.grid.measured[gi]
     y, p = dg.grid.label[gi, m], dg.grid.pred[gi, m]
     drugs = dg.grid.drugs[m]
-    fig, axes = _figure(w=12.0, h=3.6, ncols=3, width_ratios=[1, 1.6, 0.9])
+    fig, axes = _figure(w=14.0, h=3.6, ncols=4, width_ratios=[1, 1.1, 1.1, 0.8])
     ax = axes[0, 0]
     ax.scatter(p, y, s=10, alpha=0.7, color="#1f77b4")
     lo, hi = float(np.nanmin(np.r_[y, p])), float(np.nanmax(np.r_[y, p]))
@@ -144,17 +144,20 @@ def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 6):
     order = np.argsort(r)
     ax.bar(np.arange(len(r)), r[order], color=np.where(r[order] > 0, "#d62728", "#1f77b4"), width=1.0)
     ax.axhline(0, color="k", lw=0.6)
-    worst = np.argsort(-np.abs(r))[:n_named]
-    pos = {j: k for k, j in enumerate(order)}
-    for j in worst:
-        ax.annotate(str(drugs[j])[:18], (pos[j], r[j]), fontsize=6, rotation=90,
-                    ha="center", va="bottom" if r[j] > 0 else "top")
     ax.set_xticks([])
-    ax.set_xlabel(f"{len(r)} drugs, sorted by residual")
+    ax.set_xlabel(f"{len(r)} drugs, sorted by residual ({np.mean(r < 0):.0%} below 0)")
     ax.set_ylabel("residual = measured - predicted")
-    ax.set_title("residual by drug (largest named)", fontsize=9)
+    ax.set_title("residual by drug", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax = axes[0, 2]
+    worst = np.argsort(-np.abs(r))[:n_named][::-1]
+    ax.barh(np.arange(len(worst)), r[worst], color=np.where(r[worst] > 0, "#d62728", "#1f77b4"))
+    ax.set_yticks(np.arange(len(worst)), [str(d)[:22] for d in drugs[worst]], fontsize=7)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("residual")
+    ax.set_title(f"the {len(worst)} drugs that disagree most", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax = axes[0, 3]
     st = stages[stages["cell"] == cell].sort_values("stage")
     ax.plot(st["stage"], st["log_ratio"], "o-", color="#d62728")
     ax.axhline(0, color="k", lw=0.6)
