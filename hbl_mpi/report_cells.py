@@ -18,8 +18,9 @@ import pandas as pd
 from . import diagnosis as D
 from .errors import InputError
 
-DIAG_COLUMNS = ["diagnosis", "likely_identity", "confidence", "bias_t", "resid_pred_corr", "identity_gain",
-                "neighbour_coherence", "bias_share", "response_pred_corr", "identity_fit", "best_fit_cell",
+DIAG_COLUMNS = ["diagnosis", "likely_identity", "confidence", "flagged", "score_z", "bias_t", "resid_pred_corr", "identity_gain",
+                "neighbour_coherence", "bias", "bias_share", "response_pred_corr", "identity_fit", "best_fit_ratio",
+                "best_fit_cell",
                 "n_drugs", "diag_node"]
 REF_COLUMNS = ["screen_agreement", "shared_drugs", "screen_offset", "model_this_corr", "model_ref_corr",
                "model_this_mse", "model_ref_mse"]
