@@ -51,9 +51,9 @@ class Report:
         self.files[name] = df.to_csv(index=False).encode()
         return name
 
-    def png(self, name: str, fig) -> str:
+    def png(self, name: str, fig, dpi: int = 110) -> str:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         self.files[name] = buf.getvalue()
         return name
 

@@ -125,13 +125,16 @@ def sentence(row: pd.Series) -> str:
 # ---------------------------------------------------------------------------
 def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 10):
     """Measured vs predicted, residual by drug (the most discordant named), error by stage."""
-    from .report import _figure
+    from matplotlib.figure import Figure
 
     gi = dg.grid.index()[cell]
     m = dg.grid.measured[gi]
     y, p = dg.grid.label[gi, m], dg.grid.pred[gi, m]
     drugs = dg.grid.drugs[m]
-    fig, axes = _figure(w=14.0, h=3.6, ncols=4, width_ratios=[1, 1.1, 1.1, 0.8])
+    # a plain layout (no constrained layout): one of these per top cell, so it must be cheap
+    fig = Figure(figsize=(14.0, 3.6))
+    axes = fig.subplots(1, 4, squeeze=False, width_ratios=[1, 1.1, 1.1, 0.8])
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.9, wspace=0.45)
     ax = axes[0, 0]
     ax.scatter(p, y, s=10, alpha=0.7, color="#1f77b4")
     lo, hi = float(np.nanmin(np.r_[y, p])), float(np.nanmax(np.r_[y, p]))
@@ -171,16 +174,17 @@ def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 10):
 
 
 def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFrame, top: int = 20) -> list:
-    """One report section per top-ranked cell (``top`` of them)."""
+    """One report section per flagged cell, the ``top`` highest-ranked of them (each page
+    costs a four-panel figure, ~0.5 s of CPU: unflagged cells get none)."""
     from .report import Section, _slug
 
     d = dg.table.set_index("cell")
     rank = ranking.set_index("cell")
     nb = dg.neighbours
     out = []
-    for cell in ranking.sort_values("rank")["cell"].astype(str).head(top):
-        if cell not in d.index:
-            continue
+    flagged = [c for c in ranking.sort_values("rank")["cell"].astype(str)
+               if c in d.index and bool(d.loc[c, "flagged"])]
+    for cell in flagged[:top]:
         row = d.loc[cell].copy()
         row["cell"] = cell
         gi = dg.grid.index()[cell]
@@ -208,7 +212,7 @@ def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFram
         ev_cols += [c for c in REF_COLUMNS if c in d.columns]
         tables.insert(0, ("evidence", pd.DataFrame([{c: row.get(c, "") for c in ev_cols}])))
         title = f"Cell {cell} (rank {int(rank.loc[cell, 'rank'])}): {row['diagnosis']}"
-        fig = rep.png(f"cell_{_slug(cell)}.png", fig_cell(cell, dg, stages))
+        fig = rep.png(f"cell_{_slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
         out.append(Section(title, sentence(row), fig, tables))
     return out
 
