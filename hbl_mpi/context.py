@@ -23,6 +23,7 @@ from .checkpoint import Checkpointing, CkptParams, RestartInfo, run_fingerprint
 from .config import RunConfig
 from .data import read_data
 from .dataset import Dataset
+from .diagnosis import expression_neighbours
 from .epochs import EpochStrategy
 from .errors import InputError
 from .plan import Plan, PlanSpec, plan_for
@@ -105,6 +106,11 @@ class RunContext:
         ds = dataset if dataset is not None else load_dataset(cfg.data)
         plan = plan_for(ds, PlanSpec.from_config(cfg))
         return cls(cfg, ds, plan, resolve_device(cfg.device))
+
+    def static_tables(self) -> dict[str, pd.DataFrame]:
+        """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours."""
+        nb = expression_neighbours(self.dataset)
+        return {} if nb is None else {"cell_neighbours": nb}
 
     # ---- lazily built, per rank ---------------------------------------------
     @property

@@ -33,6 +33,8 @@ from . import ranking as R
 from .atomic import replace_bytes
 from .errors import InputError
 from .impact import ImpactResult, add_impact, run_impact
+from .report_cells import (Diagnosis, cell_page_sections, diagnose_run, diagnosis_sections, load_reference,
+                           with_diagnosis)
 from .report_impact import impact_sections
 from .results import RunTables, read_results
 
@@ -65,9 +67,9 @@ class Report:
         self.files[name] = df.to_csv(index=False).encode()
         return name
 
-    def png(self, name: str, fig) -> str:
+    def png(self, name: str, fig, dpi: int = 110) -> str:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         self.files[name] = buf.getvalue()
         return name
 
@@ -304,6 +306,8 @@ class ReportInputs:
     data_path: str | None = None  # the baselines' data file (checked before any work)
     kfold: int = 5
     log: Callable[..., object] = print
+    reference: str | None = None  # a second screen (Uno file) to hold the ranking against
+    cells: int = 20  # top cells given a diagnosis page
 
     @property
     def labels(self) -> list[str]:
@@ -330,15 +334,39 @@ class ReportInputs:
         return run_impact(self.runs[0])
 
     @cached_property
-    def ranking(self) -> pd.DataFrame:
-        """The report's ranking: the first run's, or the scores averaged over the runs on its
-        data (evidence columns from the first run); with ``impact``, ``impact_sd`` and
+    def scored(self) -> pd.DataFrame:
+        """The first run's ranking, or the scores averaged over the runs on its data
+        (evidence columns from the first run); with ``impact``, ``impact_sd`` and
         ``combined`` when the run has an impact estimate."""
         main = self.rankings[self.runs[0].label]
         if len(self.same_data) > 1:
             comb = R.combine_rankings([self.rankings[r.label] for r in self.same_data])
             main = comb.merge(main.drop(columns=["score", "rank"]), on="cell", how="left")
         return main if self.impact is None else add_impact(main, self.impact)
+
+    @cached_property
+    def diagnosis(self) -> Diagnosis | None:
+        """What is wrong with each ranked cell (None: the run has no ``cell_pred`` table)."""
+        ref = load_reference(self.reference) if self.reference else None
+        dg = diagnose_run(self.runs[0], self.scored, ref, full=True)
+        if dg is not None:
+            dg.reference_path = self.reference or ""
+        return dg
+
+    @cached_property
+    def ranking(self) -> pd.DataFrame:
+        """The report's ranking: ``scored`` with the diagnosis columns when there is one."""
+        return self.scored if self.diagnosis is None else with_diagnosis(self.scored, self.diagnosis.table)
+
+    @cached_property
+    def baseline_results(self) -> list:
+        """The baselines (``baselines.run_baselines``), run once when asked for: the detection
+        and the cross-screen sections both score them."""
+        if not self.baselines:
+            return []
+        from .baselines import run_baselines
+
+        return run_baselines(self.data_path, self.runs[0].config, kfold=self.kfold, log=self.log)
 
 
 SectionBuilder = Callable[[ReportInputs, Report], None]
@@ -475,11 +503,9 @@ def _cost(tot: list[dict]) -> dict:
 
 def baseline_scores(inp: ReportInputs, truth: pd.DataFrame) -> tuple[list[pd.DataFrame], list[tuple[str, pd.Series]]]:
     """The baselines (Isolation Forest, K-fold residuals...) scored against the truth:
-    detection rows and ROC curves. Trains K models on the run's data."""
-    from .baselines import run_baselines
-
+    detection rows and ROC curves."""
     rows, curves = [], []
-    for b in run_baselines(inp.data_path, inp.runs[0].config, kfold=inp.kfold, log=inp.log):
+    for b in inp.baseline_results:
         d = R.detection_metrics(b.score, truth)
         rows.append(d.assign(method=b.name, epochs=b.epochs, row_epochs=b.row_epochs, seconds=b.seconds))
         curves.append((b.name, b.score))
@@ -491,7 +517,7 @@ def detection_sections(inp: ReportInputs, rep: Report) -> None:
     score) finds the planted cells, beside the baselines when asked for."""
     truth = inp.truth
     if truth is None:
-        if inp.baselines:
+        if inp.baselines and inp.reference is None:
             inp.log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
         return
     det_parts, curves, cmp_parts = [], [], []
@@ -535,7 +561,8 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
     """The answer first (inserted at the top): the most suspicious cells and, with a truth,
     how well each method found the planted ones."""
     ranking, truth = inp.ranking, inp.truth
-    cols = [c for c in ["rank", "cell", "score", "node", "mse_ratio", "stages"] if c in ranking.columns]
+    cols = [c for c in ["rank", "cell", "score", "impact", "diagnosis", "confidence", "likely_identity",
+                        "screen_agreement", "node", "mse_ratio", "stages"] if c in ranking.columns]
     head = ranking.head(top)[cols].copy()
     tables = [(f"the {len(head)} most suspicious cells (score `{inp.method}`; all cells in cell_ranking.csv)", head)]
     text = ("Cells ranked by how badly models that never trained on them predict their responses, "
@@ -552,8 +579,8 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, impact_sections, cross_study_part, detection_sections,
-    summary_sections)
+    run_sections, paper_sections, ranking_sections, impact_sections, diagnosis_sections, cross_study_part,
+    detection_sections, cell_page_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
 
@@ -569,17 +596,22 @@ def load_runs(paths: list[str]) -> list[RunTables]:
 
 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
-          method: str = R.DEFAULT_METHOD, top: int = 30, log=print,
-          builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS) -> Report:
-    """Read the runs and compute every table and figure (nothing is written here)."""
+          method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
+          cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS) -> Report:
+    """Read the runs and compute every table and figure (nothing is written here).
+
+    ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
+    many top cells get a diagnosis page (``report_cells``)."""
     runs = load_runs(paths)
+    if reference is not None and not os.path.isfile(reference):
+        raise InputError(f"--reference {reference!r} does not exist")
     data_path = None
     if baselines:  # checked before any work: bad input costs nothing
         data_path = data or _data_path(runs[0])
         if not os.path.isfile(data_path):
             raise InputError(f"data file {data_path!r} for the baselines does not exist")
     inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
-                       log=log)
+                       log=log, reference=reference, cells=cells)
     names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
     rep = Report("hbl_mpi report", f"Runs: {names}.")
     for builder in builders:

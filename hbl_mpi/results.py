@@ -35,7 +35,7 @@ from .errors import InputError
 from .hdf5_guard import check_file
 from .plan import parent_of
 
-Dtype = Literal["str", "int64", "float64", "bool"]
+Dtype = Literal["str", "int64", "float64", "float32", "bool"]
 
 
 # ---------------------------------------------------------------------------
@@ -91,8 +91,8 @@ class Table:
 
 
 def _cast(s: pd.Series, dtype: Dtype, *, fill: bool) -> pd.Series:
-    if dtype == "float64":
-        return pd.to_numeric(s, errors="coerce").astype("float64")
+    if dtype in ("float64", "float32"):
+        return pd.to_numeric(s, errors="coerce").astype(dtype)
     if dtype == "int64":
         v = pd.to_numeric(s, errors="coerce")
         if fill:
@@ -164,10 +164,24 @@ PLAN = Table("plan", (
 TRUTH = Table("truth", (Column("cell", "str", required=True), Column("kind", "str", required=True)))
 """The planted anomalies, when the data has them (synthetic data)."""
 
-SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, PLAN, TRUTH)}
+CELL_PRED = Table("cell_pred", (
+    Column("node", "str", required=True), Column("cell", "str", required=True), Column("drug", "str", required=True),
+    Column("pred", "float32", required=True), Column("label", "float32"),
+))
+"""Each node's prediction for every drug of each of its validation cells, beside the mean
+measured validation label (NaN: not measured); the diagnosis reads it (``diagnosis.py``)."""
+
+CELL_NEIGHBOURS = Table("cell_neighbours", (
+    Column("cell", "str", required=True), Column("neighbour", "str", required=True), Column("rank", "int64"),
+    Column("similarity", "float64"),
+))
+"""Each cell's nearest cells by expression, written once per run (``diagnosis.expression_neighbours``)."""
+
+SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, CELL_PRED, PLAN, TRUTH,
+                                                 CELL_NEIGHBOURS)}
 """Every table of results.h5 by name, in the order the writer writes them."""
 
-PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test")
+PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred")
 """The per-(node, cell) tables a trained node reports besides its row and history: the
 lifecycle, the writer and a restart carry each of them the same way (``node_tables``)."""
 REQUIRED_PER_NODE = {name for name in PER_NODE_TABLES if SCHEMA[name].required}
@@ -195,6 +209,8 @@ class RunTables:
     config: dict = field(default_factory=dict)
     _: KW_ONLY  # the rest by name only: a positional fifth argument is an error, never a shifted field
     cell_test: pd.DataFrame | None = None  # None: written before the table existed
+    cell_pred: pd.DataFrame | None = None  # None: written before it existed, or data with doses
+    cell_neighbours: pd.DataFrame | None = None
     plan: pd.DataFrame | None = None
     truth: pd.DataFrame | None = None
     versions: dict = field(default_factory=dict)
@@ -273,7 +289,8 @@ def read_results(path: str) -> RunTables:
         raise InputError(f"{path!r}: table 'nodes' has missing or non-numeric stages")
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
     return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
-                     cell_test=typed.get("cell_test"), plan=typed.get("plan"), truth=typed.get("truth"),
+                     cell_test=typed.get("cell_test"), cell_pred=typed.get("cell_pred"),
+                     cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=typed.get("truth"),
                      versions=versions, data_checksum=checksum, path=path, label=label)
 
 
@@ -345,6 +362,7 @@ class ResultsWriter:
         truth: pd.DataFrame | None,
         flush_seconds: float = 2.0,
         previous: RunTables | None = None,
+        static: dict[str, pd.DataFrame] | None = None,
     ):
         self.path = path
         self.config = config
@@ -352,6 +370,7 @@ class ResultsWriter:
         self.data_checksum = data_checksum
         self.plan_frame = plan_frame
         self.truth = truth
+        self.static = dict(static or {})  # run-level tables written as they are (cell_neighbours)
         self.flush_seconds = flush_seconds
         self.node_rows: list[dict] = []
         self.history: list[pd.DataFrame] = []
@@ -416,6 +435,7 @@ class ResultsWriter:
         out["plan"] = self.plan_frame
         if self.truth is not None:
             out["truth"] = self.truth
+        out.update(self.static)
         return out
 
     def flush(self) -> None:

@@ -26,6 +26,8 @@ class DeviceTables:
     cell_index_np: np.ndarray  # (R,) int64 on the host, for per-cell bookkeeping
     n_cells: int
     device: torch.device
+    drug_index_np: np.ndarray | None = None  # (R,) int64 on the host
+    n_drugs: int = 0
 
     @classmethod
     def from_dataset(cls, ds: Dataset, device: torch.device | str = "cpu") -> "DeviceTables":
@@ -45,6 +47,8 @@ class DeviceTables:
             cell_index_np=np.asarray(ds.cell_index, dtype=np.int64),
             n_cells=ds.n_cells,
             device=device,
+            drug_index_np=np.asarray(ds.drug_index, dtype=np.int64),
+            n_drugs=ds.n_drugs,
         )
 
     def index(self, rows: np.ndarray) -> torch.Tensor:
@@ -56,6 +60,16 @@ class DeviceTables:
         if self.dose is not None:
             xs.append(self.dose.index_select(0, rows))
         return tuple(xs), self.label.index_select(0, rows)
+
+    def gather_pairs(self, cells: torch.Tensor, drugs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Model inputs of arbitrary (cell, drug) pairs, measured or not (no dose column).
+
+        What the diagnosis needs (``trainer.pair_predictions``): a held-out model's
+        prediction for every drug of its validation cells, so a cell's responses can be
+        compared with the predictions made from any other cell's expression.
+        """
+        return tuple(f.index_select(0, cells if e is self.cell_index else drugs)
+                     for f, e in zip(self.features, self.entity_index))
 
     @property
     def nbytes(self) -> int:

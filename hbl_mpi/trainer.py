@@ -130,6 +130,7 @@ class NodeOutcome:
     # (cell index, n_rows, mse) on the common holdout rows, per cell with holdout rows: no
     # node trains on these rows, so siblings compare on them (impact.py)
     cell_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    cell_pred: tuple | None = None  # (cell index, drug index, prediction, label) or None
 
 
 def derive_seed(seed: int, node: str, epoch: int = 0) -> int:
@@ -204,6 +205,55 @@ def holdout_cell_mse(ts: TrainState, tables: DeviceTables, test: np.ndarray,
         return empty, empty, np.zeros(0)
     cells = np.unique(tables.cell_index_np[test]).astype(np.int64)
     return per_cell_mse(ts, tables, test, cells, group)
+
+
+def pair_predictions(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: np.ndarray,
+                     group: Group | None = None) -> tuple[np.ndarray, ...] | None:
+    """The state's prediction for *every* drug of each validation cell, and the measured label.
+
+    Returns (cell index, drug index, prediction, label) over the cells x drugs grid, label =
+    mean of the cell's validation rows for that drug (NaN where unmeasured). Why every drug
+    and not only the measured ones: a cell's responses can then be compared with the
+    held-out predictions of any other cell on the same drugs (the swap test of
+    ``hbl_mpi/diagnosis.py``). Cost: one forward pass over cells x drugs pairs, about one
+    more evaluation of the node's validation rows. Data with a dose column has no single
+    prediction per (cell, drug): None. A group computes a shard of the cells each and sums.
+    """
+    if tables.dose is not None or tables.drug_index_np is None or len(cells) == 0:
+        return None
+    n_d = tables.n_drugs
+    cells = np.asarray(cells, dtype=np.int64)
+    pred = np.zeros(len(cells) * n_d, dtype=np.float64)
+    mine = np.arange(len(cells)) if group is None else np.arange(group.rank, len(cells), group.size)
+    if len(mine):
+        c = np.repeat(cells[mine], n_d)
+        d = np.tile(np.arange(n_d, dtype=np.int64), len(mine))
+        where = (mine[:, None] * n_d + np.arange(n_d)[None, :]).ravel()
+        was_training = ts.module.training
+        ts.module.eval()
+        try:
+            with torch.no_grad():
+                for a in range(0, len(c), EVAL_CHUNK):
+                    xs = tables.gather_pairs(tables.index(c[a : a + EVAL_CHUNK]), tables.index(d[a : a + EVAL_CHUNK]))
+                    pred[where[a : a + EVAL_CHUNK]] = ts.forward(*xs).double().cpu().numpy()
+        finally:
+            ts.module.train(was_training)
+    if group is not None:
+        t = torch.from_numpy(pred)
+        group.allreduce_(t)
+        pred = t.numpy()
+    # measured labels: mean of the validation rows of each (cell, drug)
+    pos = np.full(tables.n_cells, -1, dtype=np.int64)
+    pos[cells] = np.arange(len(cells))
+    rc = pos[tables.cell_index_np[rows]]
+    key = rc * n_d + tables.drug_index_np[rows]
+    lab = tables.label.index_select(0, tables.index(rows)).double().cpu().numpy()
+    tot = np.bincount(key, weights=lab, minlength=len(pred))
+    cnt = np.bincount(key, minlength=len(pred))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        label = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    return (np.repeat(cells, n_d), np.tile(np.arange(n_d, dtype=np.int64), len(cells)),
+            pred.astype(np.float32), label.astype(np.float32))
 
 
 def _sleep_serving(seconds: float, poll: Callable[[], None] | None) -> None:
@@ -305,6 +355,7 @@ def train_node(
     inherit = best_state if spec.inherit == "best" else last
     ts.load(inherit)
     cell_val = per_cell_mse(ts, tables, rows.val, rows.val_cells, group)
+    cell_pred = pair_predictions(ts, tables, rows.val, rows.val_cells, group)
     test_loss = mean_loss(ts, tables, rows.test, group) if len(rows.test) else math.nan
     cell_test = holdout_cell_mse(ts, tables, rows.test, group)
     best_rec = history[best_epoch - 1]
@@ -318,6 +369,7 @@ def train_node(
         train_s=time.perf_counter() - t0, start_checksum=start_checksum, inherit_state=inherit,
         best_state=best_state, resumed_from=resume.epochs_done if resume is not None else 0,
         cell_test=cell_test,
+        cell_pred=cell_pred,
     )
 
 

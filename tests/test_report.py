@@ -255,8 +255,81 @@ def test_sections_come_from_the_builders_and_a_new_part_is_one_more(tmp_path):
                       "Fig. 9: epochs trained", "Fig. 10: val_loss percentiles",
                       "Table 2: the best final-stage trajectory", "Fig. 11: val_loss increases",
                       "Fig. 12: increase delta", "Fig. 13: outlier level", "Fig. 14: busy workers", "Cell ranking",
-                      "Detection of the planted cells", "Extra"]
+                      "Impact on the other cells", "Cell diagnosis", "Detection of the planted cells", "Extra"]
     ranking = pd.read_csv(io.BytesIO(rep.files["cell_ranking.csv"]))
     extra_csv = pd.read_csv(io.BytesIO(rep.files["extra.csv"]))
     pd.testing.assert_frame_equal(extra_csv, ranking.head(3))
     assert "## Extra" in REP.render_markdown(rep)
+
+
+def add_cell_pred(path, n_drugs=12, seed=0):
+    """Give a fake run the diagnosis inputs: held-out predictions per (node, cell, drug) and neighbours."""
+    rng = np.random.default_rng(seed)
+    cv = pd.read_hdf(path, "cell_val")
+    cells = sorted(cv["cell"].unique())
+    drugs = [f"D{j}" for j in range(n_drugs)]
+    level = dict(zip(cells, rng.normal(0, 0.05, len(cells))))
+    pot = rng.normal(0.6, 0.15, n_drugs)
+    # a cell's measured labels are the same at every stage; each node predicts the clean part
+    labels = {c: pot + level[c] + rng.normal(0, 0.05, n_drugs) + (0.3 if PLANTED.get(c) == "shift" else 0.0)
+              for c in cells}
+    rows = []
+    for node, cell in cv[["node", "cell"]].itertuples(index=False):
+        f = pot + level[cell] + rng.normal(0, 0.01, n_drugs)
+        y = labels[cell]
+        for j, d in enumerate(drugs):
+            rows.append((node, cell, d, float(f[j]), float(y[j])))
+    cp = pd.DataFrame(rows, columns=["node", "cell", "drug", "pred", "label"])
+    nb = pd.DataFrame([(c, cells[(i + k) % len(cells)], k, 0.5) for i, c in enumerate(cells) for k in (1, 2, 3)],
+                      columns=["cell", "neighbour", "rank", "similarity"])
+    with pd.HDFStore(path, mode="a") as st:
+        st.put("cell_pred", cp, format="table", track_times=False)
+        st.put("cell_neighbours", nb, format="table", track_times=False)
+    return cp
+
+
+def reference_file(path, cp):
+    """A second screen in Uno format: the same (cell, drug) labels on another scale, one cell scrambled."""
+    from hbl_mpi.data import write_uno
+    from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
+
+    m = cp.drop_duplicates(["cell", "drug"])
+    cells, drugs = np.array(sorted(m["cell"].unique()), dtype=object), np.array(sorted(m["drug"].unique()), dtype=object)
+    ci, di = pd.Index(cells).get_indexer(m["cell"]), pd.Index(drugs).get_indexer(m["drug"])
+    y = m["label"].to_numpy(np.float32) * 0.8 + 0.1
+    bad = m["cell"].to_numpy() == "C03"
+    y[bad] = np.random.default_rng(1).permutation(y[bad])
+    ds = Dataset(cells, drugs, [FeatureGroup("cell.rnaseq", CELL, ["g"], np.arange(len(cells), dtype=np.float32)[:, None]),
+                                FeatureGroup("drug.descriptors", DRUG, ["z"], np.arange(len(drugs), dtype=np.float32)[:, None])],
+                 ci.astype(np.int32), di.astype(np.int32), y)
+    write_uno(ds, str(path))
+    return str(path)
+
+
+def test_report_diagnoses_cells_and_holds_them_against_a_reference(tmp_path):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+    cp = add_cell_pred(a)
+    ref = reference_file(tmp_path / "ref.h5", cp)
+    out = tmp_path / "rep"
+    assert cmd.run(args_for([a, "--out", str(out), "--reference", ref, "--cells", "5"])) == 0
+    rk = pd.read_csv(out / "cell_ranking.csv")
+    for col in ("diagnosis", "likely_identity", "confidence", "bias_t", "resid_pred_corr", "identity_gain",
+                "neighbour_coherence", "screen_agreement"):
+        assert col in rk.columns
+    assert set(rk["diagnosis"]) <= {"label_noise", "shift", "swap", "distinct", "none"}
+    assert rk.set_index("cell").loc["C11", "diagnosis"] == "shift"
+    html = (out / "report.html").read_text()
+    assert "Cross-screen agreement" in html and html.count("<h2 id=") >= 5 + 12
+    xs = pd.read_csv(out / "cross_screen_methods.csv")
+    assert list(xs["method"]) == ["HBL resist"] and xs.loc[0, "cells"] == 27
+    agree = pd.read_csv(out / "cross_screen.csv").set_index("cell")["screen_agreement"]
+    assert agree["C03"] < 0.5 < agree.drop("C03").min()
+    pages = [f for f in os.listdir(out) if f.startswith("cell_") and f.endswith(".png")]
+    assert 1 <= len(pages) == min(5, int(rk["flagged"].sum()))  # a page per flagged top cell
+    assert "cell_C11.png" in pages
+
+
+def test_reference_must_exist(tmp_path):
+    a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
+    with pytest.raises(InputError, match="--reference"):
+        cmd.run(args_for([a, "--out", str(tmp_path / "r"), "--reference", str(tmp_path / "nope.h5")]))

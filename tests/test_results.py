@@ -191,3 +191,26 @@ def test_kill_during_flushes_leaves_a_readable_file(tmp_path):
         assert len(hist) == 3 * len(nodes)
         assert list(nodes["node"]) == [f"1.{i}" for i in range(1, len(nodes) + 1)]
         os.remove(path)
+
+
+def test_cell_pred_and_static_tables_round_trip(tmp_path):
+    import numpy as np
+
+    from hbl_mpi.results import ResultsWriter, read_results
+
+    nb = pd.DataFrame({"cell": ["a"], "neighbour": ["b"], "rank": [1], "similarity": [0.5]})
+    path = str(tmp_path / "results.h5")
+    w = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"]}),
+                      truth=None, static={"cell_neighbours": nb})
+    w.add({"node": "1", "status": "done", "stage": 1}, [], (np.array(["a"], dtype=object), np.array([2]), np.array([0.1])),
+          cell_pred=(np.array(["a", "a"], dtype=object), np.array(["x", "y"], dtype=object),
+                     np.array([0.5, 0.6], np.float32), np.array([0.4, np.nan], np.float32)))
+    w.flush()
+    cp = pd.read_hdf(path, "cell_pred")
+    assert list(cp.columns) == ["node", "cell", "drug", "pred", "label"] and len(cp) == 2
+    assert pd.read_hdf(path, "cell_neighbours").equals(nb)
+    prev = read_results(path)
+    w2 = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"]}),
+                       truth=None, previous=prev)
+    w2.flush()
+    assert len(pd.read_hdf(path, "cell_pred")) == 2  # a restart keeps the finished nodes' predictions

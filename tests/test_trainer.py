@@ -197,3 +197,27 @@ def test_train_state_fork_buffer_holds_weights_and_adam(ctx):
     out = ctx.train("1.1", ctx.initial_state(), ts)
     P = out.inherit_state.n_params
     assert out.inherit_state.flat[P:].abs().sum() > 0  # the moments travel with the weights
+
+
+def test_pair_predictions_cover_every_drug_of_the_validation_cells(ctx):
+    from hbl_mpi.trainer import pair_predictions, squared_errors
+
+    ts = ctx.new_train_state()
+    rows = ctx.plan.rows("1.2")
+    out = train_node(ctx.tables, rows, ctx.initial_state(), spec(ctx, "1.2", max_epochs=2), train_state=ts)
+    cells, drugs, pred, label = out.cell_pred
+    n_d = ctx.dataset.n_drugs
+    assert len(cells) == len(rows.val_cells) * n_d and set(cells) == set(rows.val_cells)
+    assert sorted(set(drugs)) == list(range(n_d))
+    # the measured pairs: the label is the validation row's, and the prediction reproduces
+    # the trainer's own squared error on that row
+    ts.load(out.inherit_state)
+    sq = squared_errors(ts, ctx.tables, rows.val).cpu().numpy()
+    key = {(c, d): i for i, (c, d) in enumerate(zip(cells, drugs))}
+    ds = ctx.dataset
+    for j, r in enumerate(rows.val[:50]):
+        i = key[(ds.cell_index[r], ds.drug_index[r])]
+        assert label[i] == pytest.approx(ds.label[r])
+        assert (pred[i] - label[i]) ** 2 == pytest.approx(sq[j], rel=1e-4, abs=1e-7)
+    measured = {(ds.cell_index[r], ds.drug_index[r]) for r in rows.val}
+    assert np.isfinite(label).sum() == len(measured)

@@ -20,6 +20,9 @@ def configure(p) -> None:
     p.add_argument("--kfold", type=int, default=5, help="folds (by cell) of the residual baseline (default 5)")
     p.add_argument("--method", default=None, help="cell score (default: the measured best; see docs/findings.md)")
     p.add_argument("--top", type=int, default=30, help="cells shown in the ranking figure and table")
+    p.add_argument("--cells", type=int, default=20, help="top cells given a diagnosis page (default 20)")
+    p.add_argument("--reference", help="a second screen (Uno HDF5, e.g. `data gdsc --source gdsc1`) to hold the "
+                                       "ranking against: cross-screen agreement per cell")
 
 
 def run(args) -> int:
@@ -34,9 +37,13 @@ def run(args) -> int:
         raise InputError(f"--kfold must be >= 2; got {args.kfold}")
     if args.top < 1:
         raise InputError(f"--top must be >= 1; got {args.top}")
+    if args.cells < 0:
+        raise InputError(f"--cells must be >= 0; got {args.cells}")
+    if args.reference is not None and not os.path.isfile(args.reference):
+        raise InputError(f"--reference {args.reference!r} does not exist")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results[0])), "report")
     rep = build(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
-                top=args.top)
+                top=args.top, reference=args.reference, cells=args.cells)
     paths = write(rep, out)
     print(f"[hbl_mpi] report: {len(paths)} files in {out}")
     print(f"[hbl_mpi] open {os.path.join(out, 'report.html')}")

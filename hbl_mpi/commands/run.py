@@ -192,7 +192,7 @@ def _make_writer(ctx, previous):
     writer = ResultsWriter(
         results_path(ctx.cfg.out), config=attrs["config"], versions=attrs["versions"],
         data_checksum=attrs["data_checksum"], plan_frame=ctx.plan.to_frame(), truth=truth,
-        flush_seconds=ctx.cfg.flush_seconds, previous=previous,
+        flush_seconds=ctx.cfg.flush_seconds, previous=previous, static=ctx.static_tables(),
     )
     writer.flush()  # the file exists before any node trains: a crash from now on leaves one
     return writer

@@ -683,3 +683,26 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                 t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
                                   "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
                 store.put("truth", t, format="table")
+
+
+def read_uno_responses(path: str) -> pd.DataFrame:
+    """Only the response table of a Uno file: columns cell, drug, label (and dose when present).
+
+    For a second screen used as a reference (``report --reference``): its features are not
+    needed, and reading them (one row per response) costs minutes for GDSC-sized files.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"data file {path!r} does not exist")
+    store = _Store(path)
+    try:
+        present, _ = _partitions(store)
+        resp = _read_responses(store, present)
+    finally:
+        store.close()
+    out = pd.DataFrame({"cell": resp.cells.astype(str), "drug": resp.drugs.astype(str),
+                        "label": resp.label.astype(np.float64)})
+    if resp.dose is not None:
+        out["dose"] = resp.dose
+    out.attrs["label_name"] = resp.label_name
+    return out
