@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mpiutil import run_py
-from test_run_mpi import CONFIG  # the same tiny tree (3 x 2 stages, tiny model)
+from tinyrun import write_3x2_run  # the same tiny tree as test_run_mpi (3 x 2 stages, tiny model)
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +14,8 @@ def run_dir(tmp_path_factory):
     from hbl_mpi.data import synthesize, write_uno
 
     root = tmp_path_factory.mktemp("curate")
-    write_uno(synthesize("small", seed=4, cells=36, drugs=10), str(root / "d.h5"))
+    write_3x2_run(root)  # root/tiny.h5 and root/run.toml
     write_uno(synthesize("small", seed=9, cells=36, drugs=10), str(root / "other.h5"))
-    (root / "run.toml").write_text(CONFIG.format(data=root / "d.h5"))
     proc = run_py(["-m", "hbl_mpi", "run", str(root / "run.toml"), "--serial", "--out", str(root / "r")],
                   timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -24,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 
 def curate(root, *args):
-    return run_py(["-m", "hbl_mpi", "curate", str(root / "r" / "results.h5"), "--data", str(root / "d.h5"),
+    return run_py(["-m", "hbl_mpi", "curate", str(root / "r" / "results.h5"), "--data", str(root / "tiny.h5"),
                    *args], timeout=120)
 
 
@@ -38,7 +37,7 @@ def test_drop_writes_the_data_without_the_top_cells_and_a_csv(run_dir, by):
     assert proc.returncode == 0, proc.stderr
     dropped = pd.read_csv(run_dir / f"cur_{by}.dropped.csv")
     assert list(dropped.columns) == ["cell", "score", "impact", "reason"] and len(dropped) == 4
-    ds, full = read_uno(str(out)), read_uno(str(run_dir / "d.h5"))
+    ds, full = read_uno(str(out)), read_uno(str(run_dir / "tiny.h5"))
     assert set(ds.cell_ids) == set(full.cell_ids) - set(dropped["cell"])
     kept_rows = pd.Series(full.cell_ids[full.cell_index]).isin(set(ds.cell_ids)).sum()
     assert ds.n_rows == kept_rows
