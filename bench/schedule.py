@@ -68,12 +68,11 @@ class SyntheticWorker(Worker):
     scale = 0.0
 
     def _run_node(self, msg: Assign) -> None:
-        if self.train_state is None:
-            self.train_state = type("Flat", (), {"flat": torch.zeros(STATE_FLOATS)})()
-        if msg.source == "fresh":
-            pass
-        else:
-            self._initial(msg)
+        runner = self.runner  # the real initial-state step (lifecycle.NodeRunner) on a small buffer
+        if runner._train_state is None:
+            runner._train_state = type("Flat", (), {"flat": torch.zeros(STATE_FLOATS)})()
+        if msg.source != "fresh":  # a fresh task needs no state (no model is built here)
+            runner.initial_state(msg.node, msg.source, receive=lambda ts: self._receive(msg, ts))
         t = task_seconds(msg.node, self.scale)
         end = time.perf_counter() + t
         while time.perf_counter() < end:  # "training": sleep in slices, serve forks
