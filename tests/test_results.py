@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.errors import InputError
-from hbl_mpi.results import NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
+from hbl_mpi.results import CELL_TEST, NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
 
 
 def make_writer(path, previous=None):
@@ -106,7 +106,8 @@ def test_one_reader_gives_the_schemas_tables(tmp_path):
     run = read_results(str(path))
     assert (run.path, run.label, run.final_stage, run.group_size) == (str(path), "EXP2", 1, 1)
     assert (run.config["n"], run.versions, run.data_checksum) == (2, {"x": "1"}, "abc")
-    assert run.cell_test is None  # optional: this file has none
+    assert list(run.cell_test.columns) == CELL_TEST.names  # optional tables: this file has cell_test,
+    assert run.cell_pred is None and run.cell_neighbours is None  # not these
     assert list(run.plan.columns) == PLAN.names and list(run.truth["kind"]) == ["shift"]
     assert list(run.nodes.columns) == NODES.names
     # counts the analysis sums read as float64; the stage stays an integer
@@ -200,17 +201,18 @@ def test_cell_pred_and_static_tables_round_trip(tmp_path):
 
     nb = pd.DataFrame({"cell": ["a"], "neighbour": ["b"], "rank": [1], "similarity": [0.5]})
     path = str(tmp_path / "results.h5")
-    w = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"]}),
+    w = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"], "cell": ["a"], "role": ["val"]}),
                       truth=None, static={"cell_neighbours": nb})
-    w.add({"node": "1", "status": "done", "stage": 1}, [], (np.array(["a"], dtype=object), np.array([2]), np.array([0.1])),
-          cell_pred=(np.array(["a", "a"], dtype=object), np.array(["x", "y"], dtype=object),
-                     np.array([0.5, 0.6], np.float32), np.array([0.4, np.nan], np.float32)))
+    w.add({"node": "1", "status": "done", "stage": 1}, [],
+          {"cell_val": (np.array(["a"], dtype=object), np.array([2]), np.array([0.1])),
+           "cell_pred": (np.array(["a", "a"], dtype=object), np.array(["x", "y"], dtype=object),
+                         np.array([0.5, 0.6], np.float32), np.array([0.4, np.nan], np.float32))})
     w.flush()
     cp = pd.read_hdf(path, "cell_pred")
     assert list(cp.columns) == ["node", "cell", "drug", "pred", "label"] and len(cp) == 2
     assert pd.read_hdf(path, "cell_neighbours").equals(nb)
     prev = read_results(path)
-    w2 = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"]}),
+    w2 = ResultsWriter(path, config={"n": 2}, versions={}, data_checksum="x", plan_frame=pd.DataFrame({"node": ["1"], "cell": ["a"], "role": ["val"]}),
                        truth=None, previous=prev)
     w2.flush()
     assert len(pd.read_hdf(path, "cell_pred")) == 2  # a restart keeps the finished nodes' predictions
