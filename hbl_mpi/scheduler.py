@@ -133,7 +133,7 @@ class Scheduler:
             return
         self._next_stall_check = now + 1.0
         running = {g: (node, start, self._work(node)) for g, (node, start, _) in self.running.items()}
-        late = stalled(now - self.t0, running, self.stall_rule, list(self.rates))
+        late = stalled(self.ledger.now(), running, self.stall_rule, list(self.rates))
         if late:
             s = late[0]
             ranks = self.topo.groups[s.group]
