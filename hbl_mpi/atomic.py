@@ -60,21 +60,21 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def fsync_dir(path: str) -> None:
-    """fsync a directory, so a rename inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so a rename inside it survives a crash."""
+    _fsync(path, os.O_DIRECTORY)
 
 
 def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_NOFOLLOW)
 
 
 def replace_file(path: str, write: Callable[[str], object], *,

@@ -148,22 +148,9 @@ def cell_folds(n_cells: int, k: int, seed: int) -> list[np.ndarray]:
 
 def _predictions(ts, tables, rows: np.ndarray) -> np.ndarray:
     """The current state's predictions (eval mode) for ``rows``."""
-    import torch
+    from .trainer import evaluate_rows
 
-    from .trainer import EVAL_CHUNK
-
-    out = np.empty(len(rows), dtype=np.float64)
-    was = ts.module.training
-    ts.module.eval()
-    try:
-        with torch.no_grad():
-            for a in range(0, len(rows), EVAL_CHUNK):
-                idx = tables.index(rows[a : a + EVAL_CHUNK])
-                xs, _ = tables.gather(idx)
-                out[a : a + len(idx)] = ts.forward(*xs).double().cpu().numpy()
-    finally:
-        ts.module.train(was)
-    return out
+    return evaluate_rows(ts, tables, rows, lambda pred, y: pred.double()).cpu().numpy()
 
 
 @dataclass

@@ -143,8 +143,10 @@ def _shard(rows: np.ndarray, group: Group | None) -> np.ndarray:
     return rows if group is None else rows[group.rank :: group.size]
 
 
-def squared_errors(ts: TrainState, tables: DeviceTables, rows: np.ndarray) -> torch.Tensor:
-    """Per-row squared error (float64, on the device) of the current state, in eval mode."""
+def evaluate_rows(ts: TrainState, tables: DeviceTables, rows: np.ndarray,
+                  per_row: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``per_row(prediction, label)`` (float64, on the device) for ``rows``, in eval mode
+    and in chunks: the one evaluation loop of the trainer and the baselines."""
     out = torch.empty(len(rows), dtype=torch.float64, device=tables.device)
     was_training = ts.module.training
     ts.module.eval()
@@ -153,10 +155,15 @@ def squared_errors(ts: TrainState, tables: DeviceTables, rows: np.ndarray) -> to
             for a in range(0, len(rows), EVAL_CHUNK):
                 idx = tables.index(rows[a : a + EVAL_CHUNK])
                 xs, y = tables.gather(idx)
-                out[a : a + len(idx)] = (ts.forward(*xs) - y).double().square()
+                out[a : a + len(idx)] = per_row(ts.forward(*xs), y)
     finally:
         ts.module.train(was_training)
     return out
+
+
+def squared_errors(ts: TrainState, tables: DeviceTables, rows: np.ndarray) -> torch.Tensor:
+    """Per-row squared error (float64, on the device) of the current state, in eval mode."""
+    return evaluate_rows(ts, tables, rows, lambda pred, y: (pred - y).double().square())
 
 
 def _reduce(values: list[float], group: Group | None) -> list[float]:

@@ -235,6 +235,20 @@ def _ids(y: pd.DataFrame, col: str, key: str, path: str) -> np.ndarray:
     return out
 
 
+def _finite_column(y: pd.DataFrame, col: str, what: str, values: str, key: str, path: str, c, d) -> np.ndarray:
+    """Column ``col`` of response table ``key`` as float64: numeric, finite, of a magnitude
+    float32 training survives; InputError naming the first bad (cell/drug) otherwise."""
+    if not pd.api.types.is_numeric_dtype(y[col].dtype) or pd.api.types.is_bool_dtype(y[col].dtype):
+        raise InputError(f"data file {path!r}: {key} {what} is not numeric (dtype {y[col].dtype})")
+    v = y[col].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if len(bad):
+        raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {values} (first: "
+                         f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
+    _check_magnitude(v, f"{key} column {col}", path, c, d)
+    return v
+
+
 def _check_magnitude(v: np.ndarray, where: str, path: str, cells, drugs) -> None:
     """InputError when finite values of a response column exceed :data:`VALUE_LIMIT`."""
     big = np.flatnonzero(np.abs(v) > VALUE_LIMIT)
@@ -284,14 +298,7 @@ def _read_responses(store: _Store, present: list[str]) -> _Responses:
                                  "(drug combinations are not supported)")
         c = _ids(y, "Sample", key, path)
         d = _ids(y, "Drug1", key, path)
-        if not pd.api.types.is_numeric_dtype(y[lab].dtype) or pd.api.types.is_bool_dtype(y[lab].dtype):
-            raise InputError(f"data file {path!r}: {key} label column {lab} is not numeric (dtype {y[lab].dtype})")
-        v = y[lab].to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(v))
-        if len(bad):
-            raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {lab} label(s) (first: "
-                             f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
-        _check_magnitude(v, f"{key} column {lab}", path, c, d)
+        v = _finite_column(y, lab, f"label column {lab}", f"{lab} label(s)", key, path, c, d)
         lo, hi = LABEL_RANGES[lab]
         outside = np.flatnonzero((v < lo) | (v > hi))
         if len(outside):
@@ -300,14 +307,7 @@ def _read_responses(store: _Store, present: list[str]) -> _Responses:
                          "they are used as they are")
         dcol = next((x for x in DOSE_COLUMNS if x in cols), None)
         if dcol is not None:
-            if not pd.api.types.is_numeric_dtype(y[dcol].dtype):
-                raise InputError(f"data file {path!r}: {key} column {dcol} is not numeric (dtype {y[dcol].dtype})")
-            dv = y[dcol].to_numpy(dtype=np.float64)
-            bad = np.flatnonzero(~np.isfinite(dv))
-            if len(bad):
-                raise InputError(f"data file {path!r}: {key} has {len(bad)} NaN/inf {dcol} value(s) (first: "
-                                 f"{_first(f'{c[i]}/{d[i]}' for i in bad)})")
-            _check_magnitude(dv, f"{key} column {dcol}", path, c, d)
+            dv = _finite_column(y, dcol, f"column {dcol}", f"{dcol} value(s)", key, path, c, d)
             doses.append(dv.astype(np.float32))
         elif doses:
             raise InputError(f"data file {path!r}: {key} has no dose column but an earlier partition has one")
