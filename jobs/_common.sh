@@ -101,6 +101,18 @@ hbl_walltime() {
 }
 
 # hbl_abspath NAME: make the path in variable NAME absolute (relative to $PWD), no resolving.
+# The batch job's settings every scheduler script needs: the time limit (HBL_WALL_MIN),
+# the job's name, the account to charge (ACCOUNT, or PROJECT) and the queue, each checked.
+hbl_batch_settings() {
+    hbl_require WALLTIME "the job's time limit, e.g. WALLTIME=2:00"
+    hbl_walltime
+    JOB_NAME=${JOB_NAME:-hbl_mpi}
+    ACCOUNT=${ACCOUNT:-${PROJECT:-}}
+    hbl_token JOB_NAME
+    hbl_token ACCOUNT
+    hbl_token QUEUE
+}
+
 hbl_abspath() {
     local p=${!1}
     [[ $p == /* ]] || p="$PWD/${p#./}"

@@ -72,13 +72,7 @@ if ((HBL_NOW)); then
     hbl_launch "${LAUNCH[@]}"
 fi
 
-hbl_require WALLTIME "the job's time limit, e.g. WALLTIME=2:00"
-hbl_walltime
-JOB_NAME=${JOB_NAME:-hbl_mpi}
-ACCOUNT=${ACCOUNT:-${PROJECT:-}}
-hbl_token JOB_NAME
-hbl_token ACCOUNT
-hbl_token QUEUE
+hbl_batch_settings
 printf -v WALL_PBS '%02d:%02d:00' $((HBL_WALL_MIN / 60)) $((HBL_WALL_MIN % 60))
 if [[ -z ${PBS_RESOURCES:-} ]]; then
     PBS_RESOURCES="select=$NODES:mpiprocs=$RANKS_PER_NODE"
