@@ -101,6 +101,21 @@ hbl_walltime() {
 }
 
 # hbl_abspath NAME: make the path in variable NAME absolute (relative to $PWD), no resolving.
+# NODES x RANKS_PER_NODE (one rank per GPU by default) = TOTAL ranks, checked: the shape of
+# a job on a cluster whose launcher places ranks per node (PBS, Slurm).
+hbl_node_ranks() {
+    hbl_require NODES "the number of nodes, e.g. NODES=2"
+    hbl_posint NODES
+    hbl_nonnegint GPUS_PER_NODE
+    [[ ${GPUS_PER_NODE:-0} != 0 ]] && RANKS_PER_NODE=${RANKS_PER_NODE:-$GPUS_PER_NODE}
+    hbl_require RANKS_PER_NODE "MPI ranks per node (one per GPU: the GPU count), e.g. RANKS_PER_NODE=4"
+    hbl_posint RANKS_PER_NODE
+    hbl_posint CPUS_PER_RANK
+    TOTAL=$((NODES * RANKS_PER_NODE))
+    ((TOTAL >= 2)) || hbl_die "NODES*RANKS_PER_NODE = $TOTAL: hbl_mpi needs at least 2 ranks (rank 0 schedules)"
+    hbl_check_groups "$TOTAL" "$RANKS_PER_NODE"
+}
+
 # The batch job's settings every scheduler script needs: the time limit (HBL_WALL_MIN),
 # the job's name, the account to charge (ACCOUNT, or PROJECT) and the queue, each checked.
 hbl_batch_settings() {

@@ -38,16 +38,7 @@ if ((HBL_NOW)) && [[ -z ${NODES:-} && -r ${PBS_NODEFILE:-} ]]; then
     NODES=$(sort -u "$PBS_NODEFILE" | wc -l)
     NODES=${NODES//[[:space:]]/}
 fi
-hbl_require NODES "the number of nodes, e.g. NODES=2"
-hbl_posint NODES
-hbl_nonnegint GPUS_PER_NODE
-[[ ${GPUS_PER_NODE:-0} != 0 ]] && RANKS_PER_NODE=${RANKS_PER_NODE:-$GPUS_PER_NODE}
-hbl_require RANKS_PER_NODE "MPI ranks per node (one per GPU: the GPU count), e.g. RANKS_PER_NODE=4"
-hbl_posint RANKS_PER_NODE
-hbl_posint CPUS_PER_RANK
-TOTAL=$((NODES * RANKS_PER_NODE))
-((TOTAL >= 2)) || hbl_die "NODES*RANKS_PER_NODE = $TOTAL: hbl_mpi needs at least 2 ranks (rank 0 schedules)"
-hbl_check_groups "$TOTAL" "$RANKS_PER_NODE"
+hbl_node_ranks
 
 MPIEXEC=${MPIEXEC:-mpiexec}
 if [[ -z ${MPI_FLAVOR:-} ]]; then
