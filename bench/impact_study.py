@@ -342,6 +342,7 @@ def main(argv=None) -> int:
 
     from hbl_mpi.baselines import config_from_dict
     from hbl_mpi.context import load_dataset
+    from hbl_mpi.results import read_results
 
     t_start = time.perf_counter()
     data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs, args.synth,
@@ -349,12 +350,7 @@ def main(argv=None) -> int:
     log(f"tree ready ({tree_s:.0f} s)")
     ds = load_dataset(data)
     truth = ds.truth
-    import h5py  # noqa: F401  (results attrs)
-    cfg_raw = pd.HDFStore(res, "r")
-    try:
-        cfg = config_from_dict(dict(cfg_raw.get_storer("nodes").attrs.config))
-    finally:
-        cfg_raw.close()
+    cfg = config_from_dict(read_results(res).config)
     scores, hbl_cost = hbl_scores(res)
     cost = {k: hbl_cost for k in scores}
     oof, oof_cost = oof_scores(ds, cfg)

@@ -83,7 +83,7 @@ class SyntheticWorker(Worker):
         row = {"epochs_run": 0, "train_s": t}
         self.comm.send(NodeReport(msg.node, self.topo.group, True,
                                   result={"row": row, "history": [],
-                                          "cell_val": (np.zeros(0, np.int64),) * 3}),
+                                          "tables": {"cell_val": (np.zeros(0, np.int64),) * 3}}),
                        dest=0, tag=TAG_REPORT)
 
 

@@ -69,14 +69,14 @@ def child(stamps: str, steps: int, argv: list[str]) -> int:
     """One rank of the timed ``hbl_mpi run``: hooks that stamp, then the real command."""
     from mpi4py import MPI
 
-    from hbl_mpi import scheduler, trainer
+    from hbl_mpi import context, scheduler
     from hbl_mpi.__main__ import main
     from hbl_mpi.commands import run as run_cmd
 
     rank = MPI.COMM_WORLD.Get_rank()
     _leave_when_all_stamped(stamps, MPI.COMM_WORLD.Get_size())
     rec: dict = {"rank": rank, "main": T0}
-    prepare, schedule, train_node = run_cmd.prepare, scheduler.scheduler_main, trainer.train_node
+    prepare, schedule, train_node = run_cmd.prepare, scheduler.scheduler_main, context.train_node
 
     def timed_prepare(args):
         rec["prepare_start"] = time.time()
@@ -119,7 +119,8 @@ def child(stamps: str, steps: int, argv: list[str]) -> int:
         return t
 
     DeviceTables.from_dataset = classmethod(tables_from)
-    run_cmd.prepare, scheduler.scheduler_main, trainer.train_node = timed_prepare, timed_scheduler, timed_train
+    # RunContext.train calls the train_node that context.py imported: patch that name
+    run_cmd.prepare, scheduler.scheduler_main, context.train_node = timed_prepare, timed_scheduler, timed_train
     return main(argv)
 
 

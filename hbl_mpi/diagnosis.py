@@ -238,9 +238,10 @@ def _cell_stats(i: int, grid: Grid, rc: np.ndarray, nbr: np.ndarray, w: np.ndarr
         num = (w * a) @ B.T  # (B, K)
         den = np.sqrt(np.maximum((w * a * a).sum(1)[:, None] * (w @ (B * B).T), EPS))
         coh = (num / den).mean(1)
+    with np.errstate(divide="ignore"):  # a perfect own fit: an identity gain of -inf, not a warning
+        gain = np.log(own_centred / np.maximum(fwd, EPS))
     return CellStats(n, mse, bias, bias_t, bias * bias / np.maximum(mse, EPS),
-                     _wcorr(r, p, w), _wcorr(y, p, w),
-                     np.log(own_centred / np.maximum(fwd, EPS)), fwd, best_raw, best, coh)
+                     _wcorr(r, p, w), _wcorr(y, p, w), gain, fwd, best_raw, best, coh)
 
 
 def _neighbour_rows(grid: Grid, neighbours: pd.DataFrame | None, k: int) -> list[np.ndarray]:
