@@ -84,6 +84,7 @@ class RunContext:
     plan: Plan
     device: torch.device
     run_info: object = None  # resume.RestartInfo, set by the run command (rank 0 decides)
+    expander: object = None  # expansion.Expander of an adaptive run (rank 0 / serial only)
     strategy: EpochStrategy = field(init=False)
     _tables: object = field(default=None, init=False, repr=False)
     _initial: ModelState | None = field(default=None, init=False, repr=False)
@@ -218,6 +219,8 @@ class RunContext:
         pn = self.plan.nodes[node]
         row = {"node": node, "parent": pn.parent, "stage": pn.stage, "status": status,
                "epochs_planned": self.strategy.budget(pn.stage, self.cfg.s), "error": ""}
+        if self.plan.adaptive:
+            row["expanded_by"] = pn.expanded_by
         row.update(fields)
         return row
 

@@ -43,9 +43,13 @@ def results_path(out_dir: str) -> str:
     return os.path.join(out_dir, "results.h5")
 
 
+ADAPTIVE_NODE_COLUMNS = ["expanded_by"]  # adaptive runs only: why the node was created
+
+
 def _nodes_frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=NODE_COLUMNS)
-    for c in NODE_COLUMNS:
+    cols = NODE_COLUMNS + [c for c in ADAPTIVE_NODE_COLUMNS if any(c in r for r in rows)]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in cols:
         if c in _FLOAT_NODE:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
         elif c in _INT_NODE:

@@ -157,8 +157,8 @@ def plan_restart(plan, previous, params: CkptParams, fingerprint: str, restart: 
         raise InputError(f"ckpt_restart_mode = required but the checkpoints in {root} were made by a run "
                          "with other settings or data")
 
-    def needed(p: str) -> bool:
-        return any(c not in done for c in plan.nodes[p].children)
+    def needed(p: str) -> bool:  # (an adaptive node still undecided may get children)
+        return any(c not in done for c in plan.nodes[p].children) or plan.may_grow(p)
 
     # Deepest stage first: whether a node's state is needed depends only on its children,
     # which are settled by then (a rerun child makes its parent needed), so one pass does.

@@ -33,6 +33,7 @@ from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendSt
                        WorkerFatal)
 from .plan import node_sort_key
 from .policy import Status, TreeState, place, poll_cap
+from .growth import Growth
 from .progress import Progress
 from .results import ResultsWriter
 from .topology import Topology
@@ -63,6 +64,7 @@ class Scheduler:
         self.recorded = 0  # reports handled (fault injection: crash rank 0 after K)
         self.recent_task_s: deque[float] = deque(maxlen=32)  # node times, for policy.poll_cap
         self.watch = topo.peer_watch()  # the workers on rank 0's host
+        self.growth = Growth.of(ctx, self.tree, writer, self.progress)  # adaptive: the rule grows the tree
 
     # ---- sending ---------------------------------------------------------------
     def _send_group(self, group: int, msg) -> None:
@@ -111,11 +113,17 @@ class Scheduler:
         self.recent_task_s.append(stop - start)
         ctx = self.ctx
         if rep.ok:
-            self.tree.mark_done(rep.node, rep.group)
+            g = self.growth
+            # the worker keeps the state of any node with children in the full tree
+            self.tree.mark_done(rep.node, rep.group, may_grow=g is not None and g.may_grow(rep.node),
+                                holds=None if g is None else bool(ctx.plan.candidate_children(rep.node)))
             res = rep.result
             row = ctx.node_row(rep.node, "done", group=rep.group, start=start, stop=stop, source=source,
                                **res["row"])
-            self.writer.add(row, res["history"], ctx.cell_val_records(res["cell_val"]))
+            cell_val = ctx.cell_val_records(res["cell_val"])
+            self.writer.add(row, res["history"], cell_val)
+            if g is not None:
+                g.final(rep.node, "done", cell_val)
         else:
             skipped = self.tree.mark_failed(rep.node)
             self.writer.add(ctx.node_row(rep.node, "failed", group=rep.group, start=start, stop=stop,
@@ -123,6 +131,9 @@ class Scheduler:
             for s in skipped:
                 self.writer.add(ctx.node_row(s, "skipped", error=f"ancestor {rep.node} failed"))
             self.log(f"[hbl_mpi] node {rep.node} failed on group {rep.group}: {rep.error}")
+            if self.growth is not None:
+                for n in [rep.node] + skipped:
+                    self.growth.final(n, self.tree.status[n].value)
 
     def _check_alive(self) -> None:
         for rank, who in self.watch.dead().items():

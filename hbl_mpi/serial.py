@@ -19,6 +19,7 @@ from .errors import EXIT_PARTIAL
 from .plan import ROOT, node_sort_key
 from .policy import Status, TreeState
 from .progress import Progress, fmt_seconds
+from .growth import Growth
 from .results import ResultsWriter
 from .state import ModelState
 
@@ -42,6 +43,7 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
         if node in tree.status:
             tree.restore_done(node)
     progress = Progress(len(plan.trained_nodes()), ctx.cfg.progress_every, already_done=len(done_before))
+    growth = Growth.of(ctx, tree, writer, progress)  # adaptive: children come from the rule
     train_state = ctx.new_train_state()
     checkpoints = Checkpointing(ctx)
     checkpoints = checkpoints if checkpoints.active else None
@@ -82,16 +84,25 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
                 log(f"[hbl_mpi] node {node} failed: {msg}")
                 # a restart's finished children do not need this node: walk on into them
                 stack.extend(reversed([c for c in plan.nodes[node].children if c in done_before]))
+                grown = [] if growth is None else [g for n in [node] + skipped
+                                                   for g in growth.final(n, tree.status[n].value)]
             else:
                 payload = ctx.payload(outcome, transfer_s)
-                tree.mark_done(node, 0)
+                may_grow = growth is not None and growth.may_grow(node)
+                tree.mark_done(node, 0, may_grow=may_grow)
                 row = ctx.node_row(node, "done", group=0, rank=0, start=start,
                                    stop=time.monotonic() - t0, source=source, **payload["row"])
-                writer.add(row, payload["history"], ctx.cell_val_records(payload["cell_val"]))
-                if ctx.has_children(node):
+                cell_val = ctx.cell_val_records(payload["cell_val"])
+                writer.add(row, payload["history"], cell_val)
+                if ctx.has_children(node) or may_grow:
                     held[node] = outcome.inherit_state
                     stack.extend(reversed(plan.nodes[node].children))
-            if parent in held and tree.unplaced_children[parent] == 0:
+                grown = [] if growth is None else growth.final(node, "done", cell_val)
+            if growth is not None:  # a round ran: push the new nodes, free the declined states
+                stack.extend(reversed(grown))
+                for p in [p for p in held if tree.unplaced_children[p] == 0 and p not in tree.undecided]:
+                    del held[p]
+            elif parent in held and tree.unplaced_children[parent] == 0:
                 del held[parent]
             writer.maybe_flush()
             c = tree.counts()

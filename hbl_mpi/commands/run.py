@@ -89,16 +89,23 @@ def prepare(args):
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
         _check_compatible(previous, ctx)
+    if cfg.expand == "adaptive":  # rank 0 grows the tree; a restart replays its rounds first
+        from ..growth import adaptive_plan, keep_created, regrow
+
+        ctx.plan, ctx.expander = adaptive_plan(plan, cfg)
+        regrow(ctx.plan, ctx.expander, previous)
+        previous = keep_created(previous, ctx.plan)
     ctx.run_info = plan_restart(ctx.plan, previous, ctx.ckpt_params, ctx.fingerprint, bool(args.restart),
                                 ctx.data_checksum)
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
 
 
 def _check_compatible(previous, ctx) -> None:
+    from ..expansion import TREE_KEYS
     from ..resume import TRAINING_KEYS
 
     old = previous.config
-    for key in ("data",) + TRAINING_KEYS:
+    for key in ("data",) + TRAINING_KEYS + TREE_KEYS:
         if key in old and old[key] != getattr(ctx.cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(ctx.cfg, key)!r}; restart with the same settings or another --out")
