@@ -34,7 +34,7 @@ class RunConfig:
     holdout_fraction: float = 0.1
     expand: str = "full"
     expand_budget: float = 0.25
-    expand_full_stages: int = 2
+    expand_full_stages: int = 1
     expand_score: str = "depth_weighted"
     expand_suspects: int = 0
     strategy: str = "EXP2"

@@ -19,9 +19,11 @@ The rule, one round per stage s = F, F+1, …, S-1 (F = ``expand_full_stages``; 
 3. With ``expand_suspects = k > 0`` only candidates holding one of the k best-scored
    cells are eligible; with 0 every candidate is.
 4. Eligible candidates are taken by score (ties by node name) while their children's
-   planned row-epochs fit the round's share of the budget: what is left of
-   ``expand_budget`` x the full tree's planned row-epochs, divided by the rounds left
-   (S - s). What a round does not spend passes on to the next.
+   planned row-epochs *plus a drill reserve* fit what is left of ``expand_budget`` x the
+   full tree's planned row-epochs. The reserve is the cost of following one child per
+   later stage down to stage S (the mean expansion cost of each later stage, summed):
+   a round does not spend on breadth the budget that resolving its suspects to single
+   cells will need. What a round reserves and does not spend is there for the next.
 
 Planned row-epochs (epochs planned x training rows) are known before training, so the
 budget holds exactly whatever early stopping does. ``Expander`` is the state machine
@@ -48,7 +50,7 @@ class ExpansionRule:
     """The adaptive rule's settings (config keys ``expand_*``)."""
 
     budget: float = 0.25  # fraction of the full tree's planned row-epochs
-    full_stages: int = 2
+    full_stages: int = 1
     score: str = "depth_weighted"
     suspects: int = 0  # 0 = no quota: every candidate may be expanded, by score
 
@@ -83,11 +85,12 @@ def reason_text(score_name: str, score: float, cell: str, node: str) -> str:
 
 
 def choose(candidates: list[Candidate], cell_score: dict[str, float], budget: float,
-           rule: ExpansionRule) -> list[Decision]:
+           rule: ExpansionRule, reserve: float = 0.0) -> list[Decision]:
     """One round: which candidates get children, in the order they were chosen.
 
-    Returns a decision for every candidate (chosen first, by score; then the declined,
-    by name). Pure: the same inputs give the same decisions.
+    A candidate is taken when its cost plus ``reserve`` fits in what is left of
+    ``budget``. Returns a decision for every candidate (chosen first, by score; then the
+    declined, by name). Pure: the same inputs give the same decisions.
     """
     def best(c: Candidate) -> tuple[float, str]:
         if not c.cells:
@@ -107,8 +110,8 @@ def choose(candidates: list[Candidate], cell_score: dict[str, float], budget: fl
     out: list[Decision] = []
     chosen: set[str] = set()
     for c in eligible:
-        if c.cost <= left:
-            left -= c.cost
+        if c.cost + reserve <= left:
+            left -= c.cost + reserve
             s, x = scored[c.node]
             out.append(Decision(c.node, True, s, x, reason_text(rule.score, s, x, c.node)))
             chosen.add(c.node)
@@ -202,6 +205,16 @@ class Expander:
             self.next_round += 1
         return out
 
+    def reserve(self, stage: int) -> float:
+        """Planned row-epochs of following one child per stage from ``stage + 1`` down to S:
+        the sum over stages t = s+1..S-1 of the mean cost of expanding a stage-t node."""
+        per: dict[int, list[float]] = {}
+        for n, kids in self.children.items():
+            t = stage_of(n)
+            if kids and stage < t < self.stages:
+                per.setdefault(t, []).append(sum(self.cost[c] for c in kids))
+        return float(sum(np.mean(v) for v in per.values()))
+
     def _complete(self, stage: int) -> bool:
         return self.final.get(stage, 0) >= self.created.get(stage, 0)
 
@@ -213,9 +226,8 @@ class Expander:
         if len(self._cell_val) > 1:
             self._cell_val = [pd.concat(self._cell_val, ignore_index=True)]
         cv = self._cell_val[0] if self._cell_val else pd.DataFrame(columns=["node", "cell", "n_rows", "mse"])
-        rounds_left = self.stages - stage
-        share = max(0.0, self.allowed - self.spent) / rounds_left
-        decisions = choose(cands, cell_scores(cv, self.rule.score), share, self.rule)
+        left = max(0.0, self.allowed - self.spent)
+        decisions = choose(cands, cell_scores(cv, self.rule.score), left, self.rule, self.reserve(stage))
         for d in decisions:
             if d.expand:
                 kids = self.children[d.node]
