@@ -449,6 +449,9 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         rep.summary["methods"] = cmp
     elif baselines:
         log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
+    from .tree_view import sections as tree_sections
+
+    rep.sections.extend(tree_sections(rep, runs, Section))  # adaptive runs: the expanded tree
     rep.sections.insert(0, summary_section(rep, truth, method))
     return rep
 

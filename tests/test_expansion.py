@@ -270,5 +270,5 @@ def test_report_shows_the_expanded_tree(runs, tmp_path):
     root = runs[0]
     assert main(["report", str(root / "serial" / "results.h5"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "Expanded tree" in md and "suspects:depth_weighted" in md
+    assert "Expanded tree" in md and "| suspects | depth_weighted |" in md
     assert (tmp_path / "rep" / "expanded_tree.png").exists()
