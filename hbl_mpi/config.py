@@ -94,7 +94,7 @@ DOCS: dict[str, str] = {
     "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings.md §7)",
     "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
     "expand_full_stages": "adaptive: stages 1..this are created in full before the rule decides (1 <= value <= s)",
-    "expand_score": "adaptive: the cell score that picks the suspects (a `report --method` name, not node_outlier)",
+    "expand_score": "adaptive: the cell score that picks the suspects: depth_weighted, deepest_log_ratio, mean_log_ratio, max_log_ratio, min_log_ratio, mean_robust_z or pooled_ratio (ranking.py)",
     "expand_suspects": "adaptive: per stage, expand only nodes holding one of this many best-scored cells; 0 = no quota (by score until the budget)",
     "strategy": "epoch strategy: F-20, F-10, LINE, SQRT, EXP2, or flat:E, line:E, sqrt:E, exp2:E",
     "epochs": "base epochs E for LINE, SQRT, EXP2",
