@@ -117,37 +117,45 @@ def study(args) -> dict:
     if args.no_baselines:
         return out
     quiet = (lambda m: None)
-    for k in args.kfold:
-        oof = out_of_fold(ds, cfg, k, log=quiet)
-        res = kfold_residuals(oof, k)
-        r = {"method": f"K-fold OOF K={k}", "kind": "kfold", "k_folds": k, "repeats": 1,
-             "row_epochs_run": oof.row_epochs, "row_epochs_planned": float(sum(
-                 cfg.epoch_strategy.budget(1, cfg.s) * f["train_rows"] for f in oof.folds)),
-             "epochs_run": oof.epochs, "seconds": oof.seconds, **metrics_of(res.score, truth, all_cells)}
+    planned_of = lambda oof: float(sum(cfg.epoch_strategy.budget(1, cfg.s) * f["train_rows"] for f in oof.folds))
+
+    def kfold_row(k: int, oof) -> dict:
+        return {"method": f"K-fold OOF K={k}", "kind": "kfold", "k_folds": k, "repeats": 1,
+                "row_epochs_run": oof.row_epochs, "row_epochs_planned": planned_of(oof),
+                "epochs_run": oof.epochs, "seconds": oof.seconds,
+                **metrics_of(kfold_residuals(oof, k).score, truth, all_cells)}
+
+    def emit(r: dict) -> None:
         out["rows"].append(r)
         print(json.dumps(r), flush=True)
-    # repeated 5-fold: as many fresh cuts as the largest adaptive run's row-epochs need
-    targets = [r["row_epochs_run"] for r in out["rows"] if r["kind"] == "adaptive"]
-    if targets:
-        scores, spent, planned, epochs, rep = [], [], [], [], 0
-        base = next(r for r in out["rows"] if r.get("k_folds") == 5) if 5 in args.kfold else None
-        per = base["row_epochs_run"] if base else None
-        needed = [max(1, round(t / per)) if per else 1 for t in targets]
-        for rep in range(1, max(needed) + 1):
-            oof = out_of_fold(ds, cfg, 5, log=quiet, fold_seed=cfg.seed * 1000 + rep)
+        if args.out:  # partial results survive an interrupted study
+            from hbl_mpi.atomic import replace_text
+
+            replace_text(args.out, json.dumps(out, indent=1))
+
+    # K = 5 first; repeated 5-fold reuses it as its first cut and adds fresh cuts until it has
+    # spent each adaptive run's row-epochs (or --max-repeats); then the other K
+    first = out_of_fold(ds, cfg, 5, log=quiet)
+    emit(kfold_row(5, first))
+    targets = sorted(r["row_epochs_run"] for r in out["rows"] if r["kind"] == "adaptive")
+    scores, spent, planned, epochs = [first.cell_mse], [first.row_epochs], [planned_of(first)], [first.epochs]
+    for t in targets:
+        while sum(spent) < t and len(spent) < args.max_repeats:
+            oof = out_of_fold(ds, cfg, 5, log=quiet, fold_seed=cfg.seed * 1000 + len(spent))
             scores.append(oof.cell_mse)
             spent.append(oof.row_epochs)
+            planned.append(planned_of(oof))
             epochs.append(oof.epochs)
-            planned.append(float(sum(cfg.epoch_strategy.budget(1, cfg.s) * f["train_rows"] for f in oof.folds)))
-            for t, n in zip(targets, needed):
-                if n == rep:
-                    mean = pd.concat(scores, axis=1).mean(axis=1)
-                    r = {"method": f"repeated 5-fold x{rep}", "kind": "repeated_kfold", "repeats": rep,
-                         "matches_row_epochs": t, "row_epochs_run": float(sum(spent)),
-                         "row_epochs_planned": float(sum(planned)), "epochs_run": int(sum(epochs)),
-                         **metrics_of(mean, truth, all_cells)}
-                    out["rows"].append(r)
-                    print(json.dumps(r), flush=True)
+        n = len(spent)
+        if n > 1 and abs(sum(spent[:-1]) - t) < abs(sum(spent) - t):
+            n -= 1  # the nearer of the two repeat counts around the target
+        mean = pd.concat(scores[:n], axis=1).mean(axis=1)
+        emit({"method": f"repeated 5-fold x{n}", "kind": "repeated_kfold", "repeats": n,
+              "matches_row_epochs": t, "row_epochs_run": float(sum(spent[:n])),
+              "row_epochs_planned": float(sum(planned[:n])), "epochs_run": int(sum(epochs[:n])),
+              **metrics_of(mean, truth, all_cells)})
+    for k in [k for k in args.kfold if k != 5]:
+        emit(kfold_row(k, out_of_fold(ds, cfg, k, log=quiet)))
     return out
 
 
@@ -201,6 +209,7 @@ def main() -> None:
     ap.add_argument("--kfold", type=lambda t: [int(x) for x in t.split(",")], default=[5, 10, 20])
     ap.add_argument("--rule", nargs="*", default=[], help="expand_* overrides without the prefix: full_stages=1")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--max-repeats", type=int, default=12, help="repeated 5-fold: at most this many cuts")
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--summary", nargs="*", help="study JSON files to tabulate")
     ap.add_argument("--plot", help="with --summary: PNG of AP and P@k against row-epochs")

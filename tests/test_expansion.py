@@ -272,3 +272,12 @@ def test_report_shows_the_expanded_tree(runs, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Expanded tree" in md and "| suspects | depth_weighted |" in md
     assert (tmp_path / "rep" / "expanded_tree.png").exists()
+
+
+def test_budget_too_small_for_the_full_stages_exits_2_one_line(runs, capsys):
+    root, ada, _, _ = runs
+    capsys.readouterr()
+    code = main(["run", str(ada), "--serial", "--out", str(root / "small"), "--set", "expand_budget=0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("hbl_mpi: error: expand_budget = 0.01 is")
+    assert not (root / "small" / "results.h5").exists()
