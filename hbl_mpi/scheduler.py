@@ -112,6 +112,8 @@ class Scheduler:
         stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
                                   source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
+        if self.ledger.created:  # adaptive: a round ran and created nodes
+            self.progress.total = len(self.ctx.plan.trained_nodes())
         if rep.ok:
             self.rates.append((stop - start) / self._work(rep.node))
 
@@ -133,7 +135,7 @@ class Scheduler:
             return
         self._next_stall_check = now + 1.0
         running = {g: (node, start, self._work(node)) for g, (node, start, _) in self.running.items()}
-        late = stalled(now - self.t0, running, self.stall_rule, list(self.rates))
+        late = stalled(self.ledger.now(), running, self.stall_rule, list(self.rates))
         if late:
             s = late[0]
             ranks = self.topo.groups[s.group]
