@@ -166,7 +166,7 @@ class OutOfFold:
     folds: list[dict]
 
 
-def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print) -> OutOfFold:
+def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print, fold_seed: int | None = None) -> OutOfFold:
     """Train K models of the run's Uno (preset, optimiser, batch, seed, early stopping) by cell fold.
 
     Fold f's model trains on the other folds' rows and stops early on fold f's rows,
@@ -174,6 +174,7 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print) -> OutOfFold:
     stage 1, patience); the plan's holdout rows are excluded everywhere and serve as
     each model's test set. Each fold's rows are then predicted by the model that never
     saw them (the inherited state: best or last epoch, as the run's ``inherit``).
+    ``fold_seed`` (default: the run's seed) draws another cut into folds: repeated K-fold.
     """
     from .context import resolve_device
     from .plan import NodeRows, PlanSpec, plan_for
@@ -197,7 +198,8 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print) -> OutOfFold:
     mse_parts = []
     epochs = 0
     row_epochs = 0.0
-    for f, cells in enumerate(cell_folds(ds.n_cells, k, cfg.seed), start=1):
+    tag = f"kfold{k}" if fold_seed is None else f"kfold{k}r{fold_seed}"
+    for f, cells in enumerate(cell_folds(ds.n_cells, k, cfg.seed if fold_seed is None else fold_seed), start=1):
         in_fold = np.isin(cell_of_row, cells)
         val = np.flatnonzero(keep & in_fold).astype(np.int64)
         train = np.flatnonzero(keep & ~in_fold).astype(np.int64)
@@ -205,7 +207,7 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print) -> OutOfFold:
             continue  # every row of these cells is in the holdout: nothing to score
         rows = NodeRows(train=train, val=val, test=test, val_cells=cells.astype(np.int64),
                         train_cells=np.setdiff1d(np.arange(ds.n_cells), cells).astype(np.int64))
-        spec = TrainSpec(node=f"kfold{k}.{f}", stage=1, max_epochs=budget, patience=cfg.patience,
+        spec = TrainSpec(node=f"{tag}.{f}", stage=1, max_epochs=budget, patience=cfg.patience,
                          min_delta=cfg.min_delta, batch_size=cfg.batch_size, seed=cfg.seed,
                          inherit=cfg.inherit, preset=cfg.model, learning_rate=cfg.learning_rate,
                          dropout=dropout, device=str(device))

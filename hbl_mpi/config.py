@@ -33,6 +33,11 @@ class RunConfig:
     seed: int = 0
     partition: str = "cells"
     holdout_fraction: float = 0.1
+    expand: str = "full"
+    expand_budget: float = 0.25
+    expand_full_stages: int = 1
+    expand_score: str = "depth_weighted"
+    expand_suspects: int = 0
     strategy: str = "EXP2"
     epochs: int = 20
     patience: int = 3
@@ -88,6 +93,11 @@ DOCS: dict[str, str] = {
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
     "partition": "`cells` (hold out cell lines) or `cells+drugs` (crossed cell x drug blocks)",
     "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
+    "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings.md §10)",
+    "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
+    "expand_full_stages": "adaptive: stages 1..this are created in full before the rule decides (1 <= value <= s)",
+    "expand_score": "adaptive: the cell score that picks the suspects: depth_weighted, deepest_log_ratio, mean_log_ratio, max_log_ratio, min_log_ratio, mean_robust_z or pooled_ratio (ranking.py)",
+    "expand_suspects": "adaptive: per stage, expand only nodes holding one of this many best-scored cells; 0 = no quota (by score until the budget)",
     "strategy": "epoch strategy: F-20, F-10, LINE, SQRT, EXP2, or flat:E, line:E, sqrt:E, exp2:E",
     "epochs": "base epochs E for LINE, SQRT, EXP2",
     "patience": "early stopping patience in epochs (on val_loss)",
@@ -123,8 +133,14 @@ DOCS: dict[str, str] = {
     "fault_crash_kind": "testing: `exit` (os._exit), `signal` (SIGKILL) or `raise` (exception outside a node)",
 }
 
+EXPAND_SCORES = ("depth_weighted", "deepest_log_ratio", "mean_log_ratio", "max_log_ratio", "min_log_ratio",
+                 "mean_robust_z", "pooled_ratio")
+"""``ranking.METHODS`` that need only the per-cell errors (a test keeps the two in step)."""
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "order": ("shuffled", "ordered"),
+    "expand": ("full", "adaptive"),
+    "expand_score": EXPAND_SCORES,
     "partition": ("cells", "cells+drugs"),
     "model": ("small", "paper", "tiny"),
     "inherit": ("best", "last"),
@@ -141,6 +157,7 @@ MINIMUM: dict[str, float] = {
     "stall_seconds": 0.0,
     "ckpt_skip_epochs": 0, "ckpt_save_interval": 1, "ckpt_keep_limit": 0,
     "fault_slow_seconds": 0.0, "fault_crash_after": 0, "fault_crash_rank": -1,
+    "expand_full_stages": 1, "expand_suspects": 0,
 }
 
 MAXIMUM: dict[str, float] = {
@@ -221,6 +238,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError(f"config key 'holdout_fraction' must be in [0, 0.5]; got {cfg.holdout_fraction}")
     if not cfg.learning_rate > 0:
         raise InputError(f"config key 'learning_rate' must be > 0; got {cfg.learning_rate}")
+    if not 0.0 < cfg.expand_budget <= 1.0:
+        raise InputError(f"config key 'expand_budget' must be in (0, 1]; got {cfg.expand_budget}")
+    if cfg.expand_full_stages > cfg.s:
+        raise InputError(f"config key 'expand_full_stages' must be <= s ({cfg.s}); got {cfg.expand_full_stages}")
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
     parse_strategy(cfg.strategy, cfg.epochs)

@@ -26,6 +26,7 @@ from .dataset import Dataset
 from .diagnosis import expression_neighbours
 from .epochs import EpochStrategy
 from .errors import InputError
+from .expansion import Expander
 from .plan import Plan, PlanSpec, plan_for
 from .state import ModelState, TrainState
 from .tables import DeviceTables
@@ -89,6 +90,7 @@ class RunContext:
     dataset: Dataset
     plan: Plan
     device: torch.device
+    expander: Expander | None = None  # an adaptive run's (rank 0 / serial only); set by the run command
     run_info: RestartInfo | None = None  # set by the run command (rank 0 decides, all ranks get it)
     results_seen: tuple | None = None  # OUT/results.h5's (inode, size, mtime) when the run command judged it
     strategy: EpochStrategy = field(init=False)
@@ -159,6 +161,12 @@ class RunContext:
 
     def has_children(self, node: str) -> bool:
         return bool(self.plan.nodes[node].children)
+
+    def holds_state(self, node: str) -> bool:
+        """Whether a finished ``node``'s state is kept for children: it has children, or, in
+        an adaptive run, may get them (children in the full tree: rank 0 releases it when
+        its round declines it)."""
+        return bool(self.plan.candidate_children(node))
 
     def epoch_budget(self, node: str) -> int:
         """The most epochs ``node`` may train (the epoch strategy at its stage)."""

@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 
 from .checkpoint import Checkpointing, parent_state_from_checkpoint
 from .context import RunContext
+from .growth import Growth
 from .liveness import RankGone
 from .plan import parent_of
 from .policy import Source, TreeState
@@ -134,7 +135,7 @@ class NodeRunner:
             raise
         except Exception as e:  # contained: the node fails, the run goes on
             return NodeResult(node, False, error=f"{type(e).__name__}: {e}")
-        if self.ctx.has_children(node):
+        if self.ctx.holds_state(node):
             self.holder.hold(node, outcome.inherit_state)
         result = payload(outcome, transfer_s)
         result["row"]["rank"] = self.rank
@@ -160,6 +161,8 @@ class Ledger:
         self.log = log
         self.done_before = set(done_before)
         self.tree = TreeState.from_plan(ctx.plan, self.done_before)
+        self.growth = Growth.of(ctx, self.tree, writer)  # adaptive: the rule grows the tree
+        self.created: list[str] = []  # nodes the last finish() created (adaptive), for the driver
         self.t0 = time.monotonic()
 
     def now(self) -> float:
@@ -176,13 +179,18 @@ class Ledger:
         descendant that needed it. Returns the stop time."""
         stop = self.now()
         node = result.node
+        g = self.growth
+        self.created = []
         if result.ok:
-            self.tree.mark_done(node, group)
+            # the trainer holds the state of any node with children in the full tree (NodeRunner.run)
+            self.tree.mark_done(node, group, may_grow=g is not None and g.may_grow(node),
+                                holds=None if g is None else self.ctx.holds_state(node))
             res = result.payload
+            tables = node_tables(res["tables"], self.ctx.dataset.cell_ids, self.ctx.dataset.drug_ids)
             self.writer.add(self._row(node, "done", group=group, start=start, stop=stop, source=source.value,
-                                      **res["row"]),
-                            res["history"], node_tables(res["tables"], self.ctx.dataset.cell_ids,
-                                                        self.ctx.dataset.drug_ids))
+                                      **res["row"]), res["history"], tables)
+            if g is not None:
+                self.created = g.final(node, "done", tables["cell_val"])
             return stop
         skipped = self.tree.mark_failed(node)
         self.writer.add(self._row(node, "failed", group=group, rank=rank, start=start, stop=stop,
@@ -190,10 +198,14 @@ class Ledger:
         for s in skipped:
             self.writer.add(self._row(s, "skipped", error=f"ancestor {node} failed"))
         self.log(f"[hbl_mpi] node {node} failed{where}: {result.error}")
+        if g is not None:
+            self.created = [c for n in [node] + skipped for c in g.final(n, self.tree.status[n].value)]
         return stop
 
     def _row(self, node: str, status: str, **fields) -> dict:
         pn = self.ctx.plan.nodes[node]
+        if self.ctx.plan.adaptive:  # why the node exists (full runs' node table is unchanged)
+            fields["expanded_by"] = pn.expanded_by
         return node_row(node, pn.parent, pn.stage, status, **{"epochs_planned": self.ctx.epoch_budget(node), **fields})
 
     def releasable(self) -> list[tuple[str, int]]:

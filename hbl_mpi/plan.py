@@ -119,6 +119,7 @@ class PlanNode:
     drugs: tuple[int, int] | None = None  # [lo, hi) in Plan.drug_order when crossed
     children: list[str] = field(default_factory=list)
     n_val_rows: int = 0
+    expanded_by: str = ""  # adaptive plans: why this node was created (``grow``'s reason)
 
 
 @dataclass
@@ -146,6 +147,10 @@ class Plan:
     _cell_rank_sorted: np.ndarray = field(repr=False, default=None)
     _row_cell_rank: np.ndarray = field(repr=False, default=None)
     _row_drug_rank: np.ndarray = field(repr=False, default=None)
+    # adaptive expansion (``seedling``/``grow``): the full tree the created nodes are taken
+    # from, and the parents whose children were decided (created or declined)
+    candidates: dict[str, PlanNode] | None = field(repr=False, default=None)
+    decided: set[str] = field(repr=False, default_factory=set)
 
     # ---- tree navigation -------------------------------------------------
     def trained_nodes(self) -> list[str]:
@@ -162,6 +167,71 @@ class Plan:
             out.append(p)
             p = parent_of(p)
         return out
+
+    # ---- adaptive expansion (DESIGN §3): a created subset of the full tree ------
+    @property
+    def adaptive(self) -> bool:
+        return self.candidates is not None
+
+    def seedling(self, full_stages: int, reason: str = "full_stages") -> "Plan":
+        """This plan cut to stages ``0..full_stages``; the rest becomes ``grow``'s candidates.
+
+        Every node ever created is a copy of the full tree's node of the same name, so the
+        partition rule, val(child) ⊂ val(parent) and the growing training sets hold by
+        construction: adaptive expansion only chooses *which* subtrees exist.
+        """
+        full = self.candidates if self.adaptive else self.nodes
+        nodes: dict[str, PlanNode] = {}
+        for name, node in full.items():
+            if node.stage <= full_stages:
+                kids = list(node.children) if node.stage < full_stages else []
+                nodes[name] = PlanNode(node.name, node.parent, node.stage, node.cells, node.drugs, kids,
+                                       node.n_val_rows, "" if name == ROOT else reason)
+        decided = {n for n, v in nodes.items() if v.stage < full_stages}
+        return Plan(self.spec, self.cell_ids, self.drug_ids, self.cell_order, self.drug_order, self.holdout,
+                    nodes, self._rows_by_cell, self._cell_rank_sorted, self._row_cell_rank,
+                    self._row_drug_rank, candidates=full, decided=decided)
+
+    def candidate_children(self, name: str) -> list[str]:
+        """The children ``name`` has in the full tree (what ``grow`` would create)."""
+        full = self.candidates if self.adaptive else self.nodes
+        return list(full[name].children)
+
+    def may_grow(self, name: str) -> bool:
+        """An adaptive plan's node whose children are not decided yet (and could exist)."""
+        return self.adaptive and name not in self.decided and bool(self.candidates[name].children)
+
+    def grow(self, parent: str, reason: str) -> list[str]:
+        """Create ``parent``'s children (the full tree's), each recording ``reason``; returns them."""
+        if not self.adaptive:
+            raise ValueError("grow: not an adaptive plan")
+        if parent not in self.nodes:
+            raise ValueError(f"grow: node {parent} is not in the plan")
+        if parent in self.decided:
+            raise ValueError(f"grow: the children of {parent} were decided already")
+        self.decided.add(parent)
+        kids = self.candidates[parent].children
+        for k in kids:
+            c = self.candidates[k]
+            self.nodes[k] = PlanNode(c.name, c.parent, c.stage, c.cells, c.drugs, [], c.n_val_rows, reason)
+        self.nodes[parent].children = list(kids)
+        return list(kids)
+
+    def decline(self, parent: str) -> None:
+        """``parent`` gets no children (the rule did not choose it)."""
+        self.decided.add(parent)
+
+    def planned_row_epochs(self, strategy, stages: int, full: bool = False) -> dict[str, float]:
+        """Per node: epochs planned x training rows, known before training (the budget's unit).
+
+        A node trains on every non-holdout row outside its validation block, so its
+        training rows are the non-holdout rows minus its validation rows. ``full``: over
+        the full tree (an adaptive plan's candidates), not only the created nodes.
+        """
+        kept = int((~self.holdout).sum())
+        nodes = (self.candidates if self.adaptive else self.nodes) if full else self.nodes
+        return {n: float(strategy.budget(v.stage, stages) * (kept - v.n_val_rows))
+                for n, v in nodes.items() if n != ROOT}
 
     # ---- cell sets -------------------------------------------------------
     def val_cells(self, name: str) -> np.ndarray:

@@ -64,6 +64,7 @@ class TreeState:
     unplaced_children: dict[str, int] = field(default_factory=dict)  # parent -> children not yet placed
     subtree: dict[str, int] = field(default_factory=dict)
     priority: dict[str, tuple] = field(default_factory=dict)  # sort key: biggest subtree first
+    undecided: set[str] = field(default_factory=set)  # adaptive: done, children not decided yet
     _ready: set[str] = field(default_factory=set)
     _counts: dict[Status, int] = field(default_factory=dict)
 
@@ -126,13 +127,18 @@ class TreeState:
         self._set(node, Status.RUNNING)
         self.unplaced_children[parent_of(node)] -= 1
 
-    def mark_done(self, node: str, group: int | None) -> None:
-        """Node finished on ``group``, which now holds its state (if it has children)."""
+    def mark_done(self, node: str, group: int | None, may_grow: bool = False,
+                  holds: bool | None = None) -> None:
+        """Node finished on ``group``, which now holds its state (if it has children, or
+        ``may_grow``: an adaptive node whose children are decided later, see ``add_children``;
+        ``holds`` overrides whether the group kept the state)."""
         self._expect(node, Status.RUNNING, Status.READY)
         if self.status[node] is Status.READY:  # restart: finished in an earlier run
             self.unplaced_children[parent_of(node)] -= 1
         self._set(node, Status.DONE)
-        if self.children[node]:
+        if may_grow:
+            self.undecided.add(node)
+        if (self.children[node] or may_grow) if holds is None else holds:
             if group is not None:
                 self.holder[node] = group
             for c in self.children[node]:
@@ -174,9 +180,27 @@ class TreeState:
             stack.extend(self.children[c])
         return sorted(skipped, key=node_sort_key)
 
+    def add_children(self, parent: str, children: list[str]) -> None:
+        """Adaptive expansion: ``parent`` gets ``children`` (ready at once when it is done;
+        on a restart it may be running again); an empty list says it gets none (its held
+        state becomes releasable)."""
+        self.undecided.discard(parent)
+        if not children:
+            return
+        ready = self.status[parent] is Status.DONE
+        self.children[parent] = list(children)
+        self.unplaced_children[parent] += len(children)
+        for c in children:
+            self.children[c] = []
+            self.unplaced_children[c] = 0
+            self.subtree[c] = 1
+            self.priority[c] = (-1, node_sort_key(c))
+            self._set(c, Status.READY if ready else Status.WAITING)
+
     def releasable(self) -> list[tuple[str, int]]:
         """Held parents all of whose children are placed: (parent, holder group)."""
-        return [(p, g) for p, g in self.holder.items() if self.unplaced_children[p] == 0]
+        return [(p, g) for p, g in self.holder.items()
+                if self.unplaced_children[p] == 0 and p not in self.undecided]
 
     def hold(self, parent: str, group: int) -> None:
         """``group`` holds finished ``parent``'s state from now on (the serial driver, after

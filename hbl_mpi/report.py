@@ -512,6 +512,13 @@ def baseline_scores(inp: ReportInputs, truth: pd.DataFrame) -> tuple[list[pd.Dat
     return rows, curves
 
 
+def tree_view_part(inp: ReportInputs, rep: Report) -> None:
+    """Adaptive runs: the expanded tree (``tree_view.py``: nodes per stage, the expansions)."""
+    from .tree_view import sections as tree_sections
+
+    rep.sections += tree_sections(rep, inp.runs, Section)
+
+
 def detection_sections(inp: ReportInputs, rep: Report) -> None:
     """With a planted truth: how well the ranking (each run's, combined, and every candidate
     score) finds the planted cells, beside the baselines when asked for."""
@@ -580,7 +587,7 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
     run_sections, paper_sections, ranking_sections, impact_sections, diagnosis_sections, cross_study_part,
-    detection_sections, cell_page_sections, summary_sections)
+    tree_view_part, detection_sections, cell_page_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
 

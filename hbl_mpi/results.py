@@ -53,6 +53,7 @@ class Column:
     name: str
     dtype: Dtype
     required: bool = False
+    only_if_given: bool = False  # written only when some row carries it (adaptive runs' expanded_by)
     read_as: Dtype | None = None
 
 
@@ -69,6 +70,11 @@ class Table:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def always_written(self) -> list[str]:
+        """The columns every file has: the schema's, less the only-if-given ones."""
+        return [c.name for c in self.columns if not c.only_if_given]
+
     def missing_columns(self, df: pd.DataFrame) -> list[str]:
         return [c.name for c in self.columns if c.required and c.name not in df.columns]
 
@@ -76,8 +82,10 @@ class Table:
         """``data`` (records or a frame) as the writer stores it: exactly the schema's
         columns, cast to their dtypes; a missing number is NaN (floats) or -1 (ints), a
         missing flag False and a missing string ""."""
-        df = pd.DataFrame(data, columns=self.names)
-        for c in self.columns:
+        given = set(data.columns) if isinstance(data, pd.DataFrame) else {k for r in data for k in r}
+        cols = [c for c in self.columns if not c.only_if_given or c.name in given]
+        df = pd.DataFrame(data, columns=[c.name for c in cols])
+        for c in cols:
             df[c.name] = _cast(df[c.name], c.dtype, fill=True)
         return df
 
@@ -137,6 +145,7 @@ NODES = Table("nodes", (
     Column("source", "str"),
     Column("rank", "int64"),
     Column("resumed_from", "int64"),
+    Column("expanded_by", "str", only_if_given=True),  # adaptive runs: why the node was created
 ), required=True)
 """One row per trained node (DESIGN §6)."""
 

@@ -112,6 +112,8 @@ class Scheduler:
         stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
                                   source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
+        if self.ledger.created:  # adaptive: a round ran and created nodes
+            self.progress.total = len(self.ctx.plan.trained_nodes())
         if rep.ok:
             self.rates.append((stop - start) / self._work(rep.node))
 

@@ -65,6 +65,9 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
                 stack.extend(reversed(plan.nodes[node].children))
             else:  # a restart's finished children do not need this node: walk on into them
                 stack.extend(reversed([c for c in plan.nodes[node].children if c in ledger.done_before]))
+            if ledger.created:  # adaptive: a round ran; its new nodes (a repeat is skipped as not READY)
+                stack.extend(reversed(ledger.created))
+                progress.total = len(plan.trained_nodes())
             for p, _ in ledger.releasable():
                 held.release(p)
             writer.maybe_flush()

@@ -156,6 +156,13 @@ def test_bad_types_are_input_errors(tmp_path, text, fragment):
     ("strategy=exp2:0", "epochs must be >= 1"),
     ("n=four", "'n' must be int"),
     ("n", "expected key=value"),
+    ("expand=some", "'expand' must be one of full, adaptive"),
+    ("expand_budget=0", "'expand_budget' must be in (0, 1]"),
+    ("expand_budget=1.5", "'expand_budget' must be in (0, 1]"),
+    ("expand_full_stages=0", "'expand_full_stages' must be >= 1"),
+    ("expand_full_stages=4", "'expand_full_stages' must be <= s (3)"),
+    ("expand_score=node_outlier", "'expand_score' must be one of"),
+    ("expand_suspects=-1", "'expand_suspects' must be >= 0"),
 ])
 def test_bad_values_are_input_errors(override, fragment):
     assert fragment in one_line_error(load_config, None, ["data=d.h5", override])

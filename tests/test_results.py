@@ -91,7 +91,8 @@ def test_not_a_results_file(tmp_path):
 
 def test_schema_casts_what_the_writer_stores():
     t = NODES.written([{"node": "1.1", "stage": "2", "epochs_run": None, "val_loss": "0.5"}])
-    assert list(t.columns) == NODES.names
+    assert list(t.columns) == NODES.always_written  # no expanded_by: no row gave one
+    assert list(NODES.written([{"node": "1.1", "expanded_by": "rule"}]).columns) == NODES.names
     row = t.iloc[0]
     assert row["stage"] == 2 and row["epochs_run"] == -1 and row["val_loss"] == 0.5
     assert np.isnan(row["test_loss"]) and row["stopped_early"] is np.False_ and row["error"] == ""
@@ -109,7 +110,7 @@ def test_one_reader_gives_the_schemas_tables(tmp_path):
     assert list(run.cell_test.columns) == CELL_TEST.names  # optional tables: this file has cell_test,
     assert run.cell_pred is None and run.cell_neighbours is None  # not these
     assert list(run.plan.columns) == PLAN.names and list(run.truth["kind"]) == ["shift"]
-    assert list(run.nodes.columns) == NODES.names
+    assert list(run.nodes.columns) == NODES.always_written
     # counts the analysis sums read as float64; the stage stays an integer
     assert run.nodes["epochs_run"].dtype == "float64" and run.nodes["stage"].dtype == "int64"
     assert run.done_nodes() == {"1.1"}

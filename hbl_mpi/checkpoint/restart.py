@@ -52,8 +52,10 @@ def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
 
 def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) -> None:
     """InputError unless the earlier run trained the same nodes on the same data."""
+    from ..expansion import TREE_KEYS  # the adaptive tree's shape: a restart keeps it too
+
     old = previous.config
-    for key in TRAINING_KEYS:
+    for key in TRAINING_KEYS + TREE_KEYS:
         if key in old and old[key] != getattr(cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(cfg, key)!r}; restart with the same settings or another --out")
@@ -159,8 +161,8 @@ def plan_restart(ctx, previous: RunTables | None, restart: bool) -> RestartInfo:
         raise InputError(f"ckpt_restart_mode = required but the checkpoints in {root} were made by a run "
                          "with other settings or data")
 
-    def needed(p: str) -> bool:
-        return any(c not in done for c in plan.nodes[p].children)
+    def needed(p: str) -> bool:  # (an adaptive node still undecided may get children)
+        return any(c not in done for c in plan.nodes[p].children) or plan.may_grow(p)
 
     # Deepest stage first: whether a node's state is needed depends only on its children,
     # which are settled by then (a rerun child makes its parent needed), so one pass does.

@@ -123,6 +123,12 @@ def prepare(args):
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
         check_compatible(previous, cfg, ctx.data_checksum)
+    if cfg.expand == "adaptive":  # rank 0 grows the tree; a restart replays its rounds first
+        from ..growth import adaptive_plan, keep_created, regrow
+
+        ctx.plan, ctx.expander = adaptive_plan(plan, cfg)
+        regrow(ctx.plan, ctx.expander, previous)
+        previous = keep_created(previous, ctx.plan)
     ckpts = ctx.ckpt_params.ckpt_directory
     if args.overwrite and not cfg.ckpt_directory and os.path.islink(ckpts):
         raise InputError(f"--overwrite: {ckpts!r} is a symlink; the replaced run's checkpoints are removed only "
