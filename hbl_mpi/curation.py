@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 CURATE_BY = ("impact", "resist", "combined")
 SCORE_COLUMN = {"impact": "impact", "resist": "score", "combined": "combined"}
 """The cell_ranking column each ordering sorts by (``score`` is the resist score)."""
-DEFAULT_CURATE_BY = "combined"
-"""curate's default ordering; chosen by the point-removal study (docs/findings.md §8)."""
+DEFAULT_CURATE_BY = "resist"
+"""curate's default ordering; chosen by the point-removal study (docs/findings.md §8.3, §8.5): resist
+recovered at least as much of the oracle's gain as combined and impact on every measure."""
 
 
 def harm_order(ranking: pd.DataFrame, by: str) -> pd.DataFrame:

@@ -345,6 +345,40 @@ def test_anomalies_present_with_recorded_kinds():
         np.testing.assert_array_equal(g.values, g0.values)
 
 
+def test_misid_copies_a_clean_look_alike_and_keeps_its_responses():
+    """A misid cell's profile is a near copy of one clean cell of its tissue (a partner used once),
+    the one whose responses differ most; its own labels and every other cell stay as without anomalies."""
+    kw = dict(cells=60, drugs=20, density=0.8, anomaly_fraction=0.1, anomaly_kinds=("misid", "shift"))
+    ds = tiny(seed=22, **kw)
+    clean = tiny(seed=22, **{**kw, "anomaly_fraction": 0.0})
+    truth = dict(zip(ds.truth["cell"], ds.truth["kind"]))
+    misid_of = ds.meta["misid_of"]
+    assert set(misid_of) == {c for c, k in truth.items() if k == "misid"} and len(misid_of) == 3
+    assert len(set(misid_of.values())) == len(misid_of) and not set(misid_of.values()) & set(truth)
+    at = {c: i for i, c in enumerate(ds.cell_ids)}
+    expr, expr0 = ds.groups[0].values, clean.groups[0].values
+    tissue = ds.meta["tissue"]
+    prof = pd.DataFrame({"c": clean.cell_index, "d": clean.drug_index, "y": clean.label}).pivot(
+        index="c", columns="d", values="y")
+    for b, y in misid_of.items():
+        i, j = at[b], at[y]
+        rows = ds.cell_index == i
+        np.testing.assert_array_equal(ds.label[rows], clean.label[rows])  # responses stay its own
+        assert np.abs(expr[i] - expr0[j]).std() < 0.1 < np.abs(expr0[i] - expr0[j]).std()  # a near copy
+        np.testing.assert_array_equal(expr[j], expr0[j])  # the partner is untouched
+        assert tissue[y] == tissue[b]
+        mates = [c for c in ds.cell_ids if tissue[c] == tissue[b] and c not in truth and c != b]
+        diff = {c: np.nanmean((prof.loc[at[c]] - prof.loc[i]) ** 2) for c in mates}
+        assert diff[y] >= max(v for c, v in diff.items() if c not in misid_of.values() or c == y) - 1e-12
+
+
+def test_data_command_kinds_are_synths():
+    from hbl_mpi.commands import data as data_command
+    from hbl_mpi.data import synth
+
+    assert data_command.KINDS == synth.KINDS
+
+
 def test_synth_creates_the_output_folder(tmp_path, capsys):
     """The README's first command writes demo/small.h5 on a fresh clone, where demo/ does not exist."""
     out = tmp_path / "demo" / "small.h5"

@@ -21,7 +21,17 @@ responses (same marginal distribution, unrelated to the cell); ``shift`` adds ``
 (default 0.25 AUC, about one label standard deviation) of random sign to all the cell's
 responses, the sign flipped when clipping to [0, 1] would hide much of it; ``swap`` exchanges the expression profiles of two cells (a
 misidentified cell line), preferring partners from different tissues, while their
-responses stay those of their true profiles -- both cells of a pair are recorded.
+responses stay those of their true profiles -- both cells of a pair are recorded;
+``misid`` (not in the default list) gives the cell a near copy (``misid_noise`` per
+standardised gene) of the expression profile of another, clean cell of its own tissue:
+the one whose clean responses differ most from its own, while its responses stay its own
+(a misidentified line, profiled as its look-alike). Exchanged profiles (``swap``) and
+label corruptions are learned as the cell's own quirk: a flexible model fits them where
+no other cell lies, and the other cells' error does not move measurably
+(docs/findings.md §8.5). Two near-identical profiles with conflicting responses cannot
+both be fitted, so a ``misid`` cell harms another cell by construction: its partner, a
+clean cell, whose predictions are pulled towards the impostor's responses. The partner
+stays clean in the truth; ``meta["misid_of"]`` names it.
 
 The clean part never depends on the anomaly settings: the same seed with
 ``anomaly_fraction=0`` gives the same features (before swaps) and the same clean labels,
@@ -38,7 +48,8 @@ import pandas as pd
 from ..dataset import CELL, DRUG, Dataset, FeatureGroup
 from ..errors import InputError
 
-KINDS = ("label_noise", "shift", "swap")
+KINDS = ("label_noise", "shift", "swap", "misid")
+DEFAULT_KINDS = ("label_noise", "shift", "swap")
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,9 @@ class SynthSpec:
     tissues: int = 8  # clusters of cells
     noise: float = 0.03  # std of the label noise (AUC units)
     anomaly_fraction: float = 0.05
-    anomaly_kinds: tuple = KINDS
+    anomaly_kinds: tuple = DEFAULT_KINDS
     shift: float = 0.25  # AUC units added (random sign) to every response of a shifted cell
+    misid_noise: float = 0.05  # sd (standardised gene units) of a misid cell's copy of its partner's profile
 
     def validate(self) -> "SynthSpec":
         def bad(msg):
@@ -87,6 +99,8 @@ class SynthSpec:
             bad(f"anomaly_kinds = {kinds}: choose distinct kinds from {', '.join(KINDS)}")
         if not 0 <= self.shift <= 0.9:
             bad(f"shift = {self.shift}: need 0 <= shift <= 0.9 (AUC units)")
+        if not 0 <= self.misid_noise <= 1:
+            bad(f"misid_noise = {self.misid_noise}: need 0 <= misid_noise <= 1 (standardised gene units)")
         return self
 
 
@@ -188,12 +202,38 @@ def _plant(rng: np.random.Generator, spec: SynthSpec, tissue: np.ndarray) -> tup
     return assigned, pairs
 
 
+def _misid_partners(rng: np.random.Generator, misid: list, corrupted: set, tissue: np.ndarray,
+                    cell: np.ndarray, drug: np.ndarray, label: np.ndarray, C: int, D: int) -> dict[int, int]:
+    """For each misid cell, the clean cell of its tissue whose clean responses differ most.
+
+    Dissimilarity is the mean squared difference over the drugs both were measured on; a
+    partner serves one impostor; with no clean cell left in the tissue, any clean cell.
+    """
+    prof = np.full((C, D), np.nan)
+    prof[cell, drug] = label
+    used: set[int] = set()
+    out = {}
+    for b in misid:
+        pool = [c for c in range(C) if c not in corrupted and c not in used]
+        if not pool:
+            break
+        same = [c for c in pool if tissue[c] == tissue[b]] or pool
+        with np.errstate(invalid="ignore"):
+            diff = np.nanmean((prof[same] - prof[b]) ** 2, axis=1) if D else np.zeros(len(same))
+        diff = np.where(np.isnan(diff), -1.0, diff)
+        best = np.flatnonzero(diff == diff.max())
+        y = same[int(best[rng.integers(len(best))])]
+        used.add(y)
+        out[b] = y
+    return out
+
+
 def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     """Generate a deterministic synthetic data set (DESIGN §2.2); see the module docstring.
 
     ``overrides`` are fields of ``SynthSpec``: cells, drugs, density, rows, cell_features,
     descriptors, fingerprints, latent, tissues, noise, anomaly_fraction, anomaly_kinds,
-    shift. The same (preset, seed, overrides) always gives the same Dataset.
+    shift, misid_noise. The same (preset, seed, overrides) always gives the same Dataset.
     """
     spec = make_spec(preset, **overrides)
     seed = int(seed)
@@ -265,6 +305,10 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
         label[is_noisy] = label[r_anom.choice(pool, size=int(is_noisy.sum()), replace=True)]
     for a, b in swap_pairs:
         expr[[a, b]] = expr[[b, a]]
+    misid = [c for c, kd in assigned if kd == "misid"]
+    misid_of = _misid_partners(r_anom, misid, set(kind_of), tissue, cell, drug, label, C, D) if misid else {}
+    for b, y in misid_of.items():
+        expr[b] = expr[y] + spec.misid_noise * r_anom.normal(size=expr.shape[1])
 
     cell_ids, drug_ids = _ids("C", C), _ids("D", D)
     groups = [FeatureGroup("cell.rnaseq", CELL, [f"GE_G{i + 1:04d}" for i in range(spec.cell_features)],
@@ -281,6 +325,8 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     meta = {"generator": "synth", "preset": preset, "seed": seed, "spec": asdict(spec),
             "swap_pairs": [[str(cell_ids[a]), str(cell_ids[b])] for a, b in swap_pairs],
             "tissue": {str(cell_ids[c]): int(tissue[c]) for c in range(C)}}
+    if misid_of:  # only then: files of the default kinds stay byte for byte what they were
+        meta["misid_of"] = {str(cell_ids[b]): str(cell_ids[y]) for b, y in misid_of.items()}
     return Dataset(cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
                    cell_index=cell, drug_index=drug, label=label.astype(np.float32),
                    truth=truth, source=f"synth:{preset}:seed={seed}", meta=meta)
