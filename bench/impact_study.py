@@ -64,8 +64,8 @@ def log(msg: str) -> None:
 # data and tree
 # ---------------------------------------------------------------------------
 def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int, synth_extra: list[str],
-               batch: int = 256):
-    data = os.path.join(work, "data.h5")
+               batch: int = 256, tree_extra: list[str] = (), data: str | None = None):
+    data = data or os.path.join(work, "data.h5")
     if not os.path.exists(data):
         subprocess.run([sys.executable, "-m", "hbl_mpi", "data", "synth", "--seed", str(seed), "--cells", str(cells),
                         "--drugs", str(drugs), *synth_extra, "--out", data], check=True, stdout=subprocess.DEVNULL)
@@ -75,6 +75,7 @@ def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int
         cfg = os.path.join(work, "tree.toml")
         with open(cfg, "w") as f:
             f.write(TREE_CONFIG.format(data=data, s=s, epochs=epochs, seed=seed, batch=batch))
+            f.writelines(line + "\n" for line in tree_extra)  # e.g. an adaptive tree (issue 14)
         subprocess.run([sys.executable, "-m", "hbl_mpi", "run", cfg, "--serial", "--out", os.path.join(work, "tree"),
                         "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     return data, res, time.perf_counter() - t0
@@ -326,6 +327,9 @@ def main(argv=None) -> int:
     p.add_argument("--drugs", type=int, default=48)
     p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` arguments")
     p.add_argument("--s", type=int, default=3)
+    p.add_argument("--tree-set", dest="tree_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra TOML line of the tree's config, repeatable (e.g. expand=\"adaptive\")")
+    p.add_argument("--data", default=None, help="use this data file (e.g. another study's) instead of WORK/data.h5")
     p.add_argument("--tree-epochs", type=int, default=12)
     p.add_argument("--retrain-epochs", type=int, default=12)
     p.add_argument("--patience", type=int, default=2)
@@ -352,7 +356,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs, args.synth,
-                                 args.batch)
+                                   args.batch, args.tree_set, args.data)
     log(f"tree ready ({tree_s:.0f} s)")
     ds = load_dataset(data)
     truth = ds.truth
