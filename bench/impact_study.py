@@ -274,6 +274,44 @@ def markdown(summary: dict) -> str:
     return "\n".join(out)
 
 
+def plot_curves(summaries: list[tuple[str, dict]], path: str) -> None:
+    """Point-removal curves (MSE against k, mean ± sd over seeds), one row per study, one
+    column per metric; written through the atomic helper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hbl_mpi.atomic import replace_file
+
+    metrics = [m for m in METRICS if all(m in sm["point_removal"] for _, sm in summaries)]
+    names = list(dict.fromkeys(m for _, sm in summaries for m in sm["point_removal"][metrics[0]]))
+    colour = {m: f"C{i}" for i, m in enumerate(x for x in names if x not in ("oracle", "random"))}
+    colour.update(oracle="k", random="0.6")  # one colour per ranking in every panel
+    fig, axes = plt.subplots(len(summaries), len(metrics), figsize=(4.2 * len(metrics), 3.4 * len(summaries)),
+                             squeeze=False)
+    for row, (label, sm) in enumerate(summaries):
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            for m, curve in sm["point_removal"][metric].items():
+                ks = sorted(curve, key=int)
+                x = [int(k) for k in ks]
+                y = np.array([curve[k][0] for k in ks])
+                e = np.array([curve[k][1] for k in ks])
+                ls = {"oracle": "--", "random": ":"}.get(m, "-")
+                ax.plot(x, y, marker="o", ms=3, label=m, color=colour[m], ls=ls)
+                ax.fill_between(x, y - e, y + e, alpha=0.06, color=colour[m])
+            ax.axvline(sm["planted"], color="0.8", lw=0.8)
+            ax.set_title(f"{label}: {METRICS[metric]}", fontsize=7)
+            ax.set_xlabel("cells dropped (k)", fontsize=8)
+            ax.set_ylabel("test MSE", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0, -1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    replace_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def leave_one_out(rt: Retrainer, pool: list[str], kinds: dict, new_rows: np.ndarray, n_clean: int,
                   seeds: list[int], scores: dict[str, pd.Series], seed: int) -> dict:
     """Leave-one-cell-out effects: the planted cells and ``n_clean`` random clean cells, each seed.
@@ -343,7 +381,17 @@ def main(argv=None) -> int:
     p.add_argument("--loo", type=int, default=0, metavar="N_CLEAN",
                    help="only the leave-one-out phase: the planted cells and N_CLEAN clean ones (no TracIn)")
     p.add_argument("--tables", action="store_true", help="print the markdown tables of WORK/summary.json and stop")
+    p.add_argument("--plot", metavar="PNG", help="draw the point-removal curves of WORK/summary.json (WORK may be "
+                   "given several times as comma-separated LABEL=WORK pairs) and stop")
     args = p.parse_args(argv)
+    if args.plot:
+        studies = []
+        for item in args.work.split(","):
+            label, _, work = item.rpartition("=")
+            with open(os.path.join(work, "summary.json")) as f:
+                studies.append((label or os.path.basename(work), json.load(f)))
+        plot_curves(studies, args.plot)
+        return 0
     if args.tables:
         with open(os.path.join(args.work, "summary.json")) as f:
             print(markdown(json.load(f)))
