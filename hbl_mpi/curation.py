@@ -38,11 +38,25 @@ def harm_order(ranking: pd.DataFrame, by: str) -> pd.DataFrame:
     return t.drop(columns=["_key", "_tie"]).reset_index(drop=True)
 
 
+def _diagnosis_words(row) -> str:
+    """The diagnosis, when the ranking carries one (``report_cells.with_diagnosis``), as a clause.
+
+    A swap names the likely identity: such a cell and its look-alike resist about equally
+    and the data cannot say which of the two is mislabelled (docs/findings.md §8.6).
+    """
+    kind = row.get("diagnosis") if hasattr(row, "get") else None
+    if not isinstance(kind, str) or kind in ("", "none"):
+        return ""
+    if kind == "swap" and isinstance(row.get("likely_identity"), str) and row.get("likely_identity"):
+        return f"; diagnosis swap: its responses fit {row['likely_identity']}'s profile, check the pair's identity"
+    return f"; diagnosis {kind}"
+
+
 def curate_selection(ranking: pd.DataFrame, by: str, k: int, mode: str) -> pd.DataFrame:
     """The ``k`` cells to drop (``mode = "drop"``: most harmful) or keep (``"keep"``: most beneficial).
 
-    Columns cell, score, impact, reason (a short sentence naming the ordering and the
-    cell's place in it). Raises ValueError for k outside 1 .. cells - 1.
+    Columns cell, score, impact, reason (a short sentence naming the ordering, the
+    cell's place in it and, when the ranking has diagnosis columns, the diagnosis). Raises ValueError for k outside 1 .. cells - 1.
     """
     import numpy as np
 
@@ -61,7 +75,8 @@ def curate_selection(ranking: pd.DataFrame, by: str, k: int, mode: str) -> pd.Da
     else:
         raise ValueError(f"mode must be 'drop' or 'keep'; got {mode!r}")
     key = SCORE_COLUMN[by]
-    sel["reason"] = [f"#{p} {words} of {n} by {by} ({key} {v:.4g})" for p, v in zip(place, sel[key])]
+    sel["reason"] = [f"#{p} {words} of {n} by {by} ({key} {v:.4g}){_diagnosis_words(row)}"
+                     for p, v, (_, row) in zip(place, sel[key], sel.iterrows())]
     cols = ["cell", "score", "impact", "reason"]
     for c in ("impact",):
         if c not in sel:

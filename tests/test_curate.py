@@ -78,3 +78,21 @@ def test_results_from_other_data_are_refused(run_dir):
     proc = run_py(["-m", "hbl_mpi", "curate", str(run_dir / "r" / "results.h5"), "--data",
                    str(run_dir / "other.h5"), "--drop", "2", "--out", str(out)], timeout=120)
     assert proc.returncode == 2 and "checksums differ" in proc.stderr and not out.exists()
+
+
+def test_reason_names_the_diagnosis_and_a_swaps_look_alike():
+    """Pure: the reason carries the diagnosis when the ranking has one; a swap names its look-alike."""
+    from hbl_mpi.curation import curate_selection
+
+    ranking = pd.DataFrame({"cell": ["A", "B", "C", "D"], "score": [4.0, 3.0, 2.0, 1.0],
+                            "impact": [0.1, 0.2, 0.0, -0.1],
+                            "diagnosis": ["swap", "label_noise", "none", ""],
+                            "likely_identity": ["D", "", "", ""]})
+    sel = curate_selection(ranking, "resist", 3, "drop")
+    assert list(sel["cell"]) == ["A", "B", "C"]
+    assert sel["reason"][0].startswith("#1 most harmful of 4 by resist (score 4)")
+    assert "D's profile, check the pair's identity" in sel["reason"][0]
+    assert sel["reason"][1].endswith("; diagnosis label_noise")
+    assert "diagnosis" not in sel["reason"][2]
+    plain = curate_selection(ranking.drop(columns=["diagnosis", "likely_identity"]), "resist", 1, "drop")
+    assert plain["reason"][0] == "#1 most harmful of 4 by resist (score 4)"

@@ -41,6 +41,7 @@ def run(args) -> int:
     from ..errors import InputError
     from ..impact import add_impact, run_impact
     from ..ranking import rank_cells
+    from ..report_cells import diagnose_run, with_diagnosis
     from ..results import read_results
 
     mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
@@ -62,6 +63,7 @@ def run(args) -> int:
             raise InputError(f"{args.results!r} has no cell_test table (written before impact existed); "
                              "use --by resist or run again")
         ranking = add_impact(ranking, result)
+    ranking = with_diagnosis(ranking, diagnose_run(run_, ranking))  # the reason names what is wrong
     n = len(ranking)
     if k >= n:
         raise InputError(f"--{mode} K must be < the number of ranked cells ({n}); got {k}")
