@@ -9,8 +9,10 @@ bit-identical across the serial driver and any MPI schedule.
 Data parallel (a rank group): every rank of the group walks the same shuffled order;
 each takes a strided shard of each global batch, computes ``sum(sq. error) / global
 batch rows`` and the gradients are summed over the group by bucketed non-blocking
-allreduces that overlap backward (``grad_sync.GradSync``, waited on before the optimizer
-step) — the same gradient as one rank on the whole batch, up to float reassociation.
+reductions that overlap backward (``grad_sync.GradSync.step``) — the same gradient as one
+rank on the whole batch, up to float reassociation. On the CPU each rank then runs Adam
+on its share of the buffer and the weights are allgathered (``Reduction.SHARDED``); the
+moments are made whole at every epoch end, before the state is read.
 Evaluation shards rows the same way and sums squared errors.
 
 Non-finite losses raise ``NonFiniteLoss``; every rank of a group sees the same reduced
@@ -45,7 +47,7 @@ class Group(Protocol):
 
     def allreduce_(self, t: torch.Tensor) -> torch.Tensor: ...
 
-    def gradient_sync(self, ts: TrainState): ...  # -> grad_sync.GradSync (wait() before each step)
+    def gradient_sync(self, ts: TrainState): ...  # -> grad_sync.GradSync (step() after each backward)
 
 
 @dataclass
@@ -329,12 +331,15 @@ def train_node(
                 sq = sq * float("nan")
             (sq / len(batch)).backward()
             if sync is not None:
-                sync.wait()  # the bucket allreduces posted during backward
-            ts.optimizer.step()
+                sync.step()  # the bucket reductions posted during backward, then Adam
+            else:
+                ts.optimizer.step()
             ts.zero_grad()
             total += sq.detach().double()
             if poll is not None:
                 poll()
+        if sync is not None:
+            sync.gather_state()  # a sharded group's Adam moments: whole before anything reads them
         if spec.slow_seconds > 0:
             _sleep_serving(spec.slow_seconds, poll)
         loss_sum, n = _reduce([float(total.item()), float(len(_shard(order, group)))], group)

@@ -45,7 +45,7 @@ def test_staging_rule_follows_cuda_awareness(monkeypatch):
 def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
     from mpi4py import MPI
 
-    from hbl_mpi.grad_sync import GroupComm, Staging
+    from hbl_mpi.grad_sync import GroupComm, Reduction, Staging
     from hbl_mpi.state import TrainState
     from hbl_mpi.uno import build_model
 
@@ -55,7 +55,7 @@ def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
     ts.forward(*x).square().sum().backward()
     expected = ts.grad.clone()
     for staging in (None, Staging.HOST, None):
-        group = GroupComm(MPI.COMM_SELF, staging=staging)
+        group = GroupComm(MPI.COMM_SELF, staging=staging, reduction=Reduction.ALLREDUCE)
         sync = group.gradient_sync(ts, bucket_bytes=64, first_bucket_bytes=16)
         assert group.gradient_sync(ts) is sync  # the same group reuses its sync
         ts.zero_grad()
@@ -68,6 +68,58 @@ def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
     assert ts.grad_sync is None and all(not p._post_accumulate_grad_hooks for p in params)
 
 
+def test_split_counts_cut_like_array_split():
+    import numpy as np
+
+    from hbl_mpi.grad_sync import split_counts
+
+    for n, size in [(10, 3), (7, 7), (5, 8), (0, 2), (1_000_003, 6)]:
+        counts = split_counts(n, size)
+        assert counts == [len(a) for a in np.array_split(np.arange(n), size)]
+        assert sum(counts) == n and len(counts) == size
+
+
+def test_reduction_rule_shards_only_host_gradients_mpi_reads_directly():
+    from hbl_mpi.grad_sync import Reduction, Staging, reduction_for
+
+    g = torch.zeros(4)
+    assert reduction_for(g, Staging.DIRECT) is Reduction.SHARDED
+    assert reduction_for(g, Staging.HOST) is Reduction.ALLREDUCE
+    meta = torch.zeros(4, device="meta")  # a device tensor, without needing a GPU
+    assert reduction_for(meta, Staging.DIRECT) is Reduction.ALLREDUCE
+
+
+def test_sharded_step_on_one_rank_is_torch_adam():
+    """On one rank the sharded step is torch's Adam run bucket by bucket: it must reach the
+    state ``optimizer.step`` reaches (elementwise Adam: the same per-element arithmetic)."""
+    from mpi4py import MPI
+
+    from hbl_mpi.grad_sync import GroupComm, Reduction
+    from hbl_mpi.state import TrainState
+    from hbl_mpi.uno import build_model
+
+    torch.manual_seed(0)
+    x = (torch.randn(16, 12), torch.randn(16, 9))
+    plain = TrainState(build_model([12, 9], "tiny"), 1e-3)
+    shard = TrainState(build_model([12, 9], "tiny"), 1e-3)
+    shard.load(plain.snapshot())
+    group = GroupComm(MPI.COMM_SELF)
+    sync = group.gradient_sync(shard, bucket_bytes=256, first_bucket_bytes=64)
+    assert sync.reduction is Reduction.SHARDED and len(sync.buckets) > 2
+    for _ in range(3):
+        for ts in (plain, shard):
+            ts.zero_grad()
+            ts.forward(*x).square().mean().backward()
+        plain.optimizer.step()
+        sync.step()
+    sync.gather_state()  # a no-op on one rank's whole parts, but must not disturb them
+    assert shard.step == plain.step == 3
+    assert torch.allclose(shard.flat, plain.flat, rtol=1e-6, atol=1e-9)
+    assert sync.stats.steps == 3 and sync.stats.adam_s > 0 and sync.stats.gathers == 1
+    with pytest.raises(RuntimeError, match="sharded"):
+        sync.wait()
+
+
 @pytest.mark.timeout(150)
 def test_group_of_two_matches_blocking_allreduce_and_one_rank():
     proc = run_mpi(2, [str(ROOT / "tests/mpi_programs/grad_sync_check.py")], timeout=140)
@@ -76,3 +128,4 @@ def test_group_of_two_matches_blocking_allreduce_and_one_rank():
     assert res["ok"], res
     assert res["buckets_equal_blocking"] and res["host_staging_equal"]
     assert res["trainer_state_close"] and res["trainer_host_staging_bit_equal"]
+    assert res["sharded_ranks_bit_identical"] and res["sharded_close_one_rank"]

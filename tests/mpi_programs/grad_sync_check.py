@@ -1,4 +1,4 @@
-"""Run under ``mpiexec -n 2``: the bucketed, overlapped gradient allreduce of a rank group.
+"""Run under ``mpiexec -n 2``: the bucketed, overlapped gradient reduction of a rank group.
 
 Checks, each against a reference computed here:
   buckets   ``GradSync`` with many small buckets gives exactly the blocking allreduce of
@@ -8,7 +8,11 @@ Checks, each against a reference computed here:
   overlap   some buckets were posted by the gradient hooks, during backward;
   trainer   ``train_node`` on the group of two (each rank half of every batch) ends in the
             state one rank reaches on the whole batches, within float tolerance, and the
-            host-staging run equals the direct run bit for bit;
+            host-staging run equals the direct allreduce run bit for bit;
+  sharded   the CPU default (``Reduction.SHARDED``: reduce-scatter, Adam on each rank's
+            part, allgather) leaves the whole state -- weights, both moments, step --
+            bit-identical on the two ranks, within float tolerance of the allreduce run
+            and of one rank; and ``wait`` refuses a sharded group (it has no whole sum).
   reduce    ``GroupComm.allreduce_`` (float64, the epoch sums) through host staging.
 Rank 0 prints one JSON line; exit 1 if a check fails. Launched by tests/test_grad_sync.py
 through mpiutil.run_mpi, under a timeout (a deadlock fails that test, never hangs CI).
@@ -23,7 +27,7 @@ import torch
 from mpi4py import MPI
 
 from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
-from hbl_mpi.grad_sync import GroupComm, Staging, staging_for
+from hbl_mpi.grad_sync import GroupComm, Reduction, Staging, staging_for
 from hbl_mpi.plan import NodeRows
 from hbl_mpi.state import TrainState
 from hbl_mpi.tables import DeviceTables
@@ -71,7 +75,7 @@ ref = ts.grad.clone()
 GroupComm(comm).allreduce_(ref)  # one blocking allreduce of the whole flat gradient
 grads = {}
 for staging in (None, Staging.HOST):
-    group = GroupComm(comm, staging=staging)
+    group = GroupComm(comm, staging=staging, reduction=Reduction.ALLREDUCE)
     sync = group.gradient_sync(ts, bucket_bytes=4096, first_bucket_bytes=1024)
     for _ in range(2):  # twice: the buckets reset after each wait
         one_backward(ts, tables, mine)
@@ -95,7 +99,7 @@ alone = train_node(tables, rows, init, spec, train_state=TrainState(build_model(
 outcomes = {}
 for staging in (None, Staging.HOST):
     outcomes[staging] = train_node(tables, rows, init, spec, train_state=TrainState(build_model(WIDTHS, "small"), 1e-3),
-                                   group=GroupComm(comm, staging=staging))
+                                   group=GroupComm(comm, staging=staging, reduction=Reduction.ALLREDUCE))
 grp = outcomes[None]
 checks["trainer_state_close"] = bool(torch.allclose(grp.inherit_state.flat, alone.inherit_state.flat,
                                                     rtol=1e-4, atol=1e-6))
@@ -103,6 +107,29 @@ checks["trainer_val_loss_rel_diff"] = abs(grp.val_loss - alone.val_loss) / alone
 checks["trainer_steps_equal"] = grp.steps == alone.steps
 checks["trainer_host_staging_bit_equal"] = bool(torch.equal(outcomes[Staging.HOST].inherit_state.flat,
                                                             grp.inherit_state.flat))
+
+# sharded: the CPU default, small buckets so that every bucket is cut between the ranks
+sharded_group = GroupComm(comm)
+sharded_ts = TrainState(build_model(WIDTHS, "small"), 1e-3)
+sharded_sync = sharded_group.gradient_sync(sharded_ts, bucket_bytes=4096, first_bucket_bytes=1024)
+checks["sharded_is_default_on_cpu"] = sharded_sync.reduction is Reduction.SHARDED
+shd = train_node(tables, rows, init, spec, train_state=sharded_ts, group=sharded_group)
+mine_flat = shd.inherit_state.flat.numpy()
+other = np.empty_like(mine_flat)
+comm.Sendrecv(mine_flat, dest=1 - rank, recvbuf=other, source=1 - rank)
+checks["sharded_ranks_bit_identical"] = bool(np.array_equal(mine_flat, other)) and \
+    comm.allreduce(shd.inherit_state.step, op=MPI.MAX) == comm.allreduce(shd.inherit_state.step, op=MPI.MIN)
+checks["sharded_step_count"] = shd.inherit_state.step == grp.inherit_state.step
+checks["sharded_close_allreduce"] = bool(torch.allclose(shd.inherit_state.flat, grp.inherit_state.flat,
+                                                        rtol=1e-4, atol=1e-6))
+checks["sharded_close_one_rank"] = bool(torch.allclose(shd.inherit_state.flat, alone.inherit_state.flat,
+                                                       rtol=1e-4, atol=1e-6))
+checks["sharded_adam_timed"] = sharded_sync.stats.adam_s > 0
+try:
+    sharded_sync.wait()
+    checks["sharded_wait_refused"] = False
+except RuntimeError:
+    checks["sharded_wait_refused"] = True
 
 # reduce: float64 sums through host staging
 t = torch.tensor([1.5 * (rank + 1), 2.0], dtype=torch.float64)
@@ -115,7 +142,10 @@ if rank == 0:
           and checks["host_buffers_Staging.HOST"] == checks["n_buckets_Staging.HOST"]
           and checks["hooks_do_not_pile_up"] and checks["trainer_state_close"]
           and checks["trainer_val_loss_rel_diff"] < 1e-4 and checks["trainer_steps_equal"]
-          and checks["trainer_host_staging_bit_equal"] and checks["reduce_host_staging"])
+          and checks["trainer_host_staging_bit_equal"] and checks["reduce_host_staging"]
+          and checks["sharded_is_default_on_cpu"] and checks["sharded_ranks_bit_identical"]
+          and checks["sharded_step_count"] and checks["sharded_close_allreduce"]
+          and checks["sharded_close_one_rank"] and checks["sharded_adam_timed"] and checks["sharded_wait_refused"])
     checks["ok"] = bool(ok)
     print(json.dumps(checks), flush=True)
     sys.exit(0 if ok else 1)
