@@ -9,8 +9,12 @@ bench/train.py's data set) with the same global batch, each in fresh processes:
   ours    ``mpiexec -n 2``: both ranks run ``hbl_mpi.trainer.train_node`` with a
           ``grad_sync.GroupComm`` over COMM_WORLD, exactly what a group of two does in a
           run: each rank takes half of every global batch (``batch[rank::2]``), the
-          gradient is summed by bucketed ``Iallreduce`` posted from gradient hooks during
-          backward and waited on before the optimizer step;
+          gradient is reduced by bucketed non-blocking collectives posted from gradient
+          hooks during backward; on the CPU (``Reduction.SHARDED``) each bucket is
+          reduce-scattered, each rank runs Adam on its half and the weights are
+          allgathered (``--reduction allreduce`` measures the plain ``Iallreduce`` path,
+          every rank running all of Adam, as DDP does); the moments are gathered once per
+          epoch (outside the per-step median, inside the epoch);
   ddp     ``torch.multiprocessing`` (2 processes, ``spawn``), gloo over TCP loopback
           (nccl with ``--device cuda``),
           ``DistributedDataParallel`` with its defaults (25 MB buckets, overlap through
@@ -86,7 +90,7 @@ def run_ours(args) -> dict | None:
     import torch
     from mpi4py import MPI
 
-    from hbl_mpi.grad_sync import GroupComm
+    from hbl_mpi.grad_sync import GroupComm, Reduction
     from hbl_mpi.state import TrainState
     from hbl_mpi.trainer import TrainSpec, train_node
     from hbl_mpi.uno import build_model, initial_state
@@ -97,7 +101,8 @@ def run_ours(args) -> dict | None:
     widths, tables, rows = _data(args, device)
     init = initial_state(widths, args.preset, args.seed, 1e-3)
     ts = TrainState(build_model(widths, args.preset), 1e-3, device)
-    group = GroupComm(comm) if comm.Get_size() > 1 else None
+    reduction = None if args.reduction == "auto" else Reduction(args.reduction)
+    group = GroupComm(comm, reduction=reduction) if comm.Get_size() > 1 else None
     stamps: list[float] = []
     spec = TrainSpec(node="1", stage=1, max_epochs=args.epochs + 1, patience=10**6, batch_size=args.batch,
                      seed=args.seed, preset=args.preset)
@@ -110,7 +115,10 @@ def run_ours(args) -> dict | None:
     res = {"variant": "ours" if group else "single", "ranks": comm.Get_size(), "step_s": step_s,
            "samples_per_s": args.batch / step_s, "final_loss": out.history[-1].loss, "steps": out.steps}
     if stats is not None:
-        res.update(buckets=len(ts.grad_sync.buckets), wait_ms_per_step=1e3 * stats.wait_s / stats.steps,
+        res.update(buckets=len(ts.grad_sync.buckets), reduction=ts.grad_sync.reduction.value,
+                   wait_ms_per_step=1e3 * stats.wait_s / stats.steps,
+                   adam_ms_per_step=1e3 * stats.adam_s / stats.steps,
+                   gather_ms_per_epoch=1e3 * stats.gather_s / max(1, stats.gathers),
                    posted_in_backward_fraction=stats.posted_in_backward
                    / max(1, stats.posted_in_backward + stats.posted_in_wait))
     return res if comm.Get_rank() == 0 else None
@@ -168,7 +176,7 @@ def run_ddp(args) -> None:
 
 def _child(variant: str, args) -> dict:
     common = ["--device", args.device, "--preset", args.preset, "--rows", str(args.rows), "--steps", str(args.steps), "--epochs",
-              str(args.epochs), "--batch", str(args.batch), "--widths", args.widths, "--seed", str(args.seed)]
+              str(args.epochs), "--batch", str(args.batch), "--widths", args.widths, "--seed", str(args.seed), "--reduction", args.reduction]
     me = [sys.executable, os.path.abspath(__file__), "--role", variant, *common]
     if variant == "ours":
         here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -196,6 +204,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="cuda: one GPU per process, DDP on nccl (never run here: no GPU was at hand)")
+    ap.add_argument("--reduction", default="auto", choices=("auto", "allreduce", "sharded"),
+                    help="our group's gradient reduction (default auto: sharded on the CPU, allreduce on a GPU)")
     ap.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     ap.add_argument("--role", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -226,7 +236,10 @@ def main() -> None:
             "ratio_runs": [o["samples_per_s"] / d["samples_per_s"] for o, d in zip(runs["ours"], runs["ddp"])],
             "group_speedup_vs_single": med["ours"] / med["single"],
             "ddp_speedup_vs_single": med["ddp"] / med["single"],
+            "ours_reduction": runs["ours"][0]["reduction"],
             "ours_wait_ms_per_step": statistics.median(r["wait_ms_per_step"] for r in runs["ours"]),
+            "ours_adam_ms_per_step": statistics.median(r["adam_ms_per_step"] for r in runs["ours"]),
+            "ours_gather_ms_per_epoch": statistics.median(r["gather_ms_per_epoch"] for r in runs["ours"]),
             "ours_buckets": runs["ours"][0]["buckets"],
             "ours_posted_in_backward_fraction": runs["ours"][0]["posted_in_backward_fraction"],
             "runs": runs,
@@ -239,9 +252,11 @@ def main() -> None:
             print(f"{preset:<8}{v:<8}{r['samples_per_s'][v]:>11.0f}{r['step_ms'][v]:>10.1f}")
         print(f"{preset}: ours / ddp = {r['ratio_vs_ddp']:.3f} (runs {', '.join(f'{x:.3f}' for x in r['ratio_runs'])}); "
               f"group vs single {r['group_speedup_vs_single']:.2f}x, ddp vs single {r['ddp_speedup_vs_single']:.2f}x; "
-              f"ours waits {r['ours_wait_ms_per_step']:.2f} ms/step for {r['ours_buckets']} bucket(s), "
+              f"ours ({r['ours_reduction']}) waits {r['ours_wait_ms_per_step']:.2f} ms/step for "
+              f"{r['ours_buckets']} bucket(s), its Adam share {r['ours_adam_ms_per_step']:.1f} ms/step, "
+              f"the moments' gather {r['ours_gather_ms_per_epoch']:.1f} ms/epoch, "
               f"{100 * r['ours_posted_in_backward_fraction']:.0f} % posted during backward")
-    out = {"device": args.device, "batch": args.batch, "reps": args.reps, "rows": args.rows, "widths": args.widths,
+    out = {"device": args.device, "reduction": args.reduction, "batch": args.batch, "reps": args.reps, "rows": args.rows, "widths": args.widths,
            "ratio_vs_ddp": min(r["ratio_vs_ddp"] for r in per_preset.values()),
            "presets": {p: {k: v for k, v in r.items() if k != "runs"} for p, r in per_preset.items()},
            "runs": {p: r["runs"] for p, r in per_preset.items()}}
