@@ -48,6 +48,7 @@ per-cell sums), so a GPU group on an MPI library that is not CUDA-aware works.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -244,8 +245,10 @@ class GradSync:
                             max(1, bucket_bytes // item))
         staging = group.staging_of(ts.grad)
         reduction = group.reduction or reduction_for(ts.grad, staging)
-        if reduction is Reduction.SHARDED and staging is Staging.HOST:
-            raise ValueError("the sharded optimizer step needs gradients MPI can read directly")
+        if reduction is Reduction.SHARDED:
+            if staging is Staging.HOST:
+                raise ValueError("the sharded optimizer step needs gradients MPI can read directly")
+            _check_plain_adam(ts.optimizer)
         buckets = []
         for members in plan:
             lo = min(ts.offsets[i] for i in members)
@@ -254,7 +257,7 @@ class GradSync:
             b = _Bucket(lo, hi, len(members), missing=len(members), host=host)
             if reduction is Reduction.SHARDED:
                 b.counts = split_counts(hi - lo, group.size)
-                b.displs = [sum(b.counts[:r]) for r in range(group.size)]
+                b.displs = [0, *itertools.accumulate(b.counts[:-1])]
                 b.summed = torch.empty(b.counts[group.rank], dtype=ts.grad.dtype, device=ts.grad.device)
             buckets.append(b)
         sync = cls(ts, group, buckets, staging, reduction)
@@ -376,15 +379,14 @@ class GradSync:
         step_t = opt.state[self.ts.param]["step"]
         flat = self.ts.flat
         gathers = []
-        for k, b in enumerate(self.buckets):
+        for b in self.buckets:
             self.stats.wait_s += self._complete([b.request], drive=gathers)
             a, z = b.part(me)
             t0 = time.perf_counter()
             if z > a:
                 adam_slice(opt, flat, self.ts.n_params, a, z, b.summed, step_t)
             self.stats.adam_s += time.perf_counter() - t0
-            gathers.append(self.group.comm.Iallgatherv(
-                MPI.IN_PLACE, [flat[b.lo:b.hi].numpy(), (b.counts, b.displs), _mpi_type(flat)]))
+            gathers.append(self._gather(b, 0))
         step_t += 1  # Adam's count, once per step (each slice stepped a copy of it)
         self.stats.wait_s += self._complete(gathers)
         self._reset()
@@ -394,14 +396,26 @@ class GradSync:
         parts only); a no-op for ``Reduction.ALLREDUCE``. Call before the state is read."""
         if self.reduction is not Reduction.SHARDED:
             return
-        P, flat = self.ts.n_params, self.ts.flat
-        requests = []
-        for base in (P, 2 * P):  # exp_avg, exp_avg_sq
-            for b in self.buckets:
-                requests.append(self.group.comm.Iallgatherv(
-                    MPI.IN_PLACE, [flat[base + b.lo:base + b.hi].numpy(), (b.counts, b.displs), _mpi_type(flat)]))
+        P = self.ts.n_params
+        requests = [self._gather(b, base) for base in (P, 2 * P) for b in self.buckets]  # exp_avg, exp_avg_sq
         self.stats.gather_s += self._complete(requests)
         self.stats.gathers += 1
+
+    def _gather(self, b: _Bucket, base: int) -> MPI.Request:
+        """In-place allgather of bucket ``b``'s parts in the flat region starting at ``base``
+        (0: weights, n_params: exp_avg, 2 n_params: exp_avg_sq): each rank gives its own."""
+        flat = self.ts.flat
+        return self.group.comm.Iallgatherv(
+            MPI.IN_PLACE, [flat[base + b.lo:base + b.hi].numpy(), (b.counts, b.displs), _mpi_type(flat)])
+
+
+def _check_plain_adam(opt: torch.optim.Optimizer) -> None:
+    """``adam_slice`` reproduces the plain Adam ``TrainState`` builds; refuse anything else
+    once, when the sync is built, not on every step."""
+    g = opt.param_groups[0]
+    if not isinstance(opt, torch.optim.Adam) or g["amsgrad"] or g["maximize"] \
+            or g.get("decoupled_weight_decay", False):
+        raise ValueError("the sharded optimizer step supports the plain Adam TrainState builds")
 
 
 def adam_slice(opt: torch.optim.Adam, flat: torch.Tensor, n_params: int, a: int, z: int,
@@ -410,14 +424,13 @@ def adam_slice(opt: torch.optim.Adam, flat: torch.Tensor, n_params: int, a: int,
     [a, z) of the flat weights and moments, with the summed gradient ``grad`` of them.
 
     ``step_t`` (the optimizer's step count) is not advanced: torch's Adam increments the
-    count it is given, so it gets a copy, and the caller counts the step once."""
+    count it is given, so it gets a copy, and the caller counts the step once. The
+    optimizer was checked by ``_check_plain_adam`` when the sync was built."""
     g = opt.param_groups[0]
-    if g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay", False):
-        raise ValueError("adam_slice supports the plain Adam TrainState builds")
     beta1, beta2 = g["betas"]
     P = n_params
     with torch.no_grad():
         torch_adam([flat[a:z]], [grad], [flat[P + a:P + z]], [flat[2 * P + a:2 * P + z]], [],
-                              [step_t.clone()], foreach=False, capturable=False, differentiable=False,
-                              fused=None, amsgrad=False, beta1=beta1, beta2=beta2, lr=g["lr"],
-                              weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+                   [step_t.clone()], foreach=False, capturable=False, differentiable=False,
+                   fused=None, amsgrad=False, beta1=beta1, beta2=beta2, lr=g["lr"],
+                   weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
