@@ -25,6 +25,7 @@ from collections import deque
 
 from mpi4py import MPI
 
+from .abort import abort_job
 from .atomic import WriteFailed
 from .context import RunContext
 from .errors import EXIT_FATAL
@@ -188,8 +189,7 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
     except WriteFailed as e:  # the results file kept its last good version: say what it holds
-        print(f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
-        comm.Abort(EXIT_FATAL)
+        abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}")
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
@@ -200,4 +200,4 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
             print(f"hbl_mpi: results so far are in {writer.path}; rerun with --restart to continue",
                   file=sys.stderr, flush=True)
         finally:
-            comm.Abort(130 if interrupted else EXIT_FATAL)
+            abort_job(comm, 130 if interrupted else EXIT_FATAL)

@@ -26,6 +26,7 @@ import traceback
 
 from mpi4py import MPI
 
+from .abort import abort_job
 from .checkpoint import open_checkpointing
 from .context import RunContext
 from .errors import EXIT_FATAL
@@ -155,7 +156,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
                     traceback.print_exc()
                 _let_rank0_abort(comm, topo, msg)
         finally:
-            comm.Abort(EXIT_FATAL)
+            abort_job(comm, EXIT_FATAL)
 
 
 def _let_rank0_abort(comm: MPI.Comm, topo: Topology, msg: str) -> None:

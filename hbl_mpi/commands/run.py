@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 
+from ..abort import abort_job
 from ..atomic import WriteFailed, replace_text
 from ..errors import EXIT_FATAL, EXIT_INPUT, InputError
 
@@ -264,15 +265,12 @@ def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
 
     def poll() -> None:
         for rank, who in (watch.dead() if watch is not None else {}).items():
-            print(f"hbl_mpi: fatal: rank {comm.Get_rank()}: {describe_death(rank, who)}",
-                  file=sys.stderr, flush=True)
-            comm.Abort(EXIT_FATAL)
+            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank {comm.Get_rank()}: {describe_death(rank, who)}")
         if worker_fatal and comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT):
             msg = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REPORT)
             if isinstance(msg, WorkerFatal):
-                print(f"hbl_mpi: fatal: rank 0: rank {msg.rank} failed after the last node: {msg.error}",
-                      file=sys.stderr, flush=True)
-                comm.Abort(EXIT_FATAL)
+                abort_job(comm, EXIT_FATAL,
+                          f"hbl_mpi: fatal: rank 0: rank {msg.rank} failed after the last node: {msg.error}")
 
     active = worker_fatal or (watch is not None and bool(watch.peers))
     wait_all([comm.Ibarrier()], poll=poll if active else None)
@@ -361,8 +359,7 @@ def run_mpi(args) -> int:
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
             why = (_write_failed(e, cfg.out, None) if isinstance(e, WriteFailed)
                    else f"cannot write the results file: {type(e).__name__}: {e}")
-            print(f"hbl_mpi: fatal: rank 0: {why}", file=sys.stderr, flush=True)
-            comm.Abort(EXIT_FATAL)
+            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {why}")
         print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
               f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
               f"(setup {time.perf_counter() - t0:.1f} s)", flush=True)
@@ -375,8 +372,7 @@ def run_mpi(args) -> int:
         try:
             replace_text(os.path.join(cfg.out, "run_stats.json"), json.dumps(stats, indent=1, default=str))
         except WriteFailed as e:  # the results are complete: say so, and end as a failed run
-            print(f"hbl_mpi: fatal: rank 0: {_write_failed(e, cfg.out, writer)}", file=sys.stderr, flush=True)
-            comm.Abort(EXIT_FATAL)
+            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {_write_failed(e, cfg.out, writer)}")
         _summary(ctx, stats, writer.path)
         code = _exit_code(stats)
     elif group is not None:
