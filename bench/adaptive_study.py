@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,20 +37,20 @@ sys.path.insert(0, ROOT)
 
 from hbl_mpi.baselines import config_from_dict, kfold_residuals, out_of_fold  # noqa: E402
 from hbl_mpi.growth import adaptive_plan, regrow  # noqa: E402
-from hbl_mpi.plan import PlanSpec, plan_for, stage_of  # noqa: E402
+from hbl_mpi.plan import PlanSpec, plan_for  # noqa: E402
 from hbl_mpi.ranking import DEFAULT_METHOD, detection_metrics, rank_cells  # noqa: E402
-from hbl_mpi.results import FinishedRun  # noqa: E402
+from hbl_mpi.results import RunTables, read_results  # noqa: E402
 
 
-def load(path: str) -> tuple[FinishedRun, pd.DataFrame, dict]:
-    with pd.HDFStore(path, mode="r") as st:
-        nodes, cv, truth = st["nodes"], st["cell_val"], st["truth"]
-        history = st["history"]
-        config = dict(st.get_storer("nodes").attrs.config)
-    return FinishedRun(nodes, history, cv, config), truth, config
+def load(path: str) -> tuple[RunTables, pd.DataFrame, dict]:
+    """The full tree's results (the schema's one reader), its planted truth and config."""
+    run = read_results(path)
+    if run.truth is None:
+        raise SystemExit(f"{path!r} has no planted truth: the study scores against it")
+    return run, run.truth, run.config
 
 
-def score_tree(run: FinishedRun, keep: set[str], truth: pd.DataFrame, all_cells) -> dict:
+def score_tree(run: RunTables, keep: set[str], truth: pd.DataFrame, all_cells) -> dict:
     nodes = run.nodes[run.nodes["node"].isin(keep)]
     cv = run.cell_val[run.cell_val["node"].isin(keep)]
     ranking = rank_cells(cv, nodes, method=DEFAULT_METHOD)
@@ -71,7 +69,7 @@ def score_tree(run: FinishedRun, keep: set[str], truth: pd.DataFrame, all_cells)
             "max_stage": s_max}
 
 
-def replay(run: FinishedRun, ds, cfg, budget: float, rule: dict) -> set[str]:
+def replay(run: RunTables, ds, cfg, budget: float, rule: dict) -> set[str]:
     acfg = dataclasses.replace(cfg, expand="adaptive", expand_budget=budget, **rule)
     seed, exp = adaptive_plan(plan_for(ds, PlanSpec.from_config(acfg)), acfg)
     regrow(seed, exp, run)
