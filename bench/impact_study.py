@@ -1,6 +1,8 @@
 """Does acting on a ranking help? Point removal and retraining on random halves (docs/findings.md §8).
 
-For one synthetic data set (planted truth):
+For one data set: synthetic with planted truth, or real (``--tree`` with a finished tree on,
+e.g., GDSC2: no truth, so no oracle; every cell counts as clean and the study reports each
+ranking's gain over k = 0 and its paired difference from the OOF ranking's, per seed):
 
 1. train the HBL tree (serial driver) and read its rankings: resist (``ranking``'s default
    score), impact and combined (``impact.py``);
@@ -242,10 +244,47 @@ def top_k(score: pd.Series, pool: list[str], k: int) -> list[str]:
 # ---------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------
+def paired_gains(pr: pd.DataFrame, metric: str, methods: list[str], ks: list[int],
+                 reference: str = "OOF residual") -> dict:
+    """Per ranking and k: the MSE gain over k = 0 (paired by seed: mean, sd) and the paired
+    difference of that gain from ``reference``'s at the same k and seed (> 0: this ranking's
+    removal lowers the MSE more). Needs no truth."""
+    base = pr[pr["method"] == "none"].set_index("seed")[metric]
+    out: dict = {}
+    for m in methods:
+        out[m] = {}
+        for k in ks:
+            v = pr[(pr["method"] == m) & (pr["k"] == k)].set_index("seed")[metric]
+            g = base - v
+            row = {"gain_mean": float(g.mean()), "gain_sd": float(g.std()), "n_seeds": int(g.count())}
+            if reference in methods and m != reference:
+                r = pr[(pr["method"] == reference) & (pr["k"] == k)].set_index("seed")[metric]
+                d = r - v  # MSE of the reference's removal minus this ranking's
+                row.update(vs_reference_mean=float(d.mean()), vs_reference_sd=float(d.std()))
+            out[m][str(k)] = row
+    return out
+
+
 def markdown(summary: dict) -> str:
     """The findings tables from a summary.json (``--tables``)."""
     out = []
     kp = summary["planted"]
+    if not kp:  # real data: gains over k = 0 and against OOF, paired by seed
+        for metric, title in METRICS.items():
+            if metric not in summary.get("gains", {}):
+                continue
+            g = summary["gains"][metric]
+            ks = [str(k) for k in summary["ks"]]
+            base = next(iter(summary["point_removal"][metric].values()))["0"]
+            out.append(f"\n**{title}**: k = 0 MSE {base[0]:.5f} ± {base[1]:.5f} (sd over seeds)\n")
+            out.append("| ranking | " + " | ".join(f"gain k={k} (± sd)" for k in ks) +
+                       " | " + " | ".join(f"vs OOF k={k} (± sd)" for k in ks) + " |")
+            out.append("|---" * (2 * len(ks) + 1) + "|")
+            for m, per_k in g.items():
+                gains = " | ".join(f"{per_k[k]['gain_mean']:.5f} ± {per_k[k]['gain_sd']:.5f}" for k in ks)
+                vs = " | ".join(f"{per_k[k]['vs_reference_mean']:.5f} ± {per_k[k]['vs_reference_sd']:.5f}"
+                                if "vs_reference_mean" in per_k[k] else "" for k in ks)
+                out.append(f"| {m} | {gains} | {vs} |")
     for metric, title in METRICS.items():
         if metric not in summary["oracle_fraction_at_planted"]:
             continue
@@ -368,6 +407,9 @@ def main(argv=None) -> int:
     p.add_argument("--tree-set", dest="tree_set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra TOML line of the tree's config, repeatable (e.g. expand=\"adaptive\")")
     p.add_argument("--data", default=None, help="use this data file (e.g. another study's) instead of WORK/data.h5")
+    p.add_argument("--tree", default=None, metavar="RESULTS",
+                   help="a finished tree's results.h5 (e.g. an MPI run of jobs/gdsc.toml) instead of training one; "
+                        "its data file is --data, or the one its config names")
     p.add_argument("--tree-epochs", type=int, default=12)
     p.add_argument("--retrain-epochs", type=int, default=12)
     p.add_argument("--patience", type=int, default=2)
@@ -403,11 +445,14 @@ def main(argv=None) -> int:
     from hbl_mpi.results import read_results
 
     t_start = time.perf_counter()
-    data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs, args.synth,
-                                   args.batch, args.tree_set, args.data)
+    if args.tree:
+        data, res, tree_s = args.data or read_results(args.tree).config["data"], args.tree, 0.0
+    else:
+        data, res, tree_s = build_tree(args.work, args.seed, args.cells, args.drugs, args.s, args.tree_epochs,
+                                       args.synth, args.batch, args.tree_set, args.data)
     log(f"tree ready ({tree_s:.0f} s)")
     ds = load_dataset(data)
-    truth = ds.truth
+    truth = ds.truth if ds.truth is not None else pd.DataFrame({"cell": [], "kind": []})
     cfg = config_from_dict(read_results(res).config)
     scores, hbl_cost = hbl_scores(res)
     cost = {k: hbl_cost for k in scores}
@@ -442,11 +487,12 @@ def main(argv=None) -> int:
         print(json.dumps(loo))
         return 0
     scores["random"] = pd.Series(np.random.default_rng([args.seed, 0xA11]).random(len(pool)), index=pool)
-    scores["oracle"] = oracle_order(truth, pool, args.seed)
+    n_planted = len(truth)
+    if n_planted:
+        scores["oracle"] = oracle_order(truth, pool, args.seed)
     methods = args.methods or list(scores)
     ks = sorted({max(1, int(round(f * len(ids)))) for f in args.ks})
-    n_planted = len(truth)
-    if n_planted not in ks:
+    if n_planted and n_planted not in ks:
         ks = sorted(ks + [n_planted])
     removed = {(m, k): top_k(scores[m], pool, k) for m in methods for k in ks}
     ever = set().union(*removed.values())
@@ -471,7 +517,7 @@ def main(argv=None) -> int:
 
     summary = {"cells": len(ids), "planted": n_planted, "new_lines": len(new_lines), "eval_cells": len(eval_cells),
                "ks": ks, "seeds": args.seeds, "retrain_row_epochs": rt.row_epochs, "retrain_seconds": rt.seconds,
-               "cost": cost, "point_removal": {}, "oracle_fraction_at_planted": {}}
+               "cost": cost, "point_removal": {}, "oracle_fraction_at_planted": {}, "gains": {}}
     base = pr[pr["method"] == "none"].set_index("seed")
     for metric in METRICS:
         curves = {}
@@ -482,6 +528,9 @@ def main(argv=None) -> int:
                 curve[k] = [float(v.mean()), float(v.std())]
             curves[m] = curve
         summary["point_removal"][metric] = curves
+        summary["gains"][metric] = paired_gains(pr, metric, methods, ks)
+        if not n_planted:
+            continue  # no truth: no oracle to take fractions of
         o = pr[(pr["method"] == "oracle") & (pr["k"] == n_planted)].set_index("seed")[metric]
         g_or = base[metric] - o
         frac = {}

@@ -183,3 +183,50 @@ def test_impact_study_tiny(tmp_path):
         assert {"HBL resist", "HBL impact", "HBL combined", "OOF residual", "random"} <= set(fr)
     assert res["lds_halves"] == 4 and "HBL impact" in res["lds"]
     assert res["retrain_row_epochs"] > 0
+
+
+def _impact_study_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("impact_study", ROOT / "bench" / "impact_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_impact_study_paired_gains_without_truth():
+    """Real data has no oracle: gains over k = 0 and against OOF, paired by seed."""
+    import pandas as pd
+
+    rows = []
+    for seed, base in ((1, 1.0), (2, 2.0)):
+        rows.append({"method": "none", "k": 0, "seed": seed, "new_lines": base})
+        rows.append({"method": "OOF residual", "k": 5, "seed": seed, "new_lines": base - 0.1})
+        rows.append({"method": "HBL resist", "k": 5, "seed": seed, "new_lines": base - 0.3 * seed})
+    g = _impact_study_module().paired_gains(pd.DataFrame(rows), "new_lines", ["OOF residual", "HBL resist"], [5])
+    assert g["OOF residual"]["5"]["gain_mean"] == pytest.approx(0.1)
+    assert g["OOF residual"]["5"]["gain_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert "vs_reference_mean" not in g["OOF residual"]["5"]
+    assert g["HBL resist"]["5"]["gain_mean"] == pytest.approx(0.45)  # gains 0.3 and 0.6, paired
+    assert g["HBL resist"]["5"]["vs_reference_mean"] == pytest.approx(0.35)
+
+
+@pytest.mark.timeout(300)
+def test_impact_study_on_a_finished_tree_without_truth(tmp_path):
+    """The GDSC path (issue 13 part c): an existing tree, data with no planted cells."""
+    from hbl_mpi.__main__ import main
+    from hbl_mpi.data import synthesize, write_uno
+
+    data = tmp_path / "d.h5"
+    write_uno(synthesize("small", seed=3, cells=32, drugs=8, anomaly_fraction=0.0), str(data))
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'data = "{data}"\nn = 2\ns = 2\nstrategy = "flat:1"\nmodel = "tiny"\nseed = 1\nthreads = 1\n'
+                   'batch_size = 64\n')
+    assert main(["run", str(cfg), "--serial", "--out", str(tmp_path / "tree")]) == 0
+    res = last_json(run_py([str(ROOT / "bench/impact_study.py"), "--work", str(tmp_path / "w"), "--seed", "1",
+                            "--tree", str(tmp_path / "tree" / "results.h5"), "--retrain-epochs", "2", "--seeds",
+                            "1", "2", "--ks", "0.1", "--halves", "0", "--no-tracin"], timeout=280))
+    assert res["planted"] == 0 and res["oracle_fraction_at_planted"] == {}
+    assert "oracle" not in res["point_removal"]["new_lines"]
+    g = res["gains"]["new_lines"]
+    assert {"HBL resist", "OOF residual", "random"} <= set(g) and g["random"]["3"]["n_seeds"] == 2
