@@ -83,7 +83,7 @@ def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int
     return data, res, time.perf_counter() - t0
 
 
-def hbl_scores(res: str) -> tuple[dict[str, pd.Series], dict]:
+def hbl_scores(res: str, label: str = "HBL") -> tuple[dict[str, pd.Series], dict]:
     from hbl_mpi import analysis as A
     from hbl_mpi.impact import add_impact, cell_impact
     from hbl_mpi.ranking import rank_cells
@@ -95,7 +95,7 @@ def hbl_scores(res: str) -> tuple[dict[str, pd.Series], dict]:
     tot = A.compute_totals(run.nodes)
     cost = {"epochs": int(tot["epochs"]), "row_epochs": float(tot["row_epochs"]),
             "seconds": float(tot["train_hours"] * 3600)}
-    return {"HBL resist": rk["score"], "HBL impact": rk["impact"], "HBL combined": rk["combined"]}, cost
+    return {f"{label} resist": rk["score"], f"{label} impact": rk["impact"], f"{label} combined": rk["combined"]}, cost
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +265,28 @@ def paired_gains(pr: pd.DataFrame, metric: str, methods: list[str], ks: list[int
     return out
 
 
+def default_vs_baselines(pr: pd.DataFrame, metric: str, default: str, methods: list[str], k: int,
+                         oracle_gain: float) -> dict:
+    """The targets' reading at k: per baseline, the paired per-seed difference of gains
+    (default's minus the baseline's) as a fraction of the oracle's mean gain: mean, sd and
+    standard error over seeds (> 0: the default's removal helps more)."""
+    def gains(m):
+        base = pr[pr["method"] == "none"].set_index("seed")[metric]
+        return base - pr[(pr["method"] == m) & (pr["k"] == k)].set_index("seed")[metric]
+
+    out = {}
+    if default not in methods or not oracle_gain:
+        return out
+    g0 = gains(default)
+    for m in methods:
+        if m in (default, "oracle"):
+            continue
+        d = (g0 - gains(m)) / oracle_gain
+        out[m] = {"mean": float(d.mean()), "sd": float(d.std()), "se": float(d.std() / np.sqrt(max(d.count(), 1))),
+                  "n_seeds": int(d.count())}
+    return out
+
+
 def markdown(summary: dict) -> str:
     """The findings tables from a summary.json (``--tables``)."""
     out = []
@@ -299,8 +321,14 @@ def markdown(summary: dict) -> str:
         for m, curve in summary["point_removal"][metric].items():
             f = fr[m]
             cells = " | ".join(f"{curve[k][0]:.5f}" for k in ["0"] + ks)
+            se = f['sd_over_seeds'] / np.sqrt(max(len(summary["seeds"]), 1))
             out.append(f"| {m} | {cells} | {f['gain_mean']:.5f} ± {f['gain_sd']:.5f} | "
-                       f"{f['fraction']:.2f} ± {f['sd_over_seeds']:.2f} |")
+                       f"{f['fraction']:.2f} ± {f['sd_over_seeds']:.2f} (se {se:.2f}) |")
+        vs = summary.get("default_vs_baselines", {}).get(metric)
+        if vs:
+            out.append(f"\n{summary.get('default', 'the default')} minus each ranking, per seed, in oracle gains "
+                       "(mean ± se over seeds; > 0: the default's removal helps more): " +
+                       "; ".join(f"{m} {v['mean']:+.2f} ± {v['se']:.2f}" for m, v in vs.items()))
     if "lds" in summary:
         out.append(f"\n**LDS** ({summary['lds_halves']} halves): Spearman(summed score over the half, "
                    "retrained MSE on the new lines)\n")
@@ -410,6 +438,9 @@ def main(argv=None) -> int:
     p.add_argument("--tree", default=None, metavar="RESULTS",
                    help="a finished tree's results.h5 (e.g. an MPI run of jobs/gdsc.toml) instead of training one; "
                         "its data file is --data, or the one its config names")
+    p.add_argument("--extra-tree", dest="extra_tree", action="append", default=[], metavar="LABEL=RESULTS",
+                   help="another finished tree on the same data (e.g. batch_order = \"family\"): its rankings "
+                        "join as 'LABEL resist', 'LABEL impact', 'LABEL combined'; repeatable")
     p.add_argument("--tree-epochs", type=int, default=12)
     p.add_argument("--retrain-epochs", type=int, default=12)
     p.add_argument("--patience", type=int, default=2)
@@ -419,6 +450,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="*", default=None, help="rankings to run (default: all)")
     p.add_argument("--new-lines", type=float, default=0.10, help="fraction of clean cells held out of all retrains")
     p.add_argument("--halves", type=int, default=50)
+    p.add_argument("--default", default="HBL resist",
+                   help="the ranking the targets are read for (curate's default): paired against every other")
     p.add_argument("--no-tracin", action="store_true")
     p.add_argument("--loo", type=int, default=0, metavar="N_CLEAN",
                    help="only the leave-one-out phase: the planted cells and N_CLEAN clean ones (no TracIn)")
@@ -456,6 +489,13 @@ def main(argv=None) -> int:
     cfg = config_from_dict(read_results(res).config)
     scores, hbl_cost = hbl_scores(res)
     cost = {k: hbl_cost for k in scores}
+    for item in args.extra_tree:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not os.path.exists(path):
+            p.error(f"--extra-tree {item!r}: need LABEL=RESULTS with an existing results file")
+        more, more_cost = hbl_scores(path, label)
+        scores.update(more)
+        cost.update({k: more_cost for k in more})
     oof, oof_cost = oof_scores(ds, cfg)
     scores.update(oof)
     cost.update(oof_cost)
@@ -515,7 +555,8 @@ def main(argv=None) -> int:
         pd.DataFrame(rows).to_csv(os.path.join(args.work, "point_removal.csv"), index=False)
     pr = pd.DataFrame(rows)
 
-    summary = {"cells": len(ids), "planted": n_planted, "new_lines": len(new_lines), "eval_cells": len(eval_cells),
+    summary = {"cells": len(ids), "planted": n_planted, "default": args.default, "new_lines": len(new_lines),
+               "eval_cells": len(eval_cells),
                "ks": ks, "seeds": args.seeds, "retrain_row_epochs": rt.row_epochs, "retrain_seconds": rt.seconds,
                "cost": cost, "point_removal": {}, "oracle_fraction_at_planted": {}, "gains": {}}
     base = pr[pr["method"] == "none"].set_index("seed")
@@ -544,6 +585,8 @@ def main(argv=None) -> int:
         frac["_oracle_gain_vs_seed_noise"] = {"oracle_gain": float(g_or.mean()), "oracle_gain_sd": float(g_or.std()),
                                               "baseline_sd": float(base[metric].std())}
         summary["oracle_fraction_at_planted"][metric] = frac
+        summary.setdefault("default_vs_baselines", {})[metric] = default_vs_baselines(
+            pr, metric, args.default, methods, n_planted, float(g_or.mean()))
     pr.to_csv(os.path.join(args.work, "point_removal.csv"), index=False)
     log("point removal done")
 

@@ -43,6 +43,7 @@ class RunConfig:
     patience: int = 3
     min_delta: float = 0.0
     batch_size: int = 256
+    batch_order: str = "node"
     learning_rate: float = 1e-3
     model: str = "small"
     dropout: float = -1.0
@@ -103,6 +104,7 @@ DOCS: dict[str, str] = {
     "patience": "early stopping patience in epochs (on val_loss)",
     "min_delta": "smallest val_loss decrease that counts as an improvement",
     "batch_size": "rows per training batch (global batch when group_size > 1)",
+    "batch_order": "`node` (each node shuffles its rows with its own seed) or `family` (siblings filter one shared shuffle of all rows, seeded by their parent: common random numbers, so what differs between siblings is their data; docs/findings.md §8.8)",
     "learning_rate": "Adam learning rate",
     "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests)",
     "dropout": "dropout rate overriding the preset's; negative = the preset's value",
@@ -144,6 +146,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "partition": ("cells", "cells+drugs"),
     "model": ("small", "paper", "tiny"),
     "inherit": ("best", "last"),
+    "batch_order": ("node", "family"),
     "device": ("cpu", "cuda", "auto"),
     "ckpt_restart_mode": ("off", "auto", "required"),
     "ckpt_keep_mode": ("linear", "exponential"),

@@ -178,7 +178,7 @@ class RunContext:
         return TrainSpec(
             node=node, stage=pn.stage, max_epochs=self.epoch_budget(node),
             patience=c.patience, min_delta=c.min_delta, batch_size=c.batch_size, seed=c.seed,
-            inherit=c.inherit, preset=c.model, learning_rate=c.learning_rate,
+            batch_order=c.batch_order, inherit=c.inherit, preset=c.model, learning_rate=c.learning_rate,
             dropout=c.resolved_dropout(), device=str(self.device),
             inject_nan=node in c.fault_nan_nodes,
             slow_seconds=c.fault_slow_seconds if node in c.fault_slow_nodes else 0.0,

@@ -1,8 +1,9 @@
 """Training one plan node: epochs, early stopping, best/last state, per-cell validation error.
 
 Determinism: every epoch's randomness (the shuffle and the dropout masks) is seeded from
-(plan seed, node name, epoch) alone, so a node's result depends only on its inputs and
-not on which rank trains it, what that rank did before, or whether the node was resumed
+(plan seed, node name, epoch) alone — or, with ``batch_order = "family"``, from (plan seed,
+parent name, epoch), shared by the siblings (``epoch_order``) — so a node's result depends
+only on its inputs and not on which rank trains it, what that rank did before, or whether the node was resumed
 from a checkpoint at an epoch boundary. With the same torch thread count, CPU results are
 bit-identical across the serial driver and any MPI schedule.
 
@@ -30,7 +31,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from .plan import NodeRows
+from .plan import NodeRows, parent_of
 from .state import ModelState, TrainState, clone_flat
 from .tables import DeviceTables
 
@@ -59,6 +60,7 @@ class TrainSpec:
     min_delta: float = 0.0
     batch_size: int = 256
     seed: int = 0
+    batch_order: str = "node"  # "node" or "family" (``epoch_order``)
     inherit: str = "best"
     preset: str = "small"
     learning_rate: float = 1e-3
@@ -317,8 +319,7 @@ def train_node(
     while not stop and epoch < spec.max_epochs:
         epoch += 1
         e0 = time.perf_counter()
-        es = derive_seed(spec.seed, spec.node, epoch)
-        order = train_rows[np.random.default_rng(es).permutation(len(train_rows))]
+        es, order = epoch_order(train_rows, len(tables.cell_index_np), spec, epoch)
         torch.manual_seed(es)
         total = torch.zeros((), dtype=torch.float64, device=tables.device)
         for a in range(0, len(order), n_global):
@@ -383,6 +384,27 @@ def train_node(
         cell_test=cell_test,
         cell_pred=cell_pred,
     )
+
+
+def epoch_order(train_rows: np.ndarray, n_rows: int, spec: TrainSpec, epoch: int) -> tuple[int, np.ndarray]:
+    """(seed of the epoch's dropout masks, the training rows in the order the epoch walks them).
+
+    ``node``: the node's own shuffle of its rows, seeded by (seed, node, epoch).
+    ``family``: one shuffle of *all* ``n_rows`` rows seeded by (seed, parent, epoch), which
+    every sibling filters to its own training rows, and the same dropout seed. Siblings
+    then see their shared rows in the same order and batches (shifted only by the rows
+    one holds out and another does not) with the same masks: common random numbers, so
+    the difference between two siblings is their data rather than their luck — what the
+    impact estimator's family contrasts measure (docs/findings.md §8.8).
+    """
+    if spec.batch_order == "family":
+        es = derive_seed(spec.seed, f"family:{parent_of(spec.node)}", epoch)
+        perm = np.random.default_rng(es).permutation(n_rows)
+        mine = np.zeros(n_rows, dtype=bool)
+        mine[train_rows] = True
+        return es, perm[mine[perm]]
+    es = derive_seed(spec.seed, spec.node, epoch)
+    return es, train_rows[np.random.default_rng(es).permutation(len(train_rows))]
 
 
 def steps_per_epoch(n_rows: int, batch: int) -> int:

@@ -211,6 +211,26 @@ def test_impact_study_paired_gains_without_truth():
     assert g["HBL resist"]["5"]["vs_reference_mean"] == pytest.approx(0.35)
 
 
+def test_impact_study_reads_the_targets_paired_against_every_baseline():
+    """The default's gain minus each baseline's, per seed, in units of the oracle's mean gain."""
+    import pandas as pd
+
+    rows = []
+    for seed, base in ((1, 1.0), (2, 2.0), (3, 3.0)):
+        rows.append({"method": "none", "k": 0, "seed": seed, "m": base})
+        rows.append({"method": "oracle", "k": 4, "seed": seed, "m": base - 0.2})
+        rows.append({"method": "HBL resist", "k": 4, "seed": seed, "m": base - 0.1 - 0.02 * seed})
+        rows.append({"method": "OOF residual", "k": 4, "seed": seed, "m": base - 0.1})
+    vs = _impact_study_module().default_vs_baselines(pd.DataFrame(rows), "m", "HBL resist",
+                                                     ["HBL resist", "OOF residual", "oracle"], 4, 0.2)
+    assert set(vs) == {"OOF residual"}  # not the default itself, not the oracle
+    assert vs["OOF residual"]["mean"] == pytest.approx(0.2)  # 0.02 * 2 / 0.2: per-seed 0.1, 0.2, 0.3
+    assert vs["OOF residual"]["sd"] == pytest.approx(0.1)
+    assert vs["OOF residual"]["se"] == pytest.approx(0.1 / 3 ** 0.5)
+    assert _impact_study_module().default_vs_baselines(pd.DataFrame(rows), "m", "absent", ["OOF residual"], 4,
+                                                       0.2) == {}
+
+
 @pytest.mark.timeout(300)
 def test_impact_study_on_a_finished_tree_without_truth(tmp_path):
     """The GDSC path (issue 13 part c): an existing tree, data with no planted cells."""

@@ -13,8 +13,8 @@ from hbl_mpi.context import RunContext
 from hbl_mpi.data import synthesize
 from hbl_mpi.plan import NodeRows
 from hbl_mpi.state import TrainState
-from hbl_mpi.trainer import (EpochEnd, NonFiniteLoss, ResumePoint, TrainSpec, derive_seed, mean_loss,
-                             train_node)
+from hbl_mpi.trainer import (EpochEnd, NonFiniteLoss, ResumePoint, TrainSpec, derive_seed, epoch_order,
+                             mean_loss, train_node)
 from hbl_mpi.uno import InputSpec, build_model, initial_state, layer_table, n_parameters
 
 
@@ -98,6 +98,52 @@ def test_same_seed_same_state_and_start_independent_of_history(ctx):
     assert a.inherit_state.checksum() == b.inherit_state.checksum()
     assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
     assert derive_seed(4, "1.2", 1) != derive_seed(4, "1.2", 2) != derive_seed(5, "1.2", 2)
+
+
+def test_node_batch_order_is_the_nodes_own_seeded_shuffle():
+    rows = np.array([3, 5, 8, 13, 21, 34, 55], dtype=np.int64)
+    sp = TrainSpec(node="1.2.3", stage=2, max_epochs=1, seed=9)
+    es, order = epoch_order(rows, 100, sp, 2)
+    assert es == derive_seed(9, "1.2.3", 2)
+    assert np.array_equal(order, rows[np.random.default_rng(es).permutation(len(rows))])
+
+
+def test_family_batch_order_walks_the_shared_rows_of_siblings_in_one_order():
+    n = 400
+    rng = np.random.default_rng(0)
+    groups = np.array_split(rng.permutation(n), 4)  # the 4 siblings' held-out rows
+    orders = []
+    for k in range(4):
+        train = np.sort(np.setdiff1d(np.arange(n), groups[k]))
+        sp = TrainSpec(node=f"1.3.{k + 1}", stage=2, max_epochs=1, seed=9, batch_order="family")
+        es, order = epoch_order(train, n, sp, 1)
+        assert sorted(order.tolist()) == train.tolist()  # every training row once
+        assert es == epoch_order(train, n, TrainSpec(node="1.3.9", stage=2, max_epochs=1, seed=9,
+                                                     batch_order="family"), 1)[0]  # one seed per family
+        orders.append(order)
+    shared = np.intersect1d(np.setdiff1d(np.arange(n), groups[0]), np.setdiff1d(np.arange(n), groups[1]))
+    a = orders[0][np.isin(orders[0], shared)]
+    b = orders[1][np.isin(orders[1], shared)]
+    assert np.array_equal(a, b)  # common random numbers: the shared rows in the same order
+    other = epoch_order(np.arange(n), n, TrainSpec(node="1.4.1", stage=2, max_epochs=1, seed=9,
+                                                   batch_order="family"), 1)[1]
+    assert not np.array_equal(other[np.isin(other, shared)], a)  # another family shuffles otherwise
+    again = epoch_order(np.arange(n), n, TrainSpec(node="1.3.1", stage=2, max_epochs=1, seed=9,
+                                                   batch_order="family"), 2)[1]
+    assert not np.array_equal(again[np.isin(again, shared)], a)  # and every epoch anew
+
+
+def test_family_batch_order_makes_siblings_on_the_same_rows_identical(ctx):
+    """Two siblings given the same rows differ only by their luck under `node`, not at all under `family`."""
+    rows = ctx.plan.rows("1.1")
+    parent = ctx.train("1.1", ctx.initial_state(), ctx.new_train_state()).inherit_state
+    out = {}
+    for order in ("node", "family"):
+        runs = [train_node(ctx.tables, rows, parent, spec(ctx, f"1.1.{k}", batch_order=order),
+                           train_state=ctx.new_train_state()) for k in (1, 2)]
+        out[order] = [r.inherit_state.checksum() for r in runs]
+    assert out["node"][0] != out["node"][1]
+    assert out["family"][0] == out["family"][1]
 
 
 def test_warm_started_child_begins_below_a_fresh_model(ctx):

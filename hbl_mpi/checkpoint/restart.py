@@ -40,12 +40,17 @@ from .store import NodeCheckpoints, restart_check
 #: Config keys that change what a node computes: a checkpoint (or a results file) made
 #: with other values cannot be continued. ``threads``/``device`` change only rounding.
 TRAINING_KEYS = ("n", "s", "order", "seed", "partition", "holdout_fraction", "model", "strategy",
-                 "epochs", "inherit", "patience", "min_delta", "batch_size", "learning_rate", "dropout")
+                 "epochs", "inherit", "patience", "min_delta", "batch_size", "learning_rate", "dropout",
+                 "batch_order")
+NEW_KEY_DEFAULTS = {"batch_order": "node"}
+"""Training keys added after runs were fingerprinted: at their default they stay out of the
+fingerprint, so a run of an older version restarts as before."""
 
 
 def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
     """16 hex digits identifying what the nodes of this run compute (config + data)."""
-    blob = json.dumps({"config": {k: getattr(cfg, k) for k in TRAINING_KEYS}, "data": data_checksum},
+    keys = [k for k in TRAINING_KEYS if k not in NEW_KEY_DEFAULTS or getattr(cfg, k) != NEW_KEY_DEFAULTS[k]]
+    blob = json.dumps({"config": {k: getattr(cfg, k) for k in keys}, "data": data_checksum},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

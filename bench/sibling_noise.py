@@ -1,0 +1,180 @@
+"""How noisy are the impact estimator's sibling contrasts, and what makes them so? (docs/findings.md §8.8)
+
+The impact estimate (``impact.py``) reads the difference between siblings, which share
+their parent's state and all but one validation group of data. Whatever else differs
+between two siblings is noise in every contrast: their own shuffles and dropout masks
+(``batch_order = "node"``) and the epoch each one's early stopping picks (``patience``,
+``inherit = "best"``). This script trains one tree per variant on the same data
+(serial driver) and reports, per variant:
+
+* each stage's noise floor (robust spread of the family contrasts, ``impact.noise_floor``)
+  in MSE and relative to the median per-cell holdout MSE of that stage's nodes;
+* the spread of the contrasts of groups with no planted cell (on data with truth), the
+  cleanest measure of pure noise, and the planted groups' mean |z|;
+* with truth: the impact score's AUROC for each planted kind against the clean cells;
+* compute: epochs, row-epochs and seconds of the tree.
+
+Variants are ``NAME:key=value,key=value`` (config keys), e.g.
+``--variant base: --variant crn:batch_order=family --variant fixed:patience=99,inherit=last``.
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BASE_CONFIG = {"n": 4, "s": 3, "strategy": "EXP2", "epochs": 12, "patience": 3, "batch_size": 256,
+               "learning_rate": 0.001, "model": "small", "inherit": "best", "threads": 1}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, rest = text.partition(":")
+    if not name:
+        raise SystemExit(f"--variant {text!r}: need NAME:key=value,...")
+    sets = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        sets[k.strip()] = v.strip()
+    return name, sets
+
+
+def toml_value(v) -> str:
+    if isinstance(v, str):
+        try:
+            float(v)
+            return v
+        except ValueError:
+            return json.dumps(v)
+    return json.dumps(v)
+
+
+def train_tree(work: str, data: str, seed: int, sets: dict) -> str:
+    out = os.path.join(work, "tree")
+    res = os.path.join(out, "results.h5")
+    if os.path.exists(res):
+        return res
+    cfg = {**BASE_CONFIG, "data": os.path.abspath(data), "seed": seed, **sets}
+    path = os.path.join(work, "tree.toml")
+    os.makedirs(work, exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(f"{k} = {toml_value(v)}\n" for k, v in cfg.items())
+    subprocess.run([sys.executable, "-m", "hbl_mpi", "run", path, "--serial", "--out", out, "--overwrite"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return res
+
+
+def contrast_stats(con: pd.DataFrame, plan: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
+    """Per stage: noise floor, and (with truth) the spread of clean groups' contrasts."""
+    from hbl_mpi.impact import MAD_SCALE, val_sets
+
+    vals = val_sets(plan)
+    planted = set(truth["cell"].astype(str)) if truth is not None and len(truth) else set()
+    out = {}
+    for stage, g in con.groupby("stage"):
+        e = g["effect"].to_numpy(dtype=np.float64)
+        row = {"contrasts": int(len(e)), "noise_floor": float(g["noise"].iloc[0]),
+               "mad_sd": float(MAD_SCALE * np.median(np.abs(e - np.median(e))))}
+        if planted:
+            dirty = np.array([bool(vals.get(c, frozenset()) & planted) for c in g["child"]])
+            if (~dirty).sum() >= 2:
+                row["clean_group_sd"] = float(np.std(e[~dirty], ddof=1))
+            if dirty.any() and row["noise_floor"] > 0:
+                row["planted_group_mean_abs_z"] = float(np.mean(np.abs(e[dirty])) / row["noise_floor"])
+        out[int(stage)] = row
+    return out
+
+
+def stage_holdout_median(cell_test: pd.DataFrame) -> dict[int, float]:
+    from hbl_mpi.plan import stage_of
+
+    per_node = cell_test.groupby(cell_test["node"].astype(str))["mse"].median()
+    st = pd.Series([stage_of(n) for n in per_node.index], index=per_node.index)
+    return {int(s): float(per_node[st == s].median()) for s in sorted(st.unique())}
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
+    from hbl_mpi import analysis as A
+    from hbl_mpi.impact import cell_impact
+    from hbl_mpi.results import read_results
+
+    run = read_results(res)
+    imp = cell_impact(run.cell_test, run.plan, run.nodes)
+    med = stage_holdout_median(run.cell_test)
+    stats = contrast_stats(imp.contrasts, run.plan, truth)
+    for s, row in stats.items():
+        row["stage_median_mse"] = med.get(s, float("nan"))
+        row["noise_floor_relative"] = row["noise_floor"] / med[s] if med.get(s) else float("nan")
+    tot = A.compute_totals(run.nodes)
+    out = {"stages": stats, "epochs": int(tot["epochs"]), "row_epochs": float(tot["row_epochs"]),
+           "train_seconds": float(tot["train_hours"] * 3600),
+           "impact_z_sd": float(imp.cells["impact_z"].std())}
+    if truth is not None and len(truth):
+        score = imp.cells.set_index("cell")["impact"]
+        kinds = dict(zip(truth["cell"].astype(str), truth["kind"].astype(str)))
+        kind = np.array([kinds.get(c, "") for c in score.index])
+        out["auroc"] = {k: auroc((kind[(kind == k) | (kind == "")] == k).astype(int),
+                                 score.to_numpy()[(kind == k) | (kind == "")])
+                        for k in ["all"] + sorted(set(kinds.values())) if k}
+        out["auroc"]["all"] = auroc((kind != "").astype(int), score.to_numpy())
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", required=True)
+    p.add_argument("--data", help="data file; default: WORK/data.h5 made by `data synth` with --seed/--cells/--drugs")
+    p.add_argument("--seed", type=int, required=True, help="data and plan seed")
+    p.add_argument("--cells", type=int, default=240)
+    p.add_argument("--drugs", type=int, default=96)
+    p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` arguments")
+    p.add_argument("--variant", action="append", required=True, metavar="NAME:key=value,...")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="key=value",
+                   help="a config key for every variant's tree (e.g. s=3)")
+    args = p.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    data = args.data or os.path.join(args.work, "data.h5")
+    if not os.path.exists(data):
+        subprocess.run([sys.executable, "-m", "hbl_mpi", "data", "synth", "--seed", str(args.seed), "--cells",
+                        str(args.cells), "--drugs", str(args.drugs), *args.synth, "--out", data], check=True,
+                       stdout=subprocess.DEVNULL)
+    from hbl_mpi.context import load_dataset
+
+    truth = load_dataset(data).truth
+    common = dict(parse_variant("x:" + ",".join(args.sets))[1]) if args.sets else {}
+    result = {"data": data, "seed": args.seed, "variants": {}}
+    for text in args.variant:
+        name, sets = parse_variant(text)
+        t0 = time.perf_counter()
+        res = train_tree(os.path.join(args.work, name), data, args.seed, {**common, **sets})
+        row = score_variant(res, truth)
+        row["settings"] = {**common, **sets}
+        row["wall_seconds"] = time.perf_counter() - t0
+        result["variants"][name] = row
+        print(f"[sibling_noise] {name}: " + ", ".join(
+            f"stage {s} floor {r['noise_floor']:.3g} ({r['noise_floor_relative']:.1%})"
+            for s, r in row["stages"].items()) + (f"; AUROC {row['auroc']}" if "auroc" in row else ""), flush=True)
+    with open(os.path.join(args.work, "summary.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
