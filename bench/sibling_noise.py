@@ -14,6 +14,11 @@ between two siblings is noise in every contrast: their own shuffles and dropout 
 * with truth: the impact score's AUROC for each planted kind against the clean cells;
 * compute: epochs, row-epochs and seconds of the tree.
 
+``--chaos M [M ...]`` instead checks how much of the floor is chaos: it trains node
+``--chaos-node`` (default 1.1.1) from its parent's state with the variant's settings on
+its training rows minus M random rows (``--draws`` draws per M) and reports how far the
+holdout MSE moves, against swapping its held-out group for its first sibling's.
+
 Variants are ``NAME:key=value,key=value`` (config keys), e.g.
 ``--variant base: --variant crn:batch_order=family --variant fixed:patience=99,inherit=last``.
 The last stdout line is one JSON object.
@@ -136,6 +141,48 @@ def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
     return out
 
 
+def chaos(data: str, seed: int, sets: dict, node: str, removals: list[int], draws: int) -> dict:
+    """Holdout MSE of ``node`` trained on its rows minus m random rows, against the sibling swap."""
+    import dataclasses
+
+    import torch
+
+    from hbl_mpi.config import RunConfig
+    from hbl_mpi.context import RunContext, load_dataset
+    from hbl_mpi.plan import NodeRows, parent_of
+    from hbl_mpi.trainer import train_node
+
+    torch.set_num_threads(1)
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    conv = {k: (int(v) if types[k] in ("int", int) else float(v) if types[k] in ("float", float) else v)
+            for k, v in {**BASE_CONFIG, **sets}.items()}
+    ctx = RunContext.build(RunConfig(data=data, seed=seed, **conv), load_dataset(data))
+    ts = ctx.new_train_state()
+    chain = [node]
+    while parent_of(chain[-1]) != "1":
+        chain.append(parent_of(chain[-1]))
+    state = ctx.initial_state()
+    for anc in reversed(chain[1:]):
+        state = ctx.train(anc, state, ts).inherit_state
+    rows = ctx.plan.rows(node)
+
+    def holdout(train: np.ndarray) -> float:
+        r = NodeRows(train=train, val=rows.val, test=rows.test, val_cells=rows.val_cells, train_cells=rows.train_cells)
+        return float(train_node(ctx.tables, r, state, ctx.spec_for(node), train_state=ts).test_loss)
+
+    base = holdout(rows.train)
+    rng = np.random.default_rng(0)
+    out = {"node": node, "train_rows": int(len(rows.train)), "holdout_mse": base, "removed": {}}
+    for m in removals:
+        v = [holdout(np.sort(rng.choice(rows.train, len(rows.train) - m, replace=False))) for _ in range(draws)]
+        out["removed"][str(m)] = {"mean_change": float(np.mean(v) - base), "sd": float(np.std(v, ddof=1)),
+                                  "mean_abs_change": float(np.mean(np.abs(np.array(v) - base)))}
+        print(f"[sibling_noise] chaos: {m} rows removed: {out['removed'][str(m)]}", flush=True)
+    sib = node.rsplit(".", 1)[0] + (".2" if not node.endswith(".2") else ".1")
+    out["sibling_swap"] = {"sibling": sib, "change": holdout(ctx.plan.rows(sib).train) - base}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True)
@@ -145,6 +192,10 @@ def main(argv=None) -> int:
     p.add_argument("--drugs", type=int, default=96)
     p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` arguments")
     p.add_argument("--variant", action="append", required=True, metavar="NAME:key=value,...")
+    p.add_argument("--chaos", type=int, nargs="+", metavar="M",
+                   help="instead of trees: remove M random training rows of --chaos-node (first variant's settings)")
+    p.add_argument("--chaos-node", default="1.1.1")
+    p.add_argument("--draws", type=int, default=6)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="key=value",
                    help="a config key for every variant's tree (e.g. s=3)")
     args = p.parse_args(argv)
@@ -158,6 +209,14 @@ def main(argv=None) -> int:
 
     truth = load_dataset(data).truth
     common = dict(parse_variant("x:" + ",".join(args.sets))[1]) if args.sets else {}
+    if args.chaos:
+        name, sets = parse_variant(args.variant[0])
+        res = {"data": data, "seed": args.seed, "variant": name, "settings": {**common, **sets},
+               **chaos(data, args.seed, {**common, **sets}, args.chaos_node, args.chaos, args.draws)}
+        with open(os.path.join(args.work, f"chaos_{name}.json"), "w") as f:
+            json.dump(res, f, indent=1, default=float)
+        print(json.dumps(res, default=float))
+        return 0
     result = {"data": data, "seed": args.seed, "variants": {}}
     for text in args.variant:
         name, sets = parse_variant(text)

@@ -185,6 +185,26 @@ def test_impact_study_tiny(tmp_path):
     assert res["retrain_row_epochs"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_sibling_noise_tiny(tmp_path):
+    """Noise floors per variant; the chaos check's control (no row removed) moves nothing."""
+    common = ["--seed", "3", "--cells", "32", "--drugs", "8", "--set", "model=tiny", "--set", "s=2", "--set",
+              "epochs=2", "--set", "batch_size=64"]
+    res = last_json(run_py([str(ROOT / "bench/sibling_noise.py"), "--work", str(tmp_path), *common,
+                            "--variant", "base:", "--variant", "crn:batch_order=family,patience=99,inherit=last"],
+                           timeout=280))
+    assert set(res["variants"]) == {"base", "crn"}
+    for v in res["variants"].values():
+        assert set(v["stages"]) == {"1", "2"} and v["stages"]["2"]["contrasts"] == 16  # N = 4: 16 stage-2 groups
+        assert v["stages"]["2"]["noise_floor"] >= 0 and v["epochs"] > 0 and 0 <= v["auroc"]["all"] <= 1
+    assert res["variants"]["crn"]["settings"]["batch_order"] == "family"
+    ch = last_json(run_py([str(ROOT / "bench/sibling_noise.py"), "--work", str(tmp_path), *common,
+                           "--variant", "crn:batch_order=family,patience=99,inherit=last", "--chaos", "0", "2",
+                           "--draws", "2"], timeout=280))
+    assert ch["removed"]["0"]["mean_abs_change"] == 0.0  # the same rows train the same model, bit for bit
+    assert ch["removed"]["2"]["mean_abs_change"] > 0.0 and ch["sibling_swap"]["sibling"] == "1.1.2"
+
+
 def _impact_study_module():
     import importlib.util
 
