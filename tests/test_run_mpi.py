@@ -94,3 +94,23 @@ def test_group_of_two_matches_one_rank_within_tolerance(tiny_run, tmp_path):
     np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=1e-4)
     np.testing.assert_allclose(b["test_loss"], a["test_loss"], rtol=1e-4)
     assert list(a["steps"]) == list(b["steps"])
+
+
+@pytest.mark.timeout(400)
+def test_family_batch_order_under_mpi_matches_serial(tmp_path):
+    """Siblings trained on different ranks share their parent's shuffle: the MPI run still
+    reproduces the serial one bit for bit (the low-noise impact settings, findings §8.8)."""
+    from tinyrun import write_tiny_run
+
+    cfg = write_tiny_run(tmp_path, tree={"n": 3, "s": 2, "strategy": "exp2:3"}, synth={"cells": 36, "drugs": 10},
+                         extra={"batch_order": "family", "patience": 99, "inherit": "last"})
+    serial = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(tmp_path / "serial")], timeout=300)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(tmp_path / "mpi")], timeout=360)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    _compare(pd.read_hdf(tmp_path / "serial" / "results.h5", "nodes").set_index("node"),
+             pd.read_hdf(tmp_path / "mpi" / "results.h5", "nodes").set_index("node"))
+    for key, order in (("history", ["node", "epoch"]), ("cell_test", ["node", "cell"])):
+        _compare_table(tmp_path / "serial" / "results.h5", tmp_path / "mpi" / "results.h5", key, order)
+    default = pd.read_hdf(tmp_path / "serial" / "results.h5", "nodes")
+    assert (default["epochs_run"] == default["stage"].map({1: 3, 2: 1})).all()  # fixed epochs: each its budget
