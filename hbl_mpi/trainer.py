@@ -4,8 +4,8 @@ Determinism: every epoch's randomness (the shuffle and the dropout masks) is see
 (plan seed, node name, epoch) alone — or, with ``batch_order = "family"``, from (plan seed,
 parent name, epoch), shared by the siblings (``epoch_order``) — so a node's result depends
 only on its inputs and not on which rank trains it, what that rank did before, or whether
-the node was resumed from a checkpoint at an epoch boundary. With the same torch thread count, CPU results are
-bit-identical across the serial driver and any MPI schedule.
+the node was resumed from a checkpoint at an epoch boundary. With the same torch thread
+count, CPU results are bit-identical across the serial driver and any MPI schedule.
 
 Data parallel (a rank group): every rank of the group walks the same shuffled order;
 each takes a strided shard of each global batch, computes ``sum(sq. error) / global
