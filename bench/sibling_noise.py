@@ -218,6 +218,7 @@ def main(argv=None) -> int:
         print(json.dumps(res, default=float))
         return 0
     result = {"data": data, "seed": args.seed, "variants": {}}
+    print(f"[sibling_noise] {data}: {len(args.variant)} variant(s), one tree each (serial)", flush=True)
     for text in args.variant:
         name, sets = parse_variant(text)
         t0 = time.perf_counter()

@@ -191,9 +191,8 @@ def test_sibling_noise_tiny(tmp_path):
     common = ["--seed", "3", "--cells", "32", "--drugs", "8", "--set", "model=tiny", "--set", "s=2", "--set",
               "epochs=2", "--set", "batch_size=64"]
     res = last_json(run_py([str(ROOT / "bench/sibling_noise.py"), "--work", str(tmp_path), *common,
-                            "--variant", "base:", "--variant", "crn:batch_order=family,patience=99,inherit=last"],
-                           timeout=280))
-    assert set(res["variants"]) == {"base", "crn"}
+                            "--variant", "crn:batch_order=family,patience=99,inherit=last"], timeout=280))
+    assert set(res["variants"]) == {"crn"}
     for v in res["variants"].values():
         assert set(v["stages"]) == {"1", "2"} and v["stages"]["2"]["contrasts"] == 16  # N = 4: 16 stage-2 groups
         assert v["stages"]["2"]["noise_floor"] >= 0 and v["epochs"] > 0 and 0 <= v["auroc"]["all"] <= 1
