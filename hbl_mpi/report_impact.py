@@ -68,11 +68,14 @@ def impact_sections(inp, rep, top: int = 15) -> None:
         f"stage's sibling contrasts: {floors}, MSE per group); `impact_z` = impact / sd. `score` stays the resist "
         "score; `combined` = robust z of resist + robust z of impact. Per-family contrasts: "
         "impact_contrasts.csv. How far to trust it: on synthetic data with planted cells that measurably harm "
-        "the others (docs/findings.md §8.6), dropping the highest-impact cells helped no more than dropping "
-        "random ones, while dropping the top resist cells recovered 69-78 % of the gain of dropping exactly "
-        "the planted cells (on the clean cells that no ranking dropped); "
-        "`curate` therefore drops by resist unless told otherwise. Read impact beside the resist score and "
-        "the diagnosis, not alone.",
+        "the others (docs/findings.md §8.6, §8.9: five data sets, up to 32 retraining seeds each), dropping "
+        "the highest-impact cells helped no more than dropping random ones, while dropping the top resist "
+        "cells recovered RESIST_RANGE of the gain of dropping exactly the planted cells (on the clean cells "
+        "that no ranking dropped); `curate` therefore drops by resist unless told otherwise. The contrasts' "
+        "noise is the training's own chaos (one dropped row moves a model by about a floor, §8.8): "
+        "`batch_order = \"family\"` with `patience` >= the epoch budget and `inherit = \"last\"` halves the "
+        "floors, but did not make the impact ranking better. Read impact beside the resist score and the "
+        "diagnosis, not alone.",
         rep.png("fig_impact_quadrant.png", fig_quadrant(out, truth)),
         [(f"the {len(harmful)} most harmful cells (highest impact)", harmful),
          (f"the {len(helpful)} most beneficial cells (lowest impact)", helpful)]))

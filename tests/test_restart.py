@@ -421,3 +421,28 @@ def test_overwrite_removes_the_replaced_runs_checkpoints(tmp_path):
     assert "removed the replaced run's checkpoints" in again.stdout
     assert not stale.exists()
     assert any((out / "ckpts").iterdir())  # the new run's own checkpoints
+
+
+def test_a_new_training_key_at_its_default_keeps_old_fingerprints_and_a_changed_one_is_refused(tmp_path, capsys):
+    """``batch_order`` came after runs were fingerprinted: at its default the fingerprint is
+    the one the keys before it give (old checkpoints stay usable); set, it changes the
+    fingerprint, and a restart with another value is refused (exit 2)."""
+    import hashlib
+    import json
+
+    from hbl_mpi.checkpoint.restart import NEW_KEY_DEFAULTS, TRAINING_KEYS, run_fingerprint
+    from hbl_mpi.config import RunConfig
+
+    cfg = RunConfig(data="x.h5")
+    old_keys = [k for k in TRAINING_KEYS if k not in NEW_KEY_DEFAULTS]
+    blob = json.dumps({"config": {k: getattr(cfg, k) for k in old_keys}, "data": "abc"}, sort_keys=True, default=str)
+    assert run_fingerprint(cfg, "abc") == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert run_fingerprint(RunConfig(data="x.h5", batch_order="family"), "abc") != run_fingerprint(cfg, "abc")
+
+    run = write_3x2_run(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(run), "--serial", "--out", str(out), "--set", "s=1"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(run), "--serial", "--out", str(out), "--set", "s=1", "--set", "batch_order=family",
+                 "--restart"]) == 2
+    assert "'batch_order' was 'node'" in capsys.readouterr().err
