@@ -425,19 +425,24 @@ def test_overwrite_removes_the_replaced_runs_checkpoints(tmp_path):
 
 def test_a_new_training_key_at_its_default_keeps_old_fingerprints_and_a_changed_one_is_refused(tmp_path, capsys):
     """``batch_order`` came after runs were fingerprinted: at its default the fingerprint is
-    the one the keys before it give (old checkpoints stay usable); set, it changes the
-    fingerprint, and a restart with another value is refused (exit 2)."""
-    import hashlib
-    import json
+    the one the code before it gave (old checkpoints stay usable); set, it changes the
+    fingerprint, and a restart with another value is refused (exit 2) — also for a run made
+    before the key existed, which ran at its default."""
+    from types import SimpleNamespace
 
-    from hbl_mpi.checkpoint.restart import NEW_KEY_DEFAULTS, TRAINING_KEYS, run_fingerprint
+    from hbl_mpi.checkpoint.restart import check_compatible, run_fingerprint
     from hbl_mpi.config import RunConfig
+    from hbl_mpi.errors import InputError
 
     cfg = RunConfig(data="x.h5")
-    old_keys = [k for k in TRAINING_KEYS if k not in NEW_KEY_DEFAULTS]
-    blob = json.dumps({"config": {k: getattr(cfg, k) for k in old_keys}, "data": "abc"}, sort_keys=True, default=str)
-    assert run_fingerprint(cfg, "abc") == hashlib.sha256(blob.encode()).hexdigest()[:16]
-    assert run_fingerprint(RunConfig(data="x.h5", batch_order="family"), "abc") != run_fingerprint(cfg, "abc")
+    assert run_fingerprint(cfg, "abc") == "b43c15eec2190ec0"  # the value at da8b171, before batch_order
+    family = RunConfig(data="x.h5", batch_order="family")
+    assert run_fingerprint(family, "abc") != run_fingerprint(cfg, "abc")
+    older = SimpleNamespace(config={k: v for k, v in cfg.as_dict().items() if k != "batch_order"},
+                            data_checksum="abc")
+    check_compatible(older, cfg, "abc")  # the same run continues
+    with pytest.raises(InputError, match="'batch_order' was 'node'"):
+        check_compatible(older, family, "abc")
 
     run = write_3x2_run(tmp_path)
     out = tmp_path / "out"

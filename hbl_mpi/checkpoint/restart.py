@@ -59,7 +59,7 @@ def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) ->
     """InputError unless the earlier run trained the same nodes on the same data."""
     from ..expansion import TREE_KEYS  # the adaptive tree's shape: a restart keeps it too
 
-    old = previous.config
+    old = {**NEW_KEY_DEFAULTS, **previous.config}  # a run from before a key existed ran at its default
     for key in TRAINING_KEYS + TREE_KEYS:
         if key in old and old[key] != getattr(cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
