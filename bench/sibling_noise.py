@@ -11,13 +11,15 @@ between two siblings is noise in every contrast: their own shuffles and dropout 
   in MSE and relative to the median per-cell holdout MSE of that stage's nodes;
 * the spread of the contrasts of groups with no planted cell (on data with truth), the
   cleanest measure of pure noise, and the planted groups' mean |z|;
-* with truth: the impact score's AUROC for each planted kind against the clean cells;
+* with truth: the impact score's AUROC for each planted kind against the clean cells, and
+  the resist ranking's detection (AUROC, AP, precision@k), which a setting must not spoil;
 * compute: epochs, row-epochs and seconds of the tree.
 
 ``--chaos M [M ...]`` instead checks how much of the floor is chaos: it trains node
-``--chaos-node`` (default 1.1.1) from its parent's state with the variant's settings on
-its training rows minus M random rows (``--draws`` draws per M) and reports how far the
-holdout MSE moves, against swapping its held-out group for its first sibling's.
+``--chaos-node`` (default 1.1.1) from its parent's state with the first variant's settings
+on its training rows minus M random rows (``--draws`` draws per M) and reports how far
+its holdout MSE moves (mean change, spread between draws), against its first sibling
+trained as the tree trains it (the other held-out group).
 
 Variants are ``NAME:key=value,key=value`` (config keys), e.g.
 ``--variant base: --variant crn:batch_order=family --variant fixed:patience=99,inherit=last``.
@@ -64,16 +66,22 @@ def toml_value(v) -> str:
     return json.dumps(v)
 
 
-def train_tree(work: str, data: str, seed: int, sets: dict) -> str:
-    out = os.path.join(work, "tree")
-    res = os.path.join(out, "results.h5")
-    if os.path.exists(res):
-        return res
+def write_config(work: str, data: str, seed: int, sets: dict) -> str:
+    """WORK/tree.toml: the base settings, the data and seed, then the variant's keys."""
     cfg = {**BASE_CONFIG, "data": os.path.abspath(data), "seed": seed, **sets}
     path = os.path.join(work, "tree.toml")
     os.makedirs(work, exist_ok=True)
     with open(path, "w") as f:
         f.writelines(f"{k} = {toml_value(v)}\n" for k, v in cfg.items())
+    return path
+
+
+def train_tree(work: str, data: str, seed: int, sets: dict) -> str:
+    out = os.path.join(work, "tree")
+    res = os.path.join(out, "results.h5")
+    if os.path.exists(res):
+        return res
+    path = write_config(work, data, seed, sets)
     subprocess.run([sys.executable, "-m", "hbl_mpi", "run", path, "--serial", "--out", out, "--overwrite"],
                    check=True, stdout=subprocess.DEVNULL)
     return res
@@ -131,6 +139,12 @@ def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
            "train_seconds": float(tot["train_hours"] * 3600),
            "impact_z_sd": float(imp.cells["impact_z"].std())}
     if truth is not None and len(truth):
+        from hbl_mpi.ranking import detection_metrics, rank_cells
+
+        resist = detection_metrics(rank_cells(run.cell_val, run.nodes).set_index("cell")["score"], truth)
+        row = resist.set_index("kind").loc["all"]
+        out["resist"] = {"auroc": float(row["auroc"]), "average_precision": float(row["average_precision"]),
+                         "precision_at_k": float(row["precision_at_k"])}
         score = imp.cells.set_index("cell")["impact"]
         kinds = dict(zip(truth["cell"].astype(str), truth["kind"].astype(str)))
         kind = np.array([kinds.get(c, "") for c in score.index])
@@ -141,22 +155,18 @@ def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
     return out
 
 
-def chaos(data: str, seed: int, sets: dict, node: str, removals: list[int], draws: int) -> dict:
-    """Holdout MSE of ``node`` trained on its rows minus m random rows, against the sibling swap."""
-    import dataclasses
-
+def chaos(work: str, data: str, seed: int, sets: dict, node: str, removals: list[int], draws: int) -> dict:
+    """Holdout MSE of ``node`` trained on its rows minus m random rows, against its first sibling."""
     import torch
 
-    from hbl_mpi.config import RunConfig
+    from hbl_mpi.config import load_config
     from hbl_mpi.context import RunContext, load_dataset
     from hbl_mpi.plan import NodeRows, parent_of
     from hbl_mpi.trainer import train_node
 
     torch.set_num_threads(1)
-    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    conv = {k: (int(v) if types[k] in ("int", int) else float(v) if types[k] in ("float", float) else v)
-            for k, v in {**BASE_CONFIG, **sets}.items()}
-    ctx = RunContext.build(RunConfig(data=data, seed=seed, **conv), load_dataset(data))
+    path = write_config(work, data, seed, sets)  # the CLI's parser and checks: no silent fallback
+    ctx = RunContext.build(load_config(path), load_dataset(data))
     ts = ctx.new_train_state()
     chain = [node]
     while parent_of(chain[-1]) != "1":
@@ -178,8 +188,10 @@ def chaos(data: str, seed: int, sets: dict, node: str, removals: list[int], draw
         out["removed"][str(m)] = {"mean_change": float(np.mean(v) - base), "sd": float(np.std(v, ddof=1)),
                                   "mean_abs_change": float(np.mean(np.abs(np.array(v) - base)))}
         print(f"[sibling_noise] chaos: {m} rows removed: {out['removed'][str(m)]}", flush=True)
+    # the sibling trained as the tree trains it (its own rows, its own validation group)
     sib = node.rsplit(".", 1)[0] + (".2" if not node.endswith(".2") else ".1")
-    out["sibling_swap"] = {"sibling": sib, "change": holdout(ctx.plan.rows(sib).train) - base}
+    swap = ctx.train(sib, state, ts).test_loss
+    out["sibling_swap"] = {"sibling": sib, "change": float(swap) - base}
     return out
 
 
@@ -212,7 +224,8 @@ def main(argv=None) -> int:
     if args.chaos:
         name, sets = parse_variant(args.variant[0])
         res = {"data": data, "seed": args.seed, "variant": name, "settings": {**common, **sets},
-               **chaos(data, args.seed, {**common, **sets}, args.chaos_node, args.chaos, args.draws)}
+               **chaos(os.path.join(args.work, name), data, args.seed, {**common, **sets}, args.chaos_node,
+                       args.chaos, args.draws)}
         with open(os.path.join(args.work, f"chaos_{name}.json"), "w") as f:
             json.dump(res, f, indent=1, default=float)
         print(json.dumps(res, default=float))

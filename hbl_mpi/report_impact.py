@@ -71,11 +71,11 @@ def impact_sections(inp, rep, top: int = 15) -> None:
         "the others (docs/findings.md §8.6, §8.9: five data sets, up to 32 retraining seeds each), dropping "
         "the highest-impact cells helped no more than dropping random ones, while dropping the top resist "
         "cells recovered 65-98 % (76 % on average) of the gain of dropping exactly the planted cells (on the "
-        "clean cells that no ranking dropped); `curate` therefore drops by resist unless told otherwise. The contrasts' "
-        "noise is the training's own chaos (one dropped row moves a model by about a floor, §8.8): "
-        "`batch_order = \"family\"` with `patience` >= the epoch budget and `inherit = \"last\"` halves the "
-        "floors, but did not make the impact ranking better. Read impact beside the resist score and the "
-        "diagnosis, not alone.",
+        "clean cells that no ranking dropped); `curate` therefore drops by resist unless told otherwise. A single "
+        "cell's harm to the others is of the size of the contrasts' noise floor, part of which is the training's "
+        "own chaos (§8.8): `batch_order = \"family\"` with `patience` >= the epoch budget and "
+        "`inherit = \"last\"` lowers the floors 1.2-2.7x, but did not make the impact ranking better. Read "
+        "impact beside the resist score and the diagnosis, not alone.",
         rep.png("fig_impact_quadrant.png", fig_quadrant(out, truth)),
         [(f"the {len(harmful)} most harmful cells (highest impact)", harmful),
          (f"the {len(helpful)} most beneficial cells (lowest impact)", helpful)]))

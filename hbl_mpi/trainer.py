@@ -392,10 +392,10 @@ def epoch_order(train_rows: np.ndarray, n_rows: int, spec: TrainSpec, epoch: int
     ``node``: the node's own shuffle of its rows, seeded by (seed, node, epoch).
     ``family``: one shuffle of *all* ``n_rows`` rows seeded by (seed, parent, epoch), which
     every sibling filters to its own training rows, and the same dropout seed. Siblings
-    then see their shared rows in the same order and batches (shifted only by the rows
-    one holds out and another does not) with the same masks: common random numbers, so
-    the difference between two siblings is their data rather than their luck — what the
-    impact estimator's family contrasts measure (docs/findings.md §8.8).
+    then see their shared rows in the same order and nearly the same batches (shifted by
+    the rows one holds out and another does not) with one mask stream: common random
+    numbers, so the difference between two siblings is their data rather than their luck,
+    which is what the impact estimator's family contrasts measure (docs/findings.md §8.8).
     """
     if spec.batch_order == "family":
         es = derive_seed(spec.seed, f"family:{parent_of(spec.node)}", epoch)
