@@ -270,8 +270,9 @@ def default_vs_baselines(pr: pd.DataFrame, metric: str, default: str, methods: l
     """The targets' reading at k: per baseline, the paired per-seed difference of gains
     (default's minus the baseline's) as a fraction of the oracle's mean gain: mean, sd and
     standard error over seeds (> 0: the default's removal helps more)."""
+    base = pr[pr["method"] == "none"].set_index("seed")[metric]
+
     def gains(m):
-        base = pr[pr["method"] == "none"].set_index("seed")[metric]
         return base - pr[(pr["method"] == m) & (pr["k"] == k)].set_index("seed")[metric]
 
     out = {}

@@ -116,12 +116,6 @@ def stage_holdout_median(cell_test: pd.DataFrame) -> dict[int, float]:
     return {int(s): float(per_node[st == s].median()) for s in sorted(st.unique())}
 
 
-def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
-
-
 def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
     from hbl_mpi import analysis as A
     from hbl_mpi.impact import cell_impact
@@ -145,13 +139,8 @@ def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
         row = resist.set_index("kind").loc["all"]
         out["resist"] = {"auroc": float(row["auroc"]), "average_precision": float(row["average_precision"]),
                          "precision_at_k": float(row["precision_at_k"])}
-        score = imp.cells.set_index("cell")["impact"]
-        kinds = dict(zip(truth["cell"].astype(str), truth["kind"].astype(str)))
-        kind = np.array([kinds.get(c, "") for c in score.index])
-        out["auroc"] = {k: auroc((kind[(kind == k) | (kind == "")] == k).astype(int),
-                                 score.to_numpy()[(kind == k) | (kind == "")])
-                        for k in ["all"] + sorted(set(kinds.values())) if k}
-        out["auroc"]["all"] = auroc((kind != "").astype(int), score.to_numpy())
+        impact = detection_metrics(imp.cells.set_index("cell")["impact"], truth)  # all, then each kind vs clean
+        out["auroc"] = {str(k): float(a) for k, a in zip(impact["kind"], impact["auroc"])}
     return out
 
 
