@@ -35,11 +35,11 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hbl_mpi.baselines import config_from_dict, kfold_residuals, out_of_fold  # noqa: E402
-from hbl_mpi.growth import adaptive_plan, regrow  # noqa: E402
-from hbl_mpi.plan import PlanSpec, plan_for  # noqa: E402
-from hbl_mpi.ranking import DEFAULT_METHOD, detection_metrics, rank_cells  # noqa: E402
-from hbl_mpi.results import RunTables, read_results  # noqa: E402
+from hbl_mpi.analysis.baselines import config_from_dict, kfold_residuals, out_of_fold  # noqa: E402
+from hbl_mpi.adaptive.growth import adaptive_plan, regrow  # noqa: E402
+from hbl_mpi.tree.plan import PlanSpec, plan_for  # noqa: E402
+from hbl_mpi.analysis.ranking import DEFAULT_METHOD, detection_metrics, rank_cells  # noqa: E402
+from hbl_mpi.store.results import RunTables, read_results  # noqa: E402
 
 
 def load(path: str) -> tuple[RunTables, pd.DataFrame, dict]:
@@ -127,7 +127,7 @@ def study(args) -> dict:
         out["rows"].append(r)
         print(json.dumps(r), flush=True)
         if args.out:  # partial results survive an interrupted study
-            from hbl_mpi.atomic import replace_text
+            from hbl_mpi.core.atomic import replace_text
 
             replace_text(args.out, json.dumps(out, indent=1))
 
@@ -218,7 +218,7 @@ def main() -> None:
         return
     res = study(args)
     if args.out:
-        from hbl_mpi.atomic import replace_text
+        from hbl_mpi.core.atomic import replace_text
 
         replace_text(args.out, json.dumps(res, indent=1))
     print(json.dumps({"rows": [{k: r[k] for k in ("method", "ap", "p_at_k", "row_epochs_run")}

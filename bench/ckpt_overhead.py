@@ -63,7 +63,7 @@ def overhead(args, root: Path) -> dict:
 
 CHILD = """
 import os, signal, sys, time
-from hbl_mpi import context
+from hbl_mpi.run import context
 from hbl_mpi.checkpoint import session
 stamp, stop_node, stop_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 original_train, original_on_epoch = context.train_node, session.NodeSession.on_epoch

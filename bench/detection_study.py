@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
-from hbl_mpi.report import markdown_table
+from hbl_mpi.report.build import markdown_table
 
 LOCK = "/tmp/hbl_heavy.lock"
 
@@ -84,8 +84,8 @@ def write_config(path: str, data: str, out: str, plan_seed: int, run: dict) -> N
 
 def complete(results: str) -> bool:
     """A finished run: every node of the plan is in the nodes table (a killed run is not reused)."""
-    from hbl_mpi.errors import InputError
-    from hbl_mpi.results import read_results
+    from hbl_mpi.core.errors import InputError
+    from hbl_mpi.store.results import read_results
 
     if not os.path.exists(results):
         return False
@@ -97,10 +97,10 @@ def complete(results: str) -> bool:
 
 
 def study_one(args) -> None:
-    from hbl_mpi import analysis as A
-    from hbl_mpi import ranking as R
-    from hbl_mpi.baselines import run_baselines
-    from hbl_mpi.results import read_results
+    from hbl_mpi.analysis import paper_stats as A
+    from hbl_mpi.analysis import ranking as R
+    from hbl_mpi.analysis.baselines import run_baselines
+    from hbl_mpi.store.results import read_results
 
     d = os.path.join(args.work, args.name)
     os.makedirs(d, exist_ok=True)

@@ -97,9 +97,9 @@ def score(diag: pd.DataFrame, ranking: pd.DataFrame, truth: pd.DataFrame, partne
 
 
 def study(results: str, data: str) -> tuple[dict, pd.DataFrame]:
-    from hbl_mpi import ranking as R
-    from hbl_mpi.report_cells import diagnose_run
-    from hbl_mpi.results import read_results
+    from hbl_mpi.analysis import ranking as R
+    from hbl_mpi.report.cells import diagnose_run
+    from hbl_mpi.store.results import read_results
 
     run = read_results(results)
     ranking = R.rank_cells(run.cell_val, run.nodes, plan=run.plan)
@@ -125,7 +125,7 @@ def main() -> None:
         for key in pooled:
             pooled[key] += res[key]
         if args.show:
-            from hbl_mpi.results import read_results
+            from hbl_mpi.store.results import read_results
 
             truth = read_results(results).truth
             kinds = dict(zip(truth["cell"], truth["kind"]))

@@ -51,7 +51,7 @@ PHASES = ("process_start", "data_read", "state_load", "training", "state_save", 
 
 
 def _config(args):
-    from hbl_mpi.config import load_config
+    from hbl_mpi.core.config import load_config
 
     return load_config(args.config, args.set, args.work)
 
@@ -60,10 +60,10 @@ def node_main(args) -> None:
     """One node, as the seed's workflow runs it: its own process, its own reads and writes."""
     import torch  # noqa: F401  (the imports are part of a node process's start)
 
-    from hbl_mpi.context import RunContext
+    from hbl_mpi.run.context import RunContext
     from hbl_mpi.data import read_uno
-    from hbl_mpi.plan import ROOT as PLAN_ROOT, PlanSpec, plan_for
-    from hbl_mpi.state import ModelState
+    from hbl_mpi.tree.plan import ROOT as PLAN_ROOT, PlanSpec, plan_for
+    from hbl_mpi.train.flat_state import ModelState
 
     t_main = time.time()
     cfg = _config(args)
@@ -100,7 +100,7 @@ def _subtree_sizes(plan) -> dict[str, int]:
 
 def dispatch(args, plan, slots: int) -> tuple[float, dict[str, dict]]:
     """Run every node as its own process, parents before children, ``slots`` at a time."""
-    from hbl_mpi.plan import ROOT as PLAN_ROOT
+    from hbl_mpi.tree.plan import ROOT as PLAN_ROOT
 
     os.makedirs(os.path.join(args.work, "models"), exist_ok=True)
     size = _subtree_sizes(plan)
@@ -180,7 +180,7 @@ def main() -> None:
     if args.ranks < 2:
         ap.error("--ranks must be >= 2 (rank 0 schedules)")
     from hbl_mpi.data import read_uno
-    from hbl_mpi.plan import PlanSpec, plan_for
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
 
     if os.path.exists(args.work):
         shutil.rmtree(args.work)

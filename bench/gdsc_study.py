@@ -51,10 +51,10 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.atomic import replace_file  # noqa: E402
-from hbl_mpi.dataset import Dataset  # noqa: E402
-from hbl_mpi.errors import InputError  # noqa: E402
-from hbl_mpi.results import read_results  # noqa: E402
+from hbl_mpi.core.atomic import replace_file  # noqa: E402
+from hbl_mpi.data.dataset import Dataset  # noqa: E402
+from hbl_mpi.core.errors import InputError  # noqa: E402
+from hbl_mpi.store.results import read_results  # noqa: E402
 
 COSMIC_MEMBER = "gdsctools/data/cosmic_info.csv.gz"
 EVIDENCE = ["rank", "cell", "score", "mse_ratio", "mean_log_ratio", "max_log_ratio", "worst_stage",
@@ -66,7 +66,7 @@ EVIDENCE = ["rank", "cell", "score", "mse_ratio", "mean_log_ratio", "max_log_rat
 
 def cross_study_candidates(ds: Dataset, seed: int) -> np.ndarray:
     """One seeded instance (cell index) of every line that two or more studies measured (ids ``STUDY.line``)."""
-    from hbl_mpi.cross_study import split_ids
+    from hbl_mpi.report.cross_study import split_ids
 
     ids = split_ids(ds.cell_ids)
     if ids is None:
@@ -257,7 +257,7 @@ def run_to_run(report_dir: str, clean_dir: str, truth: pd.DataFrame, top: int = 
 
 def cross_study_check(report_dir: str, truth: pd.DataFrame) -> dict:
     """Of the planted instances, how many of their lines the cross-study report flags, blaming the planted study."""
-    from hbl_mpi.cross_study import analyse, split_ids
+    from hbl_mpi.report.cross_study import analyse, split_ids
 
     cs = analyse(pd.read_csv(os.path.join(report_dir, "cell_ranking.csv")))
     if cs is None:

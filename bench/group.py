@@ -6,7 +6,7 @@
 Three ways to train the same Uno model on the same response rows (Top21 feature widths,
 bench/train.py's data set) with the same global batch, each in fresh processes:
 
-  ours    ``mpiexec -n 2``: both ranks run ``hbl_mpi.trainer.train_node`` with a
+  ours    ``mpiexec -n 2``: both ranks run ``hbl_mpi.train.trainer.train_node`` with a
           ``grad_sync.GroupComm`` over COMM_WORLD, exactly what a group of two does in a
           run: each rank takes half of every global batch (``batch[rank::2]``), the
           gradient is reduced by bucketed non-blocking collectives posted from gradient
@@ -65,7 +65,7 @@ def _device(args, local_rank: int) -> str:
 
 
 def _data(args, device: str):
-    from hbl_mpi.tables import DeviceTables
+    from hbl_mpi.train.device_tables import DeviceTables
 
     widths = [int(w) for w in args.widths.split(",")]
     ds = make_dataset(args.rows, tuple(widths), args.seed)
@@ -90,9 +90,9 @@ def run_ours(args) -> dict | None:
     import torch
     from mpi4py import MPI
 
-    from hbl_mpi.grad_sync import GroupComm, Reduction
-    from hbl_mpi.state import TrainState
-    from hbl_mpi.trainer import TrainSpec, train_node
+    from hbl_mpi.runtime.grad_sync import GroupComm, Reduction
+    from hbl_mpi.train.flat_state import TrainState
+    from hbl_mpi.train.trainer import TrainSpec, train_node
     from hbl_mpi.uno import build_model, initial_state
 
     torch.set_num_threads(1)
@@ -129,7 +129,7 @@ def _ddp_rank(rank: int, world: int, port: int, args) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from hbl_mpi.trainer import derive_seed
+    from hbl_mpi.train.trainer import derive_seed
     from hbl_mpi.uno import build_model
 
     torch.set_num_threads(1)

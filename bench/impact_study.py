@@ -84,10 +84,10 @@ def build_tree(work: str, seed: int, cells: int, drugs: int, s: int, epochs: int
 
 
 def hbl_scores(res: str, label: str = "HBL") -> tuple[dict[str, pd.Series], dict]:
-    from hbl_mpi import analysis as A
-    from hbl_mpi.impact import add_impact, cell_impact
-    from hbl_mpi.ranking import rank_cells
-    from hbl_mpi.results import read_results
+    from hbl_mpi.analysis import paper_stats as A
+    from hbl_mpi.analysis.impact import add_impact, cell_impact
+    from hbl_mpi.analysis.ranking import rank_cells
+    from hbl_mpi.store.results import read_results
 
     run = read_results(res)
     rk = rank_cells(run.cell_val, run.nodes, plan=run.plan)
@@ -107,10 +107,10 @@ class Retrainer:
     def __init__(self, ds, cfg, max_epochs: int, patience: int):
         import torch
 
-        from hbl_mpi.context import resolve_device
-        from hbl_mpi.plan import PlanSpec, plan_for
-        from hbl_mpi.state import TrainState
-        from hbl_mpi.tables import DeviceTables
+        from hbl_mpi.run.context import resolve_device
+        from hbl_mpi.tree.plan import PlanSpec, plan_for
+        from hbl_mpi.train.flat_state import TrainState
+        from hbl_mpi.train.device_tables import DeviceTables
         from hbl_mpi.uno import build_model
 
         torch.set_num_threads(1)
@@ -137,8 +137,8 @@ class Retrainer:
         return np.flatnonzero(mask).astype(np.int64)
 
     def fit(self, train_cells, seed: int, evals: dict[str, np.ndarray], keep_state: bool = False) -> dict:
-        from hbl_mpi.plan import NodeRows
-        from hbl_mpi.trainer import TrainSpec, mean_loss, train_node
+        from hbl_mpi.tree.plan import NodeRows
+        from hbl_mpi.train.trainer import TrainSpec, mean_loss, train_node
         from hbl_mpi.uno import initial_state
 
         key = (frozenset(train_cells), seed, tuple(sorted(evals)))
@@ -173,7 +173,7 @@ class Retrainer:
 # baselines
 # ---------------------------------------------------------------------------
 def oof_scores(ds, cfg) -> tuple[dict[str, pd.Series], dict]:
-    from hbl_mpi.baselines import cleanlab_available, cleanlab_scores, kfold_residuals, out_of_fold
+    from hbl_mpi.analysis.baselines import cleanlab_available, cleanlab_scores, kfold_residuals, out_of_fold
 
     oof = out_of_fold(ds, cfg, 5, log=lambda m: None)
     kf = kfold_residuals(oof, 5)
@@ -350,7 +350,7 @@ def plot_curves(summaries: list[tuple[str, dict]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hbl_mpi.atomic import replace_file
+    from hbl_mpi.core.atomic import replace_file
 
     metrics = [m for m in METRICS if all(m in sm["point_removal"] for _, sm in summaries)]
     names = list(dict.fromkeys(m for _, sm in summaries for m in sm["point_removal"][metrics[0]]))
@@ -388,7 +388,7 @@ def leave_one_out(rt: Retrainer, pool: list[str], kinds: dict, new_rows: np.ndar
     rows of the other clean pool cells (> 0: removing c helps, c harms). The noise floor is
     the effects' seed-to-seed sd.
     """
-    from hbl_mpi.trainer import mean_loss
+    from hbl_mpi.train.trainer import mean_loss
 
     rng = np.random.default_rng([seed, 0x1005])
     clean = [c for c in pool if c not in kinds]
@@ -474,9 +474,9 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(args.work, exist_ok=True)
 
-    from hbl_mpi.baselines import config_from_dict
-    from hbl_mpi.context import load_dataset
-    from hbl_mpi.results import read_results
+    from hbl_mpi.analysis.baselines import config_from_dict
+    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.store.results import read_results
 
     t_start = time.perf_counter()
     if args.tree:

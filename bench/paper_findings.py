@@ -2,7 +2,7 @@
 
     python bench/paper_findings.py /tmp/strat/{F-20,F-10,LINE,SQRT,EXP2}/results.h5
 
-Every number comes from ``hbl_mpi.analysis`` (the same functions the report uses); this
+Every number comes from ``hbl_mpi.analysis.paper_stats`` (the same functions the report uses); this
 script only lays them out as the table of docs/findings.md. The paper's numbers are
 quoted from seeds/high-bypass-learning.md (Figs. 8-13, Table 2).
 """
@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from hbl_mpi import analysis as A
-from hbl_mpi.report import markdown_table
-from hbl_mpi.results import RunTables, read_results
+from hbl_mpi.analysis import paper_stats as A
+from hbl_mpi.report.build import markdown_table
+from hbl_mpi.store.results import RunTables, read_results
 
 
 def per_run(r: RunTables) -> dict:

@@ -31,15 +31,15 @@ from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.config import RunConfig  # noqa: E402
-from hbl_mpi.context import RunContext  # noqa: E402
-from hbl_mpi.dataset import CELL, Dataset, FeatureGroup  # noqa: E402
-from hbl_mpi.messages import TAG_REPORT, Assign, NodeReport  # noqa: E402
-from hbl_mpi.plan import PlanSpec, build_plan, parent_of  # noqa: E402
-from hbl_mpi.results import ResultsWriter  # noqa: E402
+from hbl_mpi.core.config import RunConfig  # noqa: E402
+from hbl_mpi.run.context import RunContext  # noqa: E402
+from hbl_mpi.data.dataset import CELL, Dataset, FeatureGroup  # noqa: E402
+from hbl_mpi.runtime.messages import TAG_REPORT, Assign, NodeReport  # noqa: E402
+from hbl_mpi.tree.plan import PlanSpec, build_plan, parent_of  # noqa: E402
+from hbl_mpi.store.results import ResultsWriter  # noqa: E402
 from hbl_mpi.scheduler import Scheduler  # noqa: E402
-from hbl_mpi.state import ModelState  # noqa: E402
-from hbl_mpi.topology import build_topology  # noqa: E402
+from hbl_mpi.train.flat_state import ModelState  # noqa: E402
+from hbl_mpi.runtime.topology import build_topology  # noqa: E402
 from hbl_mpi.worker import Worker  # noqa: E402
 
 STATE_FLOATS = 3 * 1000  # a small held state: the forks are real, their size is not the point

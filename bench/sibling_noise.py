@@ -89,7 +89,7 @@ def train_tree(work: str, data: str, seed: int, sets: dict) -> str:
 
 def contrast_stats(con: pd.DataFrame, plan: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
     """Per stage: noise floor, and (with truth) the spread of clean groups' contrasts."""
-    from hbl_mpi.impact import MAD_SCALE, val_sets
+    from hbl_mpi.analysis.impact import MAD_SCALE, val_sets
 
     vals = val_sets(plan)
     planted = set(truth["cell"].astype(str)) if truth is not None and len(truth) else set()
@@ -109,7 +109,7 @@ def contrast_stats(con: pd.DataFrame, plan: pd.DataFrame, truth: pd.DataFrame | 
 
 
 def stage_holdout_median(cell_test: pd.DataFrame) -> dict[int, float]:
-    from hbl_mpi.plan import stage_of
+    from hbl_mpi.tree.plan import stage_of
 
     per_node = cell_test.groupby(cell_test["node"].astype(str))["mse"].median()
     st = pd.Series([stage_of(n) for n in per_node.index], index=per_node.index)
@@ -117,9 +117,9 @@ def stage_holdout_median(cell_test: pd.DataFrame) -> dict[int, float]:
 
 
 def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
-    from hbl_mpi import analysis as A
-    from hbl_mpi.impact import cell_impact
-    from hbl_mpi.results import read_results
+    from hbl_mpi.analysis import paper_stats as A
+    from hbl_mpi.analysis.impact import cell_impact
+    from hbl_mpi.store.results import read_results
 
     run = read_results(res)
     imp = cell_impact(run.cell_test, run.plan, run.nodes)
@@ -133,7 +133,7 @@ def score_variant(res: str, truth: pd.DataFrame | None) -> dict:
            "train_seconds": float(tot["train_hours"] * 3600),
            "impact_z_sd": float(imp.cells["impact_z"].std())}
     if truth is not None and len(truth):
-        from hbl_mpi.ranking import detection_metrics, rank_cells
+        from hbl_mpi.analysis.ranking import detection_metrics, rank_cells
 
         resist = detection_metrics(rank_cells(run.cell_val, run.nodes).set_index("cell")["score"], truth)
         row = resist.set_index("kind").loc["all"]
@@ -148,10 +148,10 @@ def chaos(work: str, data: str, seed: int, sets: dict, node: str, removals: list
     """Holdout MSE of ``node`` trained on its rows minus m random rows, against its first sibling."""
     import torch
 
-    from hbl_mpi.config import load_config
-    from hbl_mpi.context import RunContext, load_dataset
-    from hbl_mpi.plan import NodeRows, parent_of
-    from hbl_mpi.trainer import train_node
+    from hbl_mpi.core.config import load_config
+    from hbl_mpi.run.context import RunContext, load_dataset
+    from hbl_mpi.tree.plan import NodeRows, parent_of
+    from hbl_mpi.train.trainer import train_node
 
     torch.set_num_threads(1)
     path = write_config(work, data, seed, sets)  # the CLI's parser and checks: no silent fallback
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-m", "hbl_mpi", "data", "synth", "--seed", str(args.seed), "--cells",
                         str(args.cells), "--drugs", str(args.drugs), *args.synth, "--out", data], check=True,
                        stdout=subprocess.DEVNULL)
-    from hbl_mpi.context import load_dataset
+    from hbl_mpi.run.context import load_dataset
 
     truth = load_dataset(data).truth
     common = dict(parse_variant("x:" + ",".join(args.sets))[1]) if args.sets else {}

@@ -6,7 +6,7 @@
     python bench/simulate.py --results OUT/results.h5 # epochs per stage from your own run
 
 What is real: the placement decisions and the tree bookkeeping rank 0 does per event
-(``hbl_mpi.policy.place`` and ``TreeState``, plus the same free-list handling as
+(``hbl_mpi.tree.policy.place`` and ``TreeState``, plus the same free-list handling as
 ``scheduler.py``), *timed as they run here* at each machine size; the tree; and the
 measured inputs below. What is modelled: time.
   * epochs per node: drawn per stage from a measured distribution (``--results`` files,
@@ -41,9 +41,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hbl_mpi.atomic import replace_text  # noqa: E402
-from hbl_mpi.plan import full_tree  # noqa: E402
-from hbl_mpi.policy import TreeState, place  # noqa: E402
+from hbl_mpi.core.atomic import replace_text  # noqa: E402
+from hbl_mpi.tree.plan import full_tree  # noqa: E402
+from hbl_mpi.tree.policy import TreeState, place  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEASURED = os.path.join(HERE, "measured", "epochs_by_stage.json")
@@ -54,7 +54,7 @@ BINS = 10  # utilization over time: busy fraction per tenth of the makespan
 
 
 def epochs_from_results(paths: list[str]) -> dict[int, list[int]]:
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     out: dict[int, list[int]] = {}
     for p in paths:
@@ -69,7 +69,7 @@ def record(path: str, out: str = MEASURED) -> dict:
     """Write the epochs-per-stage measurement of a finished run (plus what produced it)."""
     import numpy as np
 
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     run = read_results(path)
     nodes, config = run.nodes, run.config
@@ -265,7 +265,7 @@ def main() -> None:
         print(json.dumps({"recorded": MEASURED, "nodes": rec["done"],
                           "epochs_mean_by_stage": {s: v["epochs_mean"] for s, v in rec["stages"].items()}}))
         return
-    from hbl_mpi.epochs import parse_strategy
+    from hbl_mpi.core.epochs import parse_strategy
 
     epochs, source = load_epochs(args.results)
     strat = parse_strategy(args.strategy, args.epochs)

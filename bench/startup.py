@@ -69,7 +69,8 @@ def child(stamps: str, steps: int, argv: list[str]) -> int:
     """One rank of the timed ``hbl_mpi run``: hooks that stamp, then the real command."""
     from mpi4py import MPI
 
-    from hbl_mpi import context, scheduler
+    from hbl_mpi.run import context
+    from hbl_mpi import scheduler
     from hbl_mpi.__main__ import main
     from hbl_mpi.commands import run as run_cmd
 
@@ -108,7 +109,7 @@ def child(stamps: str, steps: int, argv: list[str]) -> int:
         return train_node(tables, rows, init, spec, poll=stamp, **kw)
 
     # a worker's tables (RunContext.tables): do they alias the broadcast Dataset's arrays?
-    from hbl_mpi.tables import DeviceTables
+    from hbl_mpi.train.device_tables import DeviceTables
 
     from_dataset = DeviceTables.from_dataset.__func__
 

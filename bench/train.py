@@ -9,7 +9,7 @@ on the same response rows at the real Top21 feature widths (942 expression + 5,2
 descriptor columns). Three ways to feed the model, each in its own fresh subprocess so
 their memory and allocator state cannot mix:
 
-  trainer     ``hbl_mpi.trainer.train_node`` on ``DeviceTables``: normalised tables, each
+  trainer     ``hbl_mpi.train.trainer.train_node`` on ``DeviceTables``: normalised tables, each
               batch gathered by index (``features[entity_index[rows]]``); the epoch time
               includes the trainer's own per-epoch validation (on one batch of rows);
   dataloader  ``torch.utils.data.DataLoader(TensorDataset(x_cell, x_drug, y))`` over the
@@ -74,7 +74,7 @@ def shape_for(rows: int) -> tuple[int, int]:
 
 def make_dataset(rows: int, widths: tuple[int, int], seed: int):
     """A normalised data set with random features and a label the model can learn a little."""
-    from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
+    from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 
     cells, drugs = shape_for(rows)
     rng = np.random.default_rng(seed)
@@ -97,7 +97,7 @@ def make_dataset(rows: int, widths: tuple[int, int], seed: int):
 
 def split_rows(ds, n_train: int, batch: int, seed: int):
     """Training rows (``n_train``, drawn from all rows) and one batch of validation rows."""
-    from hbl_mpi.plan import NodeRows
+    from hbl_mpi.tree.plan import NodeRows
 
     rng = np.random.default_rng(seed + 1)
     perm = rng.permutation(ds.n_rows)
@@ -129,9 +129,9 @@ def one_variant(args) -> dict:
     """Run one variant in this process (the parent runs each in a fresh subprocess)."""
     import torch
 
-    from hbl_mpi.state import TrainState
-    from hbl_mpi.tables import DeviceTables
-    from hbl_mpi.trainer import TrainSpec, train_node
+    from hbl_mpi.train.flat_state import TrainState
+    from hbl_mpi.train.device_tables import DeviceTables
+    from hbl_mpi.train.trainer import TrainSpec, train_node
     from hbl_mpi.uno import build_model, initial_state
 
     torch.set_num_threads(args.threads)

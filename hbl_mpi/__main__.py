@@ -11,9 +11,9 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .atomic import WriteFailed
-from .errors import EXIT_FATAL, EXIT_INPUT, InputError
+from hbl_mpi import __version__
+from hbl_mpi.core.atomic import WriteFailed
+from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",

@@ -25,20 +25,20 @@ from collections import deque
 
 from mpi4py import MPI
 
-from .abort import abort_job
-from .atomic import WriteFailed
-from .context import RunContext
-from .errors import EXIT_FATAL
-from .faults import maybe_crash
-from .lifecycle import Ledger, NodeResult
-from .liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
-from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+from hbl_mpi.runtime.abort import abort_job
+from hbl_mpi.core.atomic import WriteFailed
+from hbl_mpi.run.context import RunContext
+from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.runtime.faults import maybe_crash
+from hbl_mpi.run.lifecycle import Ledger, NodeResult
+from hbl_mpi.runtime.liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
+from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
-from .policy import Source, place, poll_cap
-from .progress import Progress
-from .results import ResultsWriter, write_failed_line
-from .topology import Topology
-from .transfer import Backoff
+from hbl_mpi.tree.policy import Source, place, poll_cap
+from hbl_mpi.runtime.progress import Progress
+from hbl_mpi.store.results import ResultsWriter, write_failed_line
+from hbl_mpi.runtime.topology import Topology
+from hbl_mpi.transfer import Backoff
 
 
 class Scheduler:

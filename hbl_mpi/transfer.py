@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .messages import TAG_STATE_BASE, TAG_STATE_SPAN
-from .state import ModelState
+from hbl_mpi.runtime.messages import TAG_STATE_BASE, TAG_STATE_SPAN
+from hbl_mpi.train.flat_state import ModelState
 
 HEADER_LEN = 3  # n_params, step, number of float32 elements
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .dataset import Dataset
-from .errors import InputError
-from .state import ModelState, TrainState
+from hbl_mpi.data.dataset import Dataset
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.train.flat_state import ModelState, TrainState
 
 
 @dataclass(frozen=True)

@@ -26,20 +26,20 @@ import traceback
 
 from mpi4py import MPI
 
-from .abort import abort_job
-from .checkpoint import open_checkpointing
-from .context import RunContext
-from .errors import EXIT_FATAL
-from .faults import maybe_crash
-from .grad_sync import GroupComm
-from .lifecycle import NodeRunner
-from .liveness import RankGone, describe_death
-from .messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+from hbl_mpi.runtime.abort import abort_job
+from hbl_mpi.checkpoint import open_checkpointing
+from hbl_mpi.run.context import RunContext
+from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.runtime.faults import maybe_crash
+from hbl_mpi.runtime.grad_sync import GroupComm
+from hbl_mpi.run.lifecycle import NodeRunner
+from hbl_mpi.runtime.liveness import RankGone, describe_death
+from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
-from .policy import Source
-from .state import ModelState, TrainState
-from .topology import Topology
-from .transfer import Backoff, OutgoingStates, recv_state_into
+from hbl_mpi.tree.policy import Source
+from hbl_mpi.train.flat_state import ModelState, TrainState
+from hbl_mpi.runtime.topology import Topology
+from hbl_mpi.transfer import Backoff, OutgoingStates, recv_state_into
 
 
 class Worker:

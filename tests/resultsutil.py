@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hbl_mpi.results import CELL_TEST, CELL_VAL, HISTORY, PLAN, ResultsWriter
+from hbl_mpi.store.results import CELL_TEST, CELL_VAL, HISTORY, PLAN, ResultsWriter
 
 
 def write_results(path, nodes, *, history=(), cell_val=(), cell_test=None, plan=None, truth=None, config=None,

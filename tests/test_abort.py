@@ -18,7 +18,7 @@ from mpiutil import mpi_env, mpiexec
 SCRIPT = """
 import os, sys, time
 from mpi4py import MPI
-from hbl_mpi.abort import abort_job
+from hbl_mpi.runtime.abort import abort_job
 comm = MPI.COMM_WORLD
 if comm.Get_rank() == 1:
     os._exit(17)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import analysis as A
-from hbl_mpi.results import RunTables, read_results
+from hbl_mpi.analysis import paper_stats as A
+from hbl_mpi.store.results import RunTables, read_results
 from resultsutil import write_results
 
 

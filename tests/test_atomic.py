@@ -1,4 +1,4 @@
-"""hbl_mpi.atomic: the one atomic-write helper (no symlink followed, old file kept on failure)."""
+"""hbl_mpi.core.atomic: the one atomic-write helper (no symlink followed, old file kept on failure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hbl_mpi.atomic import WriteFailed, is_disk_full, replace_bytes, replace_file
+from hbl_mpi.core.atomic import WriteFailed, is_disk_full, replace_bytes, replace_file
 
 
 def test_replaces_content_and_leaves_no_temporary(tmp_path):

@@ -93,7 +93,7 @@ def test_simulate_small_machines(tmp_path):
 def test_state_buffers_are_huge_page_backed_when_linux_allows():
     """state.flat_buffer asks for transparent huge pages (forks pin fewer pages): check the
     kernel actually gave them, when THP is in madvise/always mode."""
-    from hbl_mpi.state import clone_flat, flat_buffer
+    from hbl_mpi.train.flat_state import clone_flat, flat_buffer
 
     try:
         mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()

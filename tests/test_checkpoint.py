@@ -24,9 +24,9 @@ from hbl_mpi.checkpoint import (
     keep_epochs,
     restart_check,
 )
-from hbl_mpi.config import RunConfig, load_config
-from hbl_mpi.errors import InputError
-from hbl_mpi.state import ModelState
+from hbl_mpi.core.config import RunConfig, load_config
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.train.flat_state import ModelState
 
 
 def state(seed: int, n: int = 10) -> ModelState:
@@ -251,8 +251,8 @@ CRASH_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     from hbl_mpi.checkpoint import CkptParams, NodeCheckpoints
-    from hbl_mpi.config import RunConfig
-    from hbl_mpi.state import ModelState
+    from hbl_mpi.core.config import RunConfig
+    from hbl_mpi.train.flat_state import ModelState
 
     def st(seed):
         g = torch.Generator().manual_seed(seed)
@@ -405,8 +405,8 @@ def test_async_writer_drains_queue_at_interpreter_exit(tmp_path):
         """
         import sys, time, torch
         from hbl_mpi.checkpoint import AsyncCheckpointWriter, CkptParams, NodeCheckpoints
-        from hbl_mpi.config import RunConfig
-        from hbl_mpi.state import ModelState
+        from hbl_mpi.core.config import RunConfig
+        from hbl_mpi.train.flat_state import ModelState
         root = sys.argv[1]
         nc = NodeCheckpoints(root, "1.1", CkptParams.from_config(RunConfig(ckpt_directory=root)))
         nc._step_hook = lambda s: time.sleep(0.3) if s == "model_written" else None

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hbl_mpi.config import CHOICES, DOCS, MINIMUM, RunConfig, load_config, readme_key_table, validate
-from hbl_mpi.errors import InputError
+from hbl_mpi.core.config import CHOICES, DOCS, MINIMUM, RunConfig, load_config, readme_key_table, validate
+from hbl_mpi.core.errors import InputError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -204,5 +204,5 @@ def test_readme_key_table_is_exactly_the_generated_one():
         if not line.startswith("|"):
             break
         block.append(line)
-    assert block == table, "README key table differs from hbl_mpi.config.readme_key_table() (regenerate it)"
+    assert block == table, "README key table differs from hbl_mpi.core.config.readme_key_table() (regenerate it)"
     assert len(table) == 2 + len(dataclasses.fields(RunConfig))

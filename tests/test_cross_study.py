@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import cross_study as X
-from hbl_mpi.ranking import rank_scores
+from hbl_mpi.report import cross_study as X
+from hbl_mpi.analysis.ranking import rank_scores
 
 
 def ranking_of(scores: dict) -> pd.DataFrame:
@@ -78,7 +78,7 @@ def test_chance_rate_matches_simulation(k):
 
 
 def test_text_and_report_section():
-    from hbl_mpi.report import Report
+    from hbl_mpi.report.build import Report
 
     sc = consistent_scores()
     line = min((c for c in sc if c.startswith("A.")), key=sc.get)[2:]

@@ -82,7 +82,7 @@ def test_results_from_other_data_are_refused(run_dir):
 
 def test_reason_names_the_diagnosis_and_a_swaps_look_alike():
     """Pure: the reason carries the diagnosis when the ranking has one; a swap names its look-alike."""
-    from hbl_mpi.curation import curate_selection
+    from hbl_mpi.analysis.curation import curate_selection
 
     ranking = pd.DataFrame({"cell": ["A", "B", "C", "D"], "score": [4.0, 3.0, 2.0, 1.0],
                             "impact": [0.1, 0.2, 0.0, -0.1],

@@ -18,8 +18,8 @@ import pytest
 
 from hbl_mpi.__main__ import main
 from hbl_mpi.data import read_uno, synthesize, write_uno
-from hbl_mpi.dataset import CELL
-from hbl_mpi.errors import InputError
+from hbl_mpi.data.dataset import CELL
+from hbl_mpi.core.errors import InputError
 
 TINY = dict(cells=30, drugs=12, cell_features=8, descriptors=6, fingerprints=5, density=0.7,
             anomaly_fraction=0.2)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import diagnosis as D
+from hbl_mpi.analysis import diagnosis as D
 
 C, K, NDRUG = 120, 4, 60
 
@@ -135,7 +135,7 @@ def test_prediction_grid_takes_the_deepest_node():
 
 
 def test_expression_neighbours():
-    from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
+    from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(2, 30))

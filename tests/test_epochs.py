@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from hbl_mpi.config import RunConfig
-from hbl_mpi.epochs import EpochStrategy, parse_strategy
-from hbl_mpi.errors import InputError
+from hbl_mpi.core.config import RunConfig
+from hbl_mpi.core.epochs import EpochStrategy, parse_strategy
+from hbl_mpi.core.errors import InputError
 
 pytestmark = pytest.mark.timeout(30)
 

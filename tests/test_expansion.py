@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.__main__ import main
-from hbl_mpi.config import EXPAND_SCORES, RunConfig
-from hbl_mpi.epochs import parse_strategy
-from hbl_mpi.errors import InputError
-from hbl_mpi.expansion import Candidate, Expander, ExpansionRule, choose
-from hbl_mpi.plan import PlanSpec, build_plan, check_invariants, stage_of
-from hbl_mpi.ranking import METHODS
+from hbl_mpi.core.config import EXPAND_SCORES, RunConfig
+from hbl_mpi.core.epochs import parse_strategy
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.adaptive.rule import Candidate, Expander, ExpansionRule, choose
+from hbl_mpi.tree.plan import PlanSpec, build_plan, check_invariants, stage_of
+from hbl_mpi.analysis.ranking import METHODS
 from mpiutil import run_mpi
 
 CONFIG = """
@@ -83,7 +83,7 @@ def _cell_val(node: str, val_cells, bad: str = "c5") -> pd.DataFrame:
 
 def _grow_by_feeding(exp: Expander, plan, order_seed: int) -> list[str]:
     """Feed finished nodes in a random order (each after it exists); returns the tree."""
-    from hbl_mpi.growth import apply
+    from hbl_mpi.adaptive.growth import apply
 
     rng = random.Random(order_seed)
     pending = list(plan.trained_nodes())
@@ -182,11 +182,11 @@ def test_adaptive_run_is_a_subtree_of_the_full_run_with_its_numbers(runs):
     plan = pd.read_hdf(root / "serial" / "results.h5", "plan")
     assert set(plan["node"]) == set(ada.index)
     # the replay the study uses builds the same tree from the full run's results
-    from hbl_mpi.config import load_config
+    from hbl_mpi.core.config import load_config
     from hbl_mpi.data import read_uno
-    from hbl_mpi.growth import adaptive_plan, regrow
-    from hbl_mpi.plan import plan_for
-    from hbl_mpi.results import read_results
+    from hbl_mpi.adaptive.growth import adaptive_plan, regrow
+    from hbl_mpi.tree.plan import plan_for
+    from hbl_mpi.store.results import read_results
 
     cfg = load_config(str(runs[1]))
     seed, exp = adaptive_plan(plan_for(read_uno(cfg.data), PlanSpec.from_config(cfg)), cfg)
@@ -214,7 +214,7 @@ def test_mpi_grows_the_serial_tree_bit_for_bit(runs, ranks):
 def _cut_results(src, dst, keep):
     import shutil
 
-    from hbl_mpi.results import ResultsWriter, read_results
+    from hbl_mpi.store.results import ResultsWriter, read_results
 
     shutil.copytree(src, dst)
     prev = read_results(str(dst / "results.h5"))
@@ -252,7 +252,7 @@ def test_restart_under_mpi_continues_the_tree(runs, tmp_path):
 
 def test_ranking_on_the_partial_tree_keeps_shallow_scores(runs):
     """A cell never expanded keeps the score the shallow stages gave it."""
-    from hbl_mpi.ranking import rank_cells
+    from hbl_mpi.analysis.ranking import rank_cells
 
     root, _, full, ada = runs
     cv_full = pd.read_hdf(root / "full" / "results.h5", "cell_val")
@@ -296,7 +296,7 @@ def test_adaptive_study_replay_is_the_live_adaptive_tree(runs):
     study_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study_mod)
     root, _, _, ada = runs
-    from hbl_mpi.baselines import config_from_dict
+    from hbl_mpi.analysis.baselines import config_from_dict
     from hbl_mpi.data import read_uno
 
     run, truth, config = study_mod.load(str(root / "full" / "results.h5"))

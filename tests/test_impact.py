@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi.curation import curate_selection, harm_order
-from hbl_mpi.impact import add_impact, cell_impact, combined_score, family_contrasts, noise_floor, two_way_fit
-from hbl_mpi.plan import PlanSpec, build_plan
+from hbl_mpi.analysis.curation import curate_selection, harm_order
+from hbl_mpi.analysis.impact import add_impact, cell_impact, combined_score, family_contrasts, noise_floor, two_way_fit
+from hbl_mpi.tree.plan import PlanSpec, build_plan
 
 
 def fabricate(n_cells=64, n=4, s=2, alpha=None, self_effect=None, mu=0.0, noise=0.0, seed=0,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from hbl_mpi.liveness import PeerWatch, ProcessIdentity, describe_death, identity, is_alive
+from hbl_mpi.runtime.liveness import PeerWatch, ProcessIdentity, describe_death, identity, is_alive
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs procfs (Linux)")
 
@@ -130,14 +130,14 @@ def test_a_peer_dead_before_the_watch_is_built_is_still_reported():
 # ----------------------------------------------------------------------------- stalls (issue 19 item 7)
 
 def test_stall_rule_fixed_limit():
-    from hbl_mpi.liveness import StallRule
+    from hbl_mpi.runtime.liveness import StallRule
 
     rule = StallRule(seconds=30.0)
     assert rule.limit(work=1e9, rates=[]) == 30.0 and rule.limit(work=1.0, rates=[5.0]) == 30.0
 
 
 def test_stall_rule_automatic_scales_with_the_node_and_has_a_floor():
-    from hbl_mpi.liveness import STALL_FACTOR, STALL_FLOOR_S, StallRule
+    from hbl_mpi.runtime.liveness import STALL_FACTOR, STALL_FLOOR_S, StallRule
 
     rule = StallRule()
     assert rule.limit(work=100.0, rates=[]) is None  # nothing finished yet: no verdict
@@ -149,7 +149,7 @@ def test_stall_rule_automatic_scales_with_the_node_and_has_a_floor():
 
 
 def test_stalled_names_only_the_silent_groups():
-    from hbl_mpi.liveness import Stall, StallRule, stalled
+    from hbl_mpi.runtime.liveness import Stall, StallRule, stalled
 
     running = {0: ("1.1", 0.0, 10.0), 1: ("1.2", 50.0, 10.0), 3: ("1.3", 0.0, 1000.0)}
     rule = StallRule(factor=2.0, floor=0.0)
@@ -165,7 +165,7 @@ def test_process_state_sees_a_stopped_process():
     import sys
     import time
 
-    from hbl_mpi.liveness import identity, process_state
+    from hbl_mpi.runtime.liveness import identity, process_state
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -62,7 +62,7 @@ def test_run_on_the_cache_gives_the_same_nodes(files):
 
 def test_foreign_and_damaged_files_are_input_errors(files, tmp_path):
     from hbl_mpi.data import read_data
-    from hbl_mpi.errors import InputError
+    from hbl_mpi.core.errors import InputError
 
     _, _, npz = files
     foreign = tmp_path / "other.npz"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hbl_mpi.atomic import WriteFailed
-from hbl_mpi.outlock import acquire
+from hbl_mpi.core.atomic import WriteFailed
+from hbl_mpi.store.outlock import acquire
 from faultutil import TINY_TREE
 from mpiutil import mpi_env, run_mpi, run_py
 
@@ -57,7 +57,7 @@ def one_error(proc, fragment: str, code: int = 2) -> str:
 # ----------------------------------------------------------------------------- 2. full disk
 
 def _writer(path):
-    from hbl_mpi.results import ResultsWriter
+    from hbl_mpi.store.results import ResultsWriter
 
     plan = pd.DataFrame({"node": ["1.1"], "parent": ["1"], "stage": [1], "cell": ["A"], "role": ["val"]})
     return ResultsWriter(str(path), config={"n": 2}, versions={}, data_checksum="x", plan_frame=plan, truth=None)
@@ -69,7 +69,7 @@ def _node(w, name):
 
 
 def test_flush_on_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     path = tmp_path / "results.h5"
     w = _writer(path)
@@ -97,7 +97,7 @@ def test_flush_on_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_flush_verifies_the_new_file_before_replacing(tmp_path, monkeypatch):
     """HDF5 on a full disk can return normally and leave a file without ``nodes``: the
     read-back refuses it, and the previous file stays."""
-    import hbl_mpi.results as results
+    import hbl_mpi.store.results as results
 
     path = tmp_path / "results.h5"
     w = _writer(path)
@@ -132,7 +132,7 @@ def put(self, key, *a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
     return real(self, key, *a, **k)
 pd.HDFStore.put = put
-from hbl_mpi.results import ResultsWriter
+from hbl_mpi.store.results import ResultsWriter
 ResultsWriter.maybe_flush = lambda self: self._dirty and (self.flush() or True)  # every node: no timing
 from hbl_mpi.__main__ import main
 sys.exit(main(sys.argv[1:]))
@@ -150,7 +150,7 @@ def test_run_on_full_disk_exits_4_then_restarts(case):
     line = one_error(proc, "disk full while writing out/results.h5;", code=4)
     assert line.endswith("; 2 finished nodes are in it; free space and run --restart"), line
     held = 2
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     assert len(read_results(str(case / "out" / "results.h5")).done_nodes()) == held >= 1
     assert [p for p in os.listdir(case / "out") if p.endswith(".tmp")] == []
@@ -163,7 +163,7 @@ def test_run_on_full_disk_exits_4_then_restarts(case):
 
 FILL_AFTER_SECOND_FLUSH = """
 import os, sys
-from hbl_mpi.results import ResultsWriter
+from hbl_mpi.store.results import ResultsWriter
 real = ResultsWriter.flush
 def flush(self):
     real(self)
@@ -196,7 +196,7 @@ def test_run_on_a_real_full_tmpfs(case):
                       timeout=200, cwd=case)
         took = time.monotonic() - t0
         line = one_error(proc, "disk full while writing out/results.h5;", code=4)
-        from hbl_mpi.results import read_results
+        from hbl_mpi.store.results import read_results
 
         held = len(read_results(str(out / "results.h5")).done_nodes())
         assert held >= 1 and f"; {held} finished nodes are in it;" in line, line
@@ -241,12 +241,12 @@ def test_locked_out_under_mpi_all_ranks_exit_2(case):
 
 def test_lock_dies_with_its_holder(tmp_path):
     """flock belongs to the process: kill -9 of the holder frees OUT at once."""
-    code = f"from hbl_mpi.outlock import acquire; l = acquire({str(tmp_path / 'out')!r}); print('held', flush=True); " \
+    code = f"from hbl_mpi.store.outlock import acquire; l = acquire({str(tmp_path / 'out')!r}); print('held', flush=True); " \
            "import time; time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=mpi_env())
     try:
         assert holder.stdout.readline().strip() == "held"
-        from hbl_mpi.errors import InputError
+        from hbl_mpi.core.errors import InputError
 
         with pytest.raises(InputError, match=f"in use by run pid {holder.pid}"):
             acquire(str(tmp_path / "out"))
@@ -257,7 +257,7 @@ def test_lock_dies_with_its_holder(tmp_path):
 
 
 def test_lock_file_symlink_is_refused(tmp_path):
-    from hbl_mpi.errors import InputError
+    from hbl_mpi.core.errors import InputError
 
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").write_text("keep")

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from hbl_mpi.__main__ import main
 from hbl_mpi.data import read_uno, synthesize, write_uno
-from hbl_mpi.errors import InputError
-from hbl_mpi.plan import (
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.plan import (
     ROOT, PlanSpec, build_plan, check_invariants, node_sort_key, parent_of, plan_for, stage_of,
 )
 
@@ -155,7 +155,7 @@ def raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec):
 def lacks_training_rows(cell_ids, drug_ids, cell_index, drug_index, **spec) -> bool:
     """Whether the plan is refused for a node without training rows, checked against the
     plan built without that check: some trained node's ``rows().train`` is then empty."""
-    import hbl_mpi.plan as P
+    import hbl_mpi.tree.plan as P
 
     try:
         raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
@@ -452,7 +452,7 @@ def test_cli_bad_input_exit_2_and_no_output(h5, tmp_path, capsys, monkeypatch, a
 
 
 def test_cli_failed_write_leaves_previous_file_intact(h5, tmp_path, monkeypatch):
-    from hbl_mpi.plan import Plan
+    from hbl_mpi.tree.plan import Plan
 
     out = tmp_path / "plan.csv"
     out.write_text("previous\n")

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from hbl_mpi.errors import InputError
-from hbl_mpi.plan import ROOT, full_tree, parent_of
-from hbl_mpi.policy import Status, TreeState, place
-from hbl_mpi.topology import group_layout, idle_ranks
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.plan import ROOT, full_tree, parent_of
+from hbl_mpi.tree.policy import Status, TreeState, place
+from hbl_mpi.runtime.topology import group_layout, idle_ranks
 
 
 def test_stage1_nodes_start_fresh_largest_subtree_first():
@@ -150,7 +150,7 @@ def test_group_layout():
 
 
 def test_poll_cap_follows_node_times_within_bounds():
-    from hbl_mpi.policy import POLL_CAP_MAX_S, POLL_CAP_MIN_S, poll_cap
+    from hbl_mpi.tree.policy import POLL_CAP_MAX_S, POLL_CAP_MIN_S, poll_cap
 
     assert poll_cap([]) == POLL_CAP_MIN_S  # nothing finished yet: react fast
     assert poll_cap([0.01, 0.02, 0.05]) == POLL_CAP_MIN_S  # sub-second nodes: the floor

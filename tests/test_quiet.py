@@ -29,7 +29,7 @@ def dataset(ids=None):
 
 
 def test_markdown_cells_stay_on_one_line():
-    from hbl_mpi.report import markdown_table
+    from hbl_mpi.report.build import markdown_table
 
     df = pd.DataFrame({"cell": ["a\nb", "c|d", "e\\f", "tab\there"], "v": [1, 2, 3, 4]})
     lines = markdown_table(df).splitlines()

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import ranking as R
+from hbl_mpi.analysis import ranking as R
 
 CELLS = [f"C{i}" for i in range(8)]
 STAGE1 = {c: "1.1" if i < 4 else "1.2" for i, c in enumerate(CELLS)}
@@ -117,7 +117,7 @@ def test_combine_and_compare():
 # baselines (hbl_mpi/baselines.py): the Isolation Forest parts need no training
 # ---------------------------------------------------------------------------
 def tiny_dataset(n_cells=30, n_drugs=12, seed=0):
-    from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
+    from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 
     rng = np.random.default_rng(seed)
     feats = rng.normal(size=(n_cells, 6)).astype(np.float32)
@@ -136,7 +136,7 @@ def tiny_dataset(n_cells=30, n_drugs=12, seed=0):
 
 
 def test_response_profile_matrix_centres_by_drug():
-    from hbl_mpi.baselines import response_profile_matrix
+    from hbl_mpi.analysis.baselines import response_profile_matrix
 
     ds = tiny_dataset()
     m = response_profile_matrix(ds)
@@ -148,7 +148,7 @@ def test_response_profile_matrix_centres_by_drug():
 
 
 def test_isolation_forest_baselines_find_their_kind():
-    from hbl_mpi.baselines import if_features, if_responses
+    from hbl_mpi.analysis.baselines import if_features, if_responses
 
     ds = tiny_dataset()
     f = if_features(ds, seed=0)
@@ -163,7 +163,7 @@ def test_isolation_forest_baselines_find_their_kind():
 # K-fold out-of-fold residuals (tiny model, a few epochs: seconds)
 # ---------------------------------------------------------------------------
 def tiny_config(**kw):
-    from hbl_mpi.config import RunConfig
+    from hbl_mpi.core.config import RunConfig
 
     base = dict(data="x.h5", n=3, s=2, seed=3, model="tiny", strategy="flat:4", patience=2,
                 batch_size=64, learning_rate=0.01, holdout_fraction=0.1, threads=1)
@@ -172,7 +172,7 @@ def tiny_config(**kw):
 
 
 def test_config_from_dict_reads_hdf5_attribute_types():
-    from hbl_mpi.baselines import config_from_dict
+    from hbl_mpi.analysis.baselines import config_from_dict
 
     raw = tiny_config().as_dict()
     raw.update(n=np.int64(3), learning_rate=np.float64(0.01), fault_fail_nodes=np.array(["1.1"]),
@@ -183,7 +183,7 @@ def test_config_from_dict_reads_hdf5_attribute_types():
 
 
 def test_cell_folds_partition_the_cells():
-    from hbl_mpi.baselines import cell_folds
+    from hbl_mpi.analysis.baselines import cell_folds
 
     folds = cell_folds(30, 4, seed=5)
     assert [len(f) for f in folds] == [7, 7, 7, 9]
@@ -196,9 +196,9 @@ def test_cell_folds_partition_the_cells():
 
 @pytest.mark.timeout(120)
 def test_out_of_fold_never_predicts_a_row_its_model_trained_on(monkeypatch):
-    import hbl_mpi.trainer as T
-    from hbl_mpi import baselines as B
-    from hbl_mpi.plan import PlanSpec, plan_for
+    import hbl_mpi.train.trainer as T
+    from hbl_mpi.analysis import baselines as B
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
 
     ds = tiny_dataset()
     cfg = tiny_config()
@@ -235,7 +235,7 @@ def test_out_of_fold_never_predicts_a_row_its_model_trained_on(monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_run_baselines_all_scored_on_the_same_cells(tmp_path):
-    from hbl_mpi import baselines as B
+    from hbl_mpi.analysis import baselines as B
 
     ds = tiny_dataset()
     out = B.run_baselines("unused.h5", tiny_config().as_dict(), kfold=3, log=lambda *a: None, dataset=ds)
@@ -250,7 +250,7 @@ def test_run_baselines_all_scored_on_the_same_cells(tmp_path):
 
 
 def test_cleanlab_switches_to_residual_above_the_row_limit():
-    from hbl_mpi import baselines as B
+    from hbl_mpi.analysis import baselines as B
 
     if not B.cleanlab_available():
         pytest.skip("cleanlab is not installed")

@@ -3,7 +3,7 @@
 import subprocess
 from pathlib import Path
 
-from hbl_mpi.config import readme_key_table
+from hbl_mpi.core.config import readme_key_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

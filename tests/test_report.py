@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi import report as REP
-from hbl_mpi import ranking as R
+from hbl_mpi.report import build as REP
+from hbl_mpi.analysis import ranking as R
 from hbl_mpi.commands import report as cmd
-from hbl_mpi.errors import InputError
-from hbl_mpi.results import read_results
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.store.results import read_results
 
 from resultsutil import write_results
 
@@ -291,7 +291,7 @@ def add_cell_pred(path, n_drugs=12, seed=0):
 def reference_file(path, cp):
     """A second screen in Uno format: the same (cell, drug) labels on another scale, one cell scrambled."""
     from hbl_mpi.data import write_uno
-    from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
+    from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 
     m = cp.drop_duplicates(["cell", "drug"])
     cells, drugs = np.array(sorted(m["cell"].unique()), dtype=object), np.array(sorted(m["drug"].unique()), dtype=object)

@@ -249,7 +249,7 @@ def test_finished_parent_state_from_checkpoint_or_rerun(setup, tmp_path, capsys)
     assert main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true"]) == 0
     full = pd.read_hdf(out / "results.h5", "nodes")
     # pretend the run died after these nodes: cut the rest out of results.h5
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     keep = {"1.1", "1.1.1", "1.2", "1.3", "1.3.2"}
     prev = read_results(str(out / "results.h5"))
@@ -269,7 +269,7 @@ def test_finished_parent_state_from_checkpoint_or_rerun(setup, tmp_path, capsys)
 
 
 def _rewrite_results(out, prev, keep):
-    from hbl_mpi.results import ResultsWriter
+    from hbl_mpi.store.results import ResultsWriter
 
     cut = prev.without(set(prev.nodes["node"]) - set(keep))
     w = ResultsWriter(str(out / "results.h5"), config=prev.config, versions={}, data_checksum="",
@@ -283,7 +283,7 @@ def test_restart_without_checkpoints_reruns_needed_parents(setup, tmp_path, caps
     root, cfg, reference = setup
     out = tmp_path / "out"
     shutil.copytree(root / "reference", out)
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     _rewrite_results(out, read_results(str(out / "results.h5")), {"1.1", "1.1.1", "1.1.2", "1.1.3", "1.2"})
     capsys.readouterr()
@@ -303,7 +303,7 @@ def test_damaged_final_checkpoint_of_a_finished_parent_reruns_it(setup, tmp_path
     root, cfg, reference = setup
     out = tmp_path / "out"
     assert main(["run", str(cfg), "--serial", "--out", str(out), "--set", "ckpt_enabled=true"]) == 0
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     _rewrite_results(out, read_results(str(out / "results.h5")), {"1.1", "1.2", "1.3"})
     for n in [n for n in NODES if n.count(".") == 2]:
@@ -431,8 +431,8 @@ def test_a_new_training_key_at_its_default_keeps_old_fingerprints_and_a_changed_
     from types import SimpleNamespace
 
     from hbl_mpi.checkpoint.restart import check_compatible, run_fingerprint
-    from hbl_mpi.config import RunConfig
-    from hbl_mpi.errors import InputError
+    from hbl_mpi.core.config import RunConfig
+    from hbl_mpi.core.errors import InputError
 
     cfg = RunConfig(data="x.h5")
     assert run_fingerprint(cfg, "abc") == "b43c15eec2190ec0"  # the value at da8b171, before batch_order

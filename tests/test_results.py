@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi.errors import InputError
-from hbl_mpi.results import CELL_TEST, NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.store.results import CELL_TEST, NODES, PLAN, SCHEMA, ResultsWriter, RunTables, read_results
 
 
 def make_writer(path, previous=None):
@@ -198,7 +198,7 @@ def test_kill_during_flushes_leaves_a_readable_file(tmp_path):
 def test_cell_pred_and_static_tables_round_trip(tmp_path):
     import numpy as np
 
-    from hbl_mpi.results import ResultsWriter, read_results
+    from hbl_mpi.store.results import ResultsWriter, read_results
 
     nb = pd.DataFrame({"cell": ["a"], "neighbour": ["b"], "rank": [1], "similarity": [0.5]})
     path = str(tmp_path / "results.h5")

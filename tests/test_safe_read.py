@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hbl_mpi.errors import InputError
-from hbl_mpi.hdf5_guard import check_file, unsafe_globals
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.hdf5_guard import check_file, unsafe_globals
 from faultutil import RunsCode
 from mpiutil import run_py
 
@@ -31,7 +31,7 @@ def tiny_data(path) -> None:
 
 
 def tiny_results(path) -> None:
-    from hbl_mpi.results import ResultsWriter
+    from hbl_mpi.store.results import ResultsWriter
 
     plan = pd.DataFrame({"node": ["1.1"], "parent": ["1"], "stage": [1], "cell": ["A"], "role": ["val"]})
     w = ResultsWriter(str(path), config={"n": 2, "s": 1}, versions={"x": "1"}, data_checksum="abc",
@@ -136,7 +136,7 @@ def test_results_readers_refuse(tmp_path, plant):
 
 def test_old_results_with_pickled_dict_attributes_still_read(tmp_path):
     """Files written before the JSON attributes hold pickled dicts of plain data: still read."""
-    from hbl_mpi.results import read_results
+    from hbl_mpi.store.results import read_results
 
     path = tmp_path / "r.h5"
     tiny_results(path)

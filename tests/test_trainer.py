@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hbl_mpi.config import RunConfig
-from hbl_mpi.context import RunContext
+from hbl_mpi.core.config import RunConfig
+from hbl_mpi.run.context import RunContext
 from hbl_mpi.data import synthesize
-from hbl_mpi.plan import NodeRows
-from hbl_mpi.state import TrainState
-from hbl_mpi.trainer import (EpochEnd, NonFiniteLoss, ResumePoint, TrainSpec, derive_seed, epoch_order,
+from hbl_mpi.tree.plan import NodeRows
+from hbl_mpi.train.flat_state import TrainState
+from hbl_mpi.train.trainer import (EpochEnd, NonFiniteLoss, ResumePoint, TrainSpec, derive_seed, epoch_order,
                              mean_loss, train_node)
 from hbl_mpi.uno import InputSpec, build_model, initial_state, layer_table, n_parameters
 
@@ -157,7 +157,7 @@ def test_warm_started_child_begins_below_a_fresh_model(ctx):
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(ctx, monkeypatch):
-    import hbl_mpi.trainer as T
+    import hbl_mpi.train.trainer as T
 
     # val_loss improves for 2 epochs then never again: stop after epoch 2 + patience 3 = 5
     script = iter([1.0, 0.5, 0.6, 0.7, 0.55, 0.4, 0.3, 0.2, 0.1, 0.05])
@@ -246,7 +246,7 @@ def test_train_state_fork_buffer_holds_weights_and_adam(ctx):
 
 
 def test_pair_predictions_cover_every_drug_of_the_validation_cells(ctx):
-    from hbl_mpi.trainer import pair_predictions, squared_errors
+    from hbl_mpi.train.trainer import pair_predictions, squared_errors
 
     ts = ctx.new_train_state()
     rows = ctx.plan.rows("1.2")

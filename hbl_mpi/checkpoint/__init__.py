@@ -13,14 +13,14 @@ Which file holds what:
 This module only re-exports.
 """
 
-from .format import WRITE_STEPS
-from .keep import keep_epochs
-from .params import CkptParams
-from .restart import TRAINING_KEYS, RestartInfo, check_compatible, drop_rerun, plan_restart, run_fingerprint
-from .session import (CheckpointMismatch, Checkpointing, NodeSession, final_state, open_checkpointing,
+from hbl_mpi.checkpoint.format import WRITE_STEPS
+from hbl_mpi.checkpoint.keep import keep_epochs
+from hbl_mpi.checkpoint.params import CkptParams
+from hbl_mpi.checkpoint.restart import TRAINING_KEYS, RestartInfo, check_compatible, drop_rerun, plan_restart, run_fingerprint
+from hbl_mpi.checkpoint.session import (CheckpointMismatch, Checkpointing, NodeSession, final_state, open_checkpointing,
                       parent_state_from_checkpoint)
-from .store import Checkpoint, NodeCheckpoints, SavePlan, restart_check
-from .writer import AsyncCheckpointWriter, CheckpointWriteError
+from hbl_mpi.checkpoint.store import Checkpoint, NodeCheckpoints, SavePlan, restart_check
+from hbl_mpi.checkpoint.writer import AsyncCheckpointWriter, CheckpointWriteError
 
 __all__ = [
     "WRITE_STEPS", "AsyncCheckpointWriter", "Checkpoint", "CheckpointMismatch", "CheckpointWriteError",

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..state import ModelState
+from hbl_mpi import __version__
+from hbl_mpi.train.flat_state import ModelState
 
 FORMAT = "hbl_mpi.ckpt/1"
 MODEL_FILE = "model.pt"

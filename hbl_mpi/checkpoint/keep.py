@@ -14,7 +14,7 @@ training-time session and the tests apply the very same rule:
 
 from __future__ import annotations
 
-from .params import CkptParams
+from hbl_mpi.checkpoint.params import CkptParams
 
 
 def improves(params: CkptParams, value: float, best_metric: float) -> bool:

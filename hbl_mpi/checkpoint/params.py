@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import RunConfig
+from hbl_mpi.core.config import RunConfig
 
 
 @dataclass(frozen=True)

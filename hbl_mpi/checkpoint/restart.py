@@ -28,14 +28,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..atomic import replace_text
-from ..config import RunConfig
-from ..errors import InputError
-from ..plan import node_sort_key, stage_of
-from ..results import RunTables
-from .format import info_metadata
-from .session import CheckpointMismatch, final_state
-from .store import NodeCheckpoints, restart_check
+from hbl_mpi.core.atomic import replace_text
+from hbl_mpi.core.config import RunConfig
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.plan import node_sort_key, stage_of
+from hbl_mpi.store.results import RunTables
+from hbl_mpi.checkpoint.format import info_metadata
+from hbl_mpi.checkpoint.session import CheckpointMismatch, final_state
+from hbl_mpi.checkpoint.store import NodeCheckpoints, restart_check
 
 #: Config keys that change what a node computes: a checkpoint (or a results file) made
 #: with other values cannot be continued. ``threads``/``device`` change only rounding.
@@ -57,7 +57,7 @@ def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
 
 def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) -> None:
     """InputError unless the earlier run trained the same nodes on the same data."""
-    from ..expansion import TREE_KEYS  # the adaptive tree's shape: a restart keeps it too
+    from hbl_mpi.adaptive.rule import TREE_KEYS  # the adaptive tree's shape: a restart keeps it too
 
     old = {**NEW_KEY_DEFAULTS, **previous.config}  # a run from before a key existed ran at its default
     for key in TRAINING_KEYS + TREE_KEYS:

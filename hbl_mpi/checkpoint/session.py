@@ -30,12 +30,12 @@ import sys
 import time
 from typing import Any, Callable
 
-from ..state import ModelState
-from ..trainer import EpochEnd, EpochRecord, ResumePoint
-from .format import info_metadata
-from .params import CkptParams
-from .store import Checkpoint, NodeCheckpoints
-from .writer import AsyncCheckpointWriter, CheckpointWriteError
+from hbl_mpi.train.flat_state import ModelState
+from hbl_mpi.train.trainer import EpochEnd, EpochRecord, ResumePoint
+from hbl_mpi.checkpoint.format import info_metadata
+from hbl_mpi.checkpoint.params import CkptParams
+from hbl_mpi.checkpoint.store import Checkpoint, NodeCheckpoints
+from hbl_mpi.checkpoint.writer import AsyncCheckpointWriter, CheckpointWriteError
 
 RESUME_FORMAT = "hbl_mpi.resume/1"
 

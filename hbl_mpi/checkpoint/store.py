@@ -52,15 +52,15 @@ from typing import Any, Callable
 
 import torch
 
-from ..atomic import fsync_dir, replace_file, replace_text
-from ..errors import InputError
-from ..plan import parent_of, stage_of
-from ..state import ModelState
-from . import keep
-from .format import (BEST, EPOCHS_DIR, FORMAT, INFO_FILE, LAST, MODEL_FILE, NODE_NAME, TMP_PREFIX,
+from hbl_mpi.core.atomic import fsync_dir, replace_file, replace_text
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.plan import parent_of, stage_of
+from hbl_mpi.train.flat_state import ModelState
+from hbl_mpi.checkpoint import keep
+from hbl_mpi.checkpoint.format import (BEST, EPOCHS_DIR, FORMAT, INFO_FILE, LAST, MODEL_FILE, NODE_NAME, TMP_PREFIX,
                      TRASH_PREFIX, HashingWriter, copy_bookkeeping, exchange, for_disk, from_disk,
                      json_number, sha256_file, versions)
-from .params import CkptParams
+from hbl_mpi.checkpoint.params import CkptParams
 
 
 @dataclass(frozen=True)

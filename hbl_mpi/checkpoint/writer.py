@@ -15,10 +15,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..atomic import is_disk_full
-from ..state import ModelState
-from .format import copy_bookkeeping
-from .store import NodeCheckpoints, SavePlan
+from hbl_mpi.core.atomic import is_disk_full
+from hbl_mpi.train.flat_state import ModelState
+from hbl_mpi.checkpoint.format import copy_bookkeeping
+from hbl_mpi.checkpoint.store import NodeCheckpoints, SavePlan
 
 
 class CheckpointWriteError(RuntimeError):

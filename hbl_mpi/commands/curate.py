@@ -15,7 +15,7 @@ import os
 
 
 def configure(p) -> None:
-    from ..curation import CURATE_BY, DEFAULT_CURATE_BY
+    from hbl_mpi.analysis.curation import CURATE_BY, DEFAULT_CURATE_BY
 
     p.add_argument("results", help="results.h5 written by `run` on DATA")
     p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
@@ -34,15 +34,15 @@ def csv_path(out: str, mode: str) -> str:
 
 
 def run(args) -> int:
-    from ..atomic import WriteFailed, replace_text
-    from ..context import load_dataset
-    from ..curation import curate_selection
-    from ..data import write_uno
-    from ..errors import InputError
-    from ..impact import add_impact, run_impact
-    from ..ranking import rank_cells
-    from ..report_cells import diagnose_run, with_diagnosis
-    from ..results import read_results
+    from hbl_mpi.core.atomic import WriteFailed, replace_text
+    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.analysis.curation import curate_selection
+    from hbl_mpi.data import write_uno
+    from hbl_mpi.core.errors import InputError
+    from hbl_mpi.analysis.impact import add_impact, run_impact
+    from hbl_mpi.analysis.ranking import rank_cells
+    from hbl_mpi.report.cells import diagnose_run, with_diagnosis
+    from hbl_mpi.store.results import read_results
 
     mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
     if k < 1:

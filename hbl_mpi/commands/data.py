@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from ..errors import InputError
+from hbl_mpi.core.errors import InputError
 
 # synth.KINDS, repeated so that --help imports no numpy (tests/test_data.py keeps them equal)
 KINDS = ("label_noise", "shift", "swap", "misid")
@@ -113,7 +113,7 @@ def _make_parent(out: str) -> None:
     data was built, so bad options never leave an empty folder behind."""
     import os
 
-    from ..errors import InputError
+    from hbl_mpi.core.errors import InputError
 
     parent = os.path.dirname(os.path.abspath(out))
     try:
@@ -123,7 +123,7 @@ def _make_parent(out: str) -> None:
 
 
 def _synth(args) -> int:
-    from ..data import synthesize, write_uno
+    from hbl_mpi.data import synthesize, write_uno
 
     over = {}
     for key in ("cells", "drugs", "density", "rows", "cell_features", "descriptors", "fingerprints",
@@ -152,7 +152,7 @@ def _synth(args) -> int:
 
 def _build_and_write(build, args, what) -> int:
     """Build a data set (printing its report), then write it to ``args.out``; ``what(report)`` names it."""
-    from ..data import write_uno
+    from hbl_mpi.data import write_uno
 
     t0 = time.perf_counter()
     ds, report = build()
@@ -168,14 +168,14 @@ def _build_and_write(build, args, what) -> int:
 
 
 def _gdsc(args) -> int:
-    from ..data import build_gdsc
+    from hbl_mpi.data import build_gdsc
 
     return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
                                                ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}")
 
 
 def _improve(args) -> int:
-    from ..data.improve import build_improve
+    from hbl_mpi.data.improve import build_improve
 
     return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
                                                   drug_features_from=args.drug_features, fp_bits=args.fp_bits),
@@ -183,7 +183,7 @@ def _improve(args) -> int:
 
 
 def _inspect(args) -> int:
-    from ..data import read_data
+    from hbl_mpi.data import read_data
 
     t0 = time.perf_counter()
     ds = read_data(args.path)
@@ -211,7 +211,7 @@ def _inspect(args) -> int:
 
 
 def _normalise(args) -> int:
-    from ..data import read_uno, write_normalised
+    from hbl_mpi.data import read_uno, write_normalised
 
     t0 = time.perf_counter()
     ds = read_uno(args.path)

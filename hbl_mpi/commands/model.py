@@ -10,7 +10,7 @@ import json
 
 
 def configure(p) -> None:
-    from ..config import CHOICES  # not ..uno: building the parser must not import torch
+    from hbl_mpi.core.config import CHOICES  # not ..uno: building the parser must not import torch
 
     p.add_argument("--preset", default="small", help=f"model preset: {', '.join(CHOICES['model'])} (default small)")
     p.add_argument("--data", required=True, help="data file (CANDLE Uno HDF5) whose feature widths the model reads")
@@ -19,8 +19,8 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from ..context import load_dataset
-    from ..uno import InputSpec, build_model, layer_table, n_parameters, preset_of
+    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.uno import InputSpec, build_model, layer_table, n_parameters, preset_of
 
     preset = preset_of(args.preset)
     ds = load_dataset(args.data)

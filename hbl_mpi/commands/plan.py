@@ -4,7 +4,7 @@ Settings come from the same places as ``run`` (a TOML config and ``--set``), and
 plan flags (``--data``, ``--n``, ``--s``, ...) are just ``--set`` overrides applied last,
 so the plan printed here is exactly the plan ``run`` would train with the same inputs,
 and every check (N > cells, N < 2, a missing file, an unknown order) is the one
-``load_config``/``build_plan`` already make. Only ``hbl_mpi.data`` and ``hbl_mpi.plan``
+``load_config``/``build_plan`` already make. Only ``hbl_mpi.data`` and ``hbl_mpi.tree.plan``
 are imported (no torch, no MPI), so the command answers in well under a second on a
 thousand cells.
 
@@ -20,8 +20,8 @@ import json
 import os
 import time
 
-from ..atomic import replace_file
-from ..errors import InputError
+from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.core.errors import InputError
 
 # flag -> config key; each given flag becomes a ``--set key=value`` override
 FLAGS = {
@@ -57,7 +57,7 @@ def _toml_value(value) -> str:
 
 def settings(args):
     """The validated RunConfig the plan is built from (config, then --set, then flags)."""
-    from ..config import load_config
+    from hbl_mpi.core.config import load_config
 
     overrides = list(args.overrides)
     for flag, key in FLAGS.items():
@@ -108,8 +108,8 @@ def format_summary(plan, build_s: float) -> list[str]:
 
 
 def run(args) -> int:
-    from ..data import read_data
-    from ..plan import PlanSpec, check_invariants, plan_for
+    from hbl_mpi.data import read_data
+    from hbl_mpi.tree.plan import PlanSpec, check_invariants, plan_for
 
     cfg = settings(args)
     if args.out:

@@ -26,9 +26,9 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from ..errors import InputError
-    from ..ranking import DEFAULT_METHOD, METHODS
-    from ..report import build, write
+    from hbl_mpi.core.errors import InputError
+    from hbl_mpi.analysis.ranking import DEFAULT_METHOD, METHODS
+    from hbl_mpi.report.build import build, write
 
     method = args.method or DEFAULT_METHOD
     if method not in METHODS:

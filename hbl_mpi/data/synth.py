@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import pandas as pd
 
-from ..dataset import CELL, DRUG, Dataset, FeatureGroup
-from ..errors import InputError
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.core.errors import InputError
 
 KINDS = ("label_noise", "shift", "swap", "misid")
 DEFAULT_KINDS = ("label_noise", "shift", "swap")

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..atomic import replace_file
-from ..dataset import CELL, DRUG, Dataset, FeatureGroup
-from ..errors import InputError
-from ..hdf5_guard import check_file
+from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.hdf5_guard import check_file
 
 PARTITIONS = ("train", "val", "test")
 LABELS = ("AUC", "Growth")

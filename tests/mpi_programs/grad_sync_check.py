@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from hbl_mpi.dataset import CELL, DRUG, Dataset, FeatureGroup
-from hbl_mpi.grad_sync import GroupComm, Reduction, Staging, staging_for
-from hbl_mpi.plan import NodeRows
-from hbl_mpi.state import TrainState
-from hbl_mpi.tables import DeviceTables
-from hbl_mpi.trainer import TrainSpec, train_node
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.runtime.grad_sync import GroupComm, Reduction, Staging, staging_for
+from hbl_mpi.tree.plan import NodeRows
+from hbl_mpi.train.flat_state import TrainState
+from hbl_mpi.train.device_tables import DeviceTables
+from hbl_mpi.train.trainer import TrainSpec, train_node
 from hbl_mpi.uno import build_model, initial_state
 
 os.environ["HBL_CUDA_AWARE"] = "0"  # awareness forced off: a CUDA tensor would stage

@@ -13,7 +13,7 @@ import time
 import torch
 from mpi4py import MPI
 
-from hbl_mpi.state import ModelState
+from hbl_mpi.train.flat_state import ModelState
 from hbl_mpi.transfer import OutgoingStates, recv_state_into, wait_all
 
 comm = MPI.COMM_WORLD

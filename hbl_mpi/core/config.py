@@ -1,0 +1,299 @@
+"""Run configuration: a TOML file plus ``--set key=value`` overrides, validated up front.
+
+Every key is a field of ``RunConfig`` (its type and default); ``DOCS`` gives its line of
+documentation (the README's key table is generated from it, a test keeps them in sync),
+``CHOICES``/``MINIMUM``/``validate`` its checks. Unknown keys get the nearest valid name
+as a suggestion; every problem is an ``InputError`` (one line, exit 2) raised before any
+rank trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hbl_mpi.core.epochs import parse_strategy
+from hbl_mpi.core.errors import InputError
+
+
+@dataclass
+class RunConfig:
+    """All settings of one run (see README, "Configuration keys")."""
+
+    data: str = ""
+    n: int = 4
+    s: int = 3
+    order: str = "shuffled"
+    seed: int = 0
+    partition: str = "cells"
+    holdout_fraction: float = 0.1
+    expand: str = "full"
+    expand_budget: float = 0.25
+    expand_full_stages: int = 1
+    expand_score: str = "depth_weighted"
+    expand_suspects: int = 0
+    strategy: str = "EXP2"
+    epochs: int = 20
+    patience: int = 3
+    min_delta: float = 0.0
+    batch_size: int = 256
+    batch_order: str = "node"
+    learning_rate: float = 1e-3
+    model: str = "small"
+    dropout: float = -1.0
+    inherit: str = "best"
+    device: str = "cpu"
+    threads: int = 0
+    group_size: int = 1
+    out: str = "out"
+    flush_seconds: float = 2.0
+    progress_every: int = 0
+    stall_seconds: float = 0.0
+    # checkpoints (CANDLE names, DESIGN §8)
+    ckpt_restart_mode: str = "auto"
+    ckpt_save_best: bool = True
+    ckpt_save_best_metric: str = "val_loss"
+    ckpt_skip_epochs: int = 0
+    ckpt_save_interval: int = 1
+    ckpt_checksum: bool = True
+    ckpt_keep_mode: str = "linear"
+    ckpt_keep_limit: int = 2
+    ckpt_directory: str = ""
+    ckpt_enabled: bool = False
+    # fault injection (tests only; off by default)
+    fault_fail_nodes: list = field(default_factory=list)
+    fault_nan_nodes: list = field(default_factory=list)
+    fault_slow_nodes: list = field(default_factory=list)
+    fault_slow_seconds: float = 0.0
+    fault_crash_rank: int = -1
+    fault_crash_after: int = 0
+    fault_crash_kind: str = "exit"
+
+    @property
+    def epoch_strategy(self):
+        return parse_strategy(self.strategy, self.epochs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved_dropout(self) -> float | None:
+        return None if self.dropout < 0 else self.dropout
+
+
+DOCS: dict[str, str] = {
+    "data": "path of the input HDF5 file (CANDLE Uno format); relative paths are relative to the config file",
+    "n": "children per node (parts per level), >= 2",
+    "s": "number of stages (tree depth below the root), >= 1",
+    "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
+    "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
+    "partition": "`cells` (hold out cell lines) or `cells+drugs` (crossed cell x drug blocks)",
+    "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
+    "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings.md §10)",
+    "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
+    "expand_full_stages": "adaptive: stages 1..this are created in full before the rule decides (1 <= value <= s)",
+    "expand_score": "adaptive: the cell score that picks the suspects: depth_weighted, deepest_log_ratio, mean_log_ratio, max_log_ratio, min_log_ratio, mean_robust_z or pooled_ratio (ranking.py)",
+    "expand_suspects": "adaptive: per stage, expand only nodes holding one of this many best-scored cells; 0 = no quota (by score until the budget)",
+    "strategy": "epoch strategy: F-20, F-10, LINE, SQRT, EXP2, or flat:E, line:E, sqrt:E, exp2:E",
+    "epochs": "base epochs E for LINE, SQRT, EXP2",
+    "patience": "early stopping patience in epochs (on val_loss)",
+    "min_delta": "smallest val_loss decrease that counts as an improvement",
+    "batch_size": "rows per training batch (global batch when group_size > 1)",
+    "batch_order": "`node` (each node shuffles its rows with its own seed) or `family` (siblings filter one shared shuffle of all rows, seeded by their parent: common random numbers, so what differs between siblings is their data; docs/findings.md §8.8)",
+    "learning_rate": "Adam learning rate",
+    "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests)",
+    "dropout": "dropout rate overriding the preset's; negative = the preset's value",
+    "inherit": "`best` (parent's best val_loss epoch) or `last` (parent's last epoch, as CANDLE)",
+    "device": "`cpu`, `cuda`, or `auto` (cuda when available)",
+    "threads": "torch intra-op threads per rank; 0 = the rank's share of the host's cores",
+    "group_size": "ranks that train one model data-parallel (must divide the workers on each host)",
+    "out": "output directory (results.h5, logs); relative to the working directory",
+    "flush_seconds": "rank 0 rewrites results.h5 atomically at most this often while nodes finish",
+    "progress_every": "print a progress line every this many finished nodes; 0 = automatic",
+    "stall_seconds": "abort (exit 4) when a worker has not reported for this many seconds on one node; 0 = automatic: 10 x the node's expected time (its rows x epochs at the median rate of finished nodes), at least 600 s, none before the first node finishes",
+    "ckpt_restart_mode": "`off`, `auto` (resume when checkpoints exist) or `required`",
+    "ckpt_save_best": "keep the best-metric checkpoint of each node",
+    "ckpt_save_best_metric": "metric that defines `best` (val_loss)",
+    "ckpt_skip_epochs": "write no checkpoint during the first this many epochs",
+    "ckpt_save_interval": "write a checkpoint every this many epochs",
+    "ckpt_checksum": "store and verify a SHA-256 of every model file",
+    "ckpt_keep_mode": "`linear` (keep the newest ckpt_keep_limit) or `exponential`",
+    "ckpt_keep_limit": "epoch checkpoints kept per node besides `best` and `last`",
+    "ckpt_directory": "checkpoint root; empty = OUT/ckpts",
+    "ckpt_enabled": "write per-epoch checkpoints (needed for mid-node restart)",
+    "fault_fail_nodes": "testing: nodes that raise an exception when they start",
+    "fault_nan_nodes": "testing: nodes whose loss becomes NaN",
+    "fault_slow_nodes": "testing: nodes that sleep `fault_slow_seconds` per epoch",
+    "fault_slow_seconds": "testing: the sleep per epoch of `fault_slow_nodes`",
+    "fault_crash_rank": "testing: this rank dies after `fault_crash_after` finished nodes (-1 = none)",
+    "fault_crash_after": "testing: nodes the crashing rank finishes before it dies (rank 0: reports it records; it dies having handed out the next nodes)",
+    "fault_crash_kind": "testing: `exit` (os._exit), `signal` (SIGKILL) or `raise` (exception outside a node)",
+}
+
+EXPAND_SCORES = ("depth_weighted", "deepest_log_ratio", "mean_log_ratio", "max_log_ratio", "min_log_ratio",
+                 "mean_robust_z", "pooled_ratio")
+"""``ranking.METHODS`` that need only the per-cell errors (a test keeps the two in step)."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "order": ("shuffled", "ordered"),
+    "expand": ("full", "adaptive"),
+    "expand_score": EXPAND_SCORES,
+    "partition": ("cells", "cells+drugs"),
+    "model": ("small", "paper", "tiny"),
+    "inherit": ("best", "last"),
+    "batch_order": ("node", "family"),
+    "device": ("cpu", "cuda", "auto"),
+    "ckpt_restart_mode": ("off", "auto", "required"),
+    "ckpt_keep_mode": ("linear", "exponential"),
+    "ckpt_save_best_metric": ("val_loss", "loss"),
+    "fault_crash_kind": ("exit", "signal", "raise"),
+}
+
+MINIMUM: dict[str, float] = {
+    "n": 2, "s": 1, "epochs": 1, "patience": 1, "batch_size": 1, "group_size": 1,
+    "threads": 0, "seed": 0, "min_delta": 0.0, "flush_seconds": 0.0, "progress_every": 0,
+    "stall_seconds": 0.0,
+    "ckpt_skip_epochs": 0, "ckpt_save_interval": 1, "ckpt_keep_limit": 0,
+    "fault_slow_seconds": 0.0, "fault_crash_after": 0, "fault_crash_rank": -1,
+    "expand_full_stages": 1, "expand_suspects": 0,
+}
+
+MAXIMUM: dict[str, float] = {
+    "seed": 2**64 - 1,  # torch.manual_seed and numpy's generators take 64-bit seeds
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TYPES: dict[str, type] = {
+    name: type(getattr(RunConfig(), name)) for name in _FIELDS
+}
+
+
+def suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the declared type of ``key``; ints are accepted as floats."""
+    want = _TYPES[key]
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            v = float(value)
+            if not math.isfinite(v):
+                raise InputError(f"config key {key!r} must be a finite number, got {value!r}")
+            return v
+    elif want is str:
+        if isinstance(value, str):
+            return value
+    elif want is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+        raise InputError(f"config key {key!r} must be a list of strings, got {value!r}")
+    raise InputError(
+        f"config key {key!r} must be {want.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as a TOML value when it parses."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected key=value")
+    key, _, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if _TYPES.get(key) is str and not isinstance(value, str):
+        value = raw  # a string key takes the text as written: `--set out=2024`, `--set data=true`
+    if _TYPES.get(key) is list and not isinstance(value, (list, str)):
+        value = raw  # node names: `--set fault_fail_nodes=1.2` is not the float 1.2
+    return key, value
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range and choice checks that need no data; raises InputError."""
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise InputError(
+                f"config key {key!r} must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}"
+            )
+    for key, lo in MINIMUM.items():
+        if getattr(cfg, key) < lo:
+            raise InputError(f"config key {key!r} must be >= {lo:g}; got {getattr(cfg, key)!r}")
+    for key, hi in MAXIMUM.items():
+        if getattr(cfg, key) > hi:
+            raise InputError(f"config key {key!r} must be <= {hi}; got {getattr(cfg, key)!r}")
+    if not 0.0 <= cfg.holdout_fraction <= 0.5:
+        raise InputError(f"config key 'holdout_fraction' must be in [0, 0.5]; got {cfg.holdout_fraction}")
+    if not cfg.learning_rate > 0:
+        raise InputError(f"config key 'learning_rate' must be > 0; got {cfg.learning_rate}")
+    if not 0.0 < cfg.expand_budget <= 1.0:
+        raise InputError(f"config key 'expand_budget' must be in (0, 1]; got {cfg.expand_budget}")
+    if cfg.expand_full_stages > cfg.s:
+        raise InputError(f"config key 'expand_full_stages' must be <= s ({cfg.s}); got {cfg.expand_full_stages}")
+    if cfg.dropout >= 1.0:
+        raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
+    parse_strategy(cfg.strategy, cfg.epochs)
+    if not cfg.data:
+        raise InputError("config key 'data' is missing: the path of the input HDF5 file")
+    return cfg
+
+
+def load_config(path: str | None, overrides: list[str] = (), out: str | None = None) -> RunConfig:
+    """Read a TOML config (or none), apply ``--set`` overrides and ``--out``, validate."""
+    raw: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file {path!r} does not exist")
+        try:
+            with open(p, "rb") as f:
+                raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"config file {path!r} is not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"config file {path!r} cannot be read: {e}") from None
+        base = p.parent
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            raise InputError(f"config section [{key}] is not supported: put keys at the top level")
+        if key not in _FIELDS:
+            raise InputError(f"unknown config key {key!r}{suggest(key)}")
+        values[key] = _coerce(key, value)
+    if "data" in values and values["data"] and not os.path.isabs(values["data"]):
+        values["data"] = str(base / values["data"])
+    for text in overrides:
+        key, value = _parse_override(text)
+        if key not in _FIELDS:
+            raise InputError(f"unknown config key {key!r} in --set{suggest(key)}")
+        values[key] = _coerce(key, value)
+    if out is not None:
+        values["out"] = out
+    return validate(RunConfig(**values))
+
+
+def readme_key_table() -> str:
+    """The README's key table, generated from the declarations (a test keeps them in sync)."""
+    defaults = RunConfig()
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name in _FIELDS:
+        d = getattr(defaults, name)
+        shown = f'"{d}"' if isinstance(d, str) else ("[]" if isinstance(d, list) else str(d).lower() if isinstance(d, bool) else d)
+        lines.append(f"| `{name}` | `{shown}` | {DOCS[name]} |")
+    return "\n".join(lines)
