@@ -107,7 +107,7 @@ class Retrainer:
     def __init__(self, ds, cfg, max_epochs: int, patience: int):
         import torch
 
-        from hbl_mpi.run.context import resolve_device
+        from hbl_mpi.train.device import resolve_device
         from hbl_mpi.tree.plan import PlanSpec, plan_for
         from hbl_mpi.train.flat_state import TrainState
         from hbl_mpi.train.device_tables import DeviceTables
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     os.makedirs(args.work, exist_ok=True)
 
     from hbl_mpi.analysis.baselines import config_from_dict
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.store.results import read_results
 
     t_start = time.perf_counter()

@@ -27,7 +27,6 @@ import traceback
 from mpi4py import MPI
 
 from hbl_mpi.runtime.abort import abort_job
-from hbl_mpi.checkpoint import open_checkpointing
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.core.errors import EXIT_FATAL
 from hbl_mpi.runtime.faults import maybe_crash
@@ -58,7 +57,7 @@ class Worker:
         agree = (lambda epoch: group_comm.allgather(epoch)) if self.group is not None else None
         say = (lambda m: print(f"{m} (rank {topo.rank})", flush=True)) if topo.is_leader else (lambda m: None)
         self.runner = NodeRunner(ctx, self.outgoing,
-                                 checkpoints=open_checkpointing(ctx, write=topo.is_leader, agree=agree, log=say),
+                                 checkpoints=ctx.open_checkpointing(write=topo.is_leader, agree=agree, log=say),
                                  group=self.group, poll=self.poll, rank=topo.rank)
 
     # ---- control messages ------------------------------------------------------

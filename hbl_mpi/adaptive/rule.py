@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.config import TREE_KEYS  # noqa: F401 (the adaptive tree's keys, defined with the config)
 from hbl_mpi.tree.plan import node_sort_key, stage_of
 
 RULE = "suspects"
-TREE_KEYS = ("expand", "expand_budget", "expand_full_stages", "expand_score", "expand_suspects")
-"""Config keys that shape the adaptive tree: a restart must keep them."""
 FULL_STAGES_REASON = "full_stages"
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.data.dataset import cell_feature_matrix
 from hbl_mpi.tree.plan import stage_of
 
 KINDS = ("label_noise", "shift", "swap", "distinct", "none")
@@ -58,7 +59,6 @@ def expression_neighbours(ds, k: int = NEIGHBOURS, chunk: int = 1024) -> pd.Data
     Columns cell, neighbour, rank (1 = nearest), similarity (the correlation). None when
     the data has no cell features or fewer than 2 cells.
     """
-    from hbl_mpi.analysis.baselines import cell_feature_matrix
 
     x = cell_feature_matrix(ds)
     n = len(x)

@@ -35,7 +35,7 @@ def csv_path(out: str, mode: str) -> str:
 
 def run(args) -> int:
     from hbl_mpi.core.atomic import WriteFailed, replace_text
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.analysis.curation import curate_selection
     from hbl_mpi.data import write_uno
     from hbl_mpi.core.errors import InputError

@@ -118,8 +118,9 @@ def prepare(args):
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second
-    from hbl_mpi.checkpoint import check_compatible, drop_rerun, plan_restart
-    from hbl_mpi.run.context import RunContext, resolve_device
+    from hbl_mpi.checkpoint import check_compatible, drop_rerun
+    from hbl_mpi.run.context import RunContext
+    from hbl_mpi.train.device import resolve_device
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
@@ -135,7 +136,7 @@ def prepare(args):
         raise InputError(f"--overwrite: {ckpts!r} is a symlink; the replaced run's checkpoints are removed only "
                          "from a real directory: remove the link, or set ckpt_directory to its target")
     ctx.results_seen = _file_identity(path)
-    ctx.run_info = plan_restart(ctx, previous, bool(args.restart))
+    ctx.run_info = ctx.plan_restart(previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
 
 
@@ -228,7 +229,7 @@ def run_serial_command(args) -> int:
     ctx, previous = prepare(args)
     import torch
 
-    from hbl_mpi.run.context import default_threads
+    from hbl_mpi.train.device import default_threads
     from hbl_mpi.drivers.serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
@@ -293,7 +294,9 @@ def run_mpi(args) -> int:
     import torch
     from mpi4py import MPI
 
-    from hbl_mpi.run.context import RunContext, default_threads
+    from hbl_mpi.run.context import RunContext
+
+    from hbl_mpi.train.device import default_threads
     from hbl_mpi.runtime.faults import check_fault_rank
     from hbl_mpi.tree.plan import PlanSpec, plan_for
     from hbl_mpi.scheduler import scheduler_main

@@ -135,6 +135,8 @@ DOCS: dict[str, str] = {
     "fault_crash_kind": "testing: `exit` (os._exit), `signal` (SIGKILL) or `raise` (exception outside a node)",
 }
 
+TREE_KEYS = ("expand", "expand_budget", "expand_full_stages", "expand_score", "expand_suspects")
+"""Config keys that shape the adaptive tree: a restart must keep them."""
 EXPAND_SCORES = ("depth_weighted", "deepest_log_ratio", "mean_log_ratio", "max_log_ratio", "min_log_ratio",
                  "mean_robust_z", "pooled_ratio")
 """``ranking.METHODS`` that need only the per-cell errors (a test keeps the two in step)."""

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.report.page import Section
+
 SEP = "."
 TOP = 0.1
 ORDINARY = 0.5
@@ -173,8 +175,6 @@ def sections(rep, ranking: pd.DataFrame, top: int = 30) -> list:
 
     ``rep`` is the ``report.Report`` being built: the full table goes to ``cross_study.csv``.
     """
-    from hbl_mpi.report.build import Section  # imported here: report.py imports this module
-
     cs = analyse(ranking)
     if cs is None:
         return []

@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.report.page import KIND_COLOURS, Section, make_figure
 
 EVIDENCE = ["cell", "impact", "impact_sd", "impact_z", "impact_node", "impact_group_cells", "score", "rank",
             "combined"]
 
 
 def fig_quadrant(ranking: pd.DataFrame, truth: pd.DataFrame | None):
-    from hbl_mpi.report.build import KIND_COLOURS, _figure
-
-    fig, axes = _figure(w=7.5, h=5.2)
+    fig, axes = make_figure(w=7.5, h=5.2)
     ax = axes[0, 0]
     kinds = dict(zip(truth["cell"], truth["kind"])) if truth is not None else {}
     t = ranking.replace([np.inf, -np.inf], np.nan).dropna(subset=["score", "impact"])
@@ -43,8 +42,6 @@ def fig_quadrant(ranking: pd.DataFrame, truth: pd.DataFrame | None):
 def impact_sections(inp, rep, top: int = 15) -> None:
     """The impact section: the quadrant figure, the most harmful and most beneficial cells
     with their evidence, and ``impact_contrasts.csv``."""
-    from hbl_mpi.report.build import Section
-
     result, out, truth = inp.impact, inp.ranking, inp.truth
     if result is None:
         rep.sections.append(Section(

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from hbl_mpi.checkpoint import Checkpointing, parent_state_from_checkpoint
+from hbl_mpi.checkpoint import Checkpointing
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.adaptive.growth import Growth
 from hbl_mpi.runtime.liveness import RankGone
@@ -116,7 +116,7 @@ class NodeRunner:
                 raise RuntimeError(f"node {node}: source {source.value} needs a receive")
             state = receive(self.train_state)
         elif source is Source.CHECKPOINT:
-            state = parent_state_from_checkpoint(self.ctx, parent)
+            state = self.ctx.parent_from_checkpoint(parent)
             if self.keep_loaded_parents:
                 self.holder.hold(parent, state)
         else:
