@@ -30,7 +30,7 @@ from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.core.errors import EXIT_FATAL
 from hbl_mpi.runtime.faults import maybe_crash
-from hbl_mpi.run.lifecycle import Ledger, NodeResult
+from hbl_mpi.run.lifecycle import Ledger
 from hbl_mpi.runtime.liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
 from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
@@ -109,8 +109,7 @@ class Scheduler:
             raise RuntimeError(f"protocol error: group {rep.group} reported {rep.node}, was running {node}")
         self.free.append(rep.group)
         self.free.sort()
-        result = NodeResult(rep.node, rep.ok, rep.result, rep.error)
-        stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
+        stop = self.ledger.finish(rep, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
                                   source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
         if self.ledger.created:  # adaptive: a round ran and created nodes

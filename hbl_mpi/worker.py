@@ -20,6 +20,7 @@ reports to rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import traceback
@@ -33,7 +34,7 @@ from hbl_mpi.runtime.faults import maybe_crash
 from hbl_mpi.runtime.grad_sync import GroupComm
 from hbl_mpi.run.lifecycle import NodeRunner
 from hbl_mpi.runtime.liveness import RankGone, describe_death
-from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, Release, SendState, Stop,
                        WorkerFatal)
 from hbl_mpi.tree.policy import Source
 from hbl_mpi.train.flat_state import ModelState, TrainState
@@ -122,7 +123,7 @@ class Worker:
         finally:
             self._busy = False
         if self.topo.is_leader:
-            report = NodeReport(msg.node, self.topo.group, result.ok, result=result.payload, error=result.error)
+            report = dataclasses.replace(result, group=self.topo.group)
             self.comm.send(report, dest=0, tag=TAG_REPORT)
         self.nodes_finished += 1
         maybe_crash(self.ctx.cfg, self.topo.rank, self.nodes_finished)

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.data.dataset import cell_feature_matrix
+from hbl_mpi.analysis.robust import robust_z
 from hbl_mpi.tree.plan import stage_of
 
 KINDS = ("label_noise", "shift", "swap", "distinct", "none")
@@ -312,14 +313,6 @@ class Rules:
 
 RULES = Rules(flag_z=2.0, swap_gain=1.4, swap_fit=3.0, noise_fit=4.0, noise_corr=0.5, coherence=0.25,
               shift_share=0.5, shift_t=4.0, ref_agree=0.5)
-
-
-def robust_z(x: pd.Series) -> pd.Series:
-    """(x - median) / (1.4826 MAD): how far out a cell's score is among this run's cells."""
-    v = x.replace([np.inf, -np.inf], np.nan)
-    med = v.median()
-    mad = 1.4826 * (v - med).abs().median()
-    return (v - med) / (mad if mad > 0 else 1.0)
 
 
 def _label(flagged: bool, st: dict, rules: Rules) -> np.ndarray:

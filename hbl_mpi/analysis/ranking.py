@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.analysis.paper_stats import with_parent
+from hbl_mpi.analysis.robust import MAD_SCALE
 from hbl_mpi.tree.plan import stage_of
 
-MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
 EPS = 1e-12
 
 
