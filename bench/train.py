@@ -228,7 +228,7 @@ def one_variant(args) -> dict:
             for bc, bd, by in batches:
                 sq = (ts.forward(bc, bd) - by).square().sum()
                 (sq / len(by)).backward()
-                ts.optimizer.step()
+                ts.optimizer_step()
                 ts.zero_grad()
                 total += float(sq.detach())
                 step_done()

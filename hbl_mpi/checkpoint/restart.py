@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from hbl_mpi.core.atomic import replace_text
-from hbl_mpi.core.config import TREE_KEYS, RunConfig
+from hbl_mpi.core.config import TREE_KEYS, RunConfig, model_identity
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.tree.plan import Plan, node_sort_key, stage_of
 from hbl_mpi.store.results import RunTables
@@ -42,28 +42,44 @@ from hbl_mpi.checkpoint.store import NodeCheckpoints, restart_check
 #: with other values cannot be continued. ``threads``/``device`` change only rounding.
 TRAINING_KEYS = ("n", "s", "order", "seed", "partition", "holdout_fraction", "model", "strategy",
                  "epochs", "inherit", "patience", "min_delta", "batch_size", "learning_rate", "dropout",
-                 "batch_order")
-NEW_KEY_DEFAULTS = {"batch_order": "node"}
+                 "batch_order", "optimizer", "momentum", "weight_decay", "model_params")
+NEW_KEY_DEFAULTS = {"batch_order": "node", "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0,
+                    "model_params": {}}
 """Training keys added after runs were fingerprinted: at their default they stay out of the
 fingerprint, so a run of an older version restarts as before."""
 
 
-def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
-    """16 hex digits identifying what the nodes of this run compute (config + data)."""
+def _training_value(cfg: RunConfig, key: str):
+    return model_identity(cfg.model) if key == "model" else getattr(cfg, key)
+
+
+def run_fingerprint(cfg: RunConfig, data_checksum: str, model_source: str = "") -> str:
+    """16 hex digits identifying what the nodes of this run compute (config + data + a plug-in
+    model's source hash, ``models/plugin.py``; "" for an Uno preset, which leaves the
+    fingerprint what it was before plug-ins existed)."""
     keys = [k for k in TRAINING_KEYS if k not in NEW_KEY_DEFAULTS or getattr(cfg, k) != NEW_KEY_DEFAULTS[k]]
-    blob = json.dumps({"config": {k: getattr(cfg, k) for k in keys}, "data": data_checksum},
-                      sort_keys=True, default=str)
+    content = {"config": {k: _training_value(cfg, k) for k in keys}, "data": data_checksum}
+    if model_source:
+        content["model_source"] = model_source
+    blob = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) -> None:
-    """InputError unless the earlier run trained the same nodes on the same data."""
+def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str, model_source: str = "") -> None:
+    """InputError unless the earlier run trained the same nodes on the same data (and, for a
+    plug-in model, the same model source: ``model_source`` is its hash)."""
 
     old = {**NEW_KEY_DEFAULTS, **previous.config}  # a run from before a key existed ran at its default
+    if "model" in old:
+        old["model"] = model_identity(str(old["model"]))
     for key in TRAINING_KEYS + TREE_KEYS:
-        if key in old and old[key] != getattr(cfg, key):
+        if key in old and old[key] != _training_value(cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(cfg, key)!r}; restart with the same settings or another --out")
+    was = (getattr(previous, "versions", None) or {}).get("model_source", "")
+    if model_source and was and was != model_source:
+        raise InputError(f"--restart: model {model_identity(cfg.model)} has changed since the previous run "
+                         f"(source hash {model_source}, was {was}); restart with the same model or another --out")
     if previous.data_checksum:
         if previous.data_checksum != data_checksum:
             raise InputError(f"--restart: data {cfg.data!r} holds other data than the previous run's "

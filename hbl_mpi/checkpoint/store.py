@@ -417,8 +417,8 @@ class NodeCheckpoints:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise _Damaged(f"{model}: not an {FORMAT} checkpoint")
         flat, n = obj["flat"], int(obj["n_params"])
-        if flat.dtype != torch.float32 or flat.dim() != 1 or flat.numel() != 3 * n:
-            raise _Damaged(f"{model}: flat state has shape {tuple(flat.shape)}, expected ({3 * n},)")
+        if flat.dtype != torch.float32 or flat.dim() != 1 or n <= 0 or flat.numel() not in (n, 2 * n, 3 * n):
+            raise _Damaged(f"{model}: flat state has shape {tuple(flat.shape)}, expected (k * {n},), k = 1..3")
         return Checkpoint(epoch, ModelState(flat, n, int(obj["step"])), from_disk(obj["bookkeeping"]), info, path)
 
     def _load_first(self, which: str, candidates: list[int]) -> Checkpoint | None:

@@ -10,9 +10,9 @@ import json
 
 
 def configure(p) -> None:
-    from hbl_mpi.core.config import CHOICES  # not ..uno: building the parser must not import torch
+    from hbl_mpi.core.config import MODEL_PRESETS  # not ..uno: building the parser must not import torch
 
-    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(CHOICES['model'])} (default small)")
+    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(MODEL_PRESETS)} (default small)")
     p.add_argument("--data", required=True, help="data file (CANDLE Uno HDF5) whose feature widths the model reads")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate overriding the preset's")
     p.add_argument("--json", action="store_true", help="also print one JSON object as the last line")

@@ -123,8 +123,9 @@ def prepare(args):
     from hbl_mpi.train.device import resolve_device
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
+    ctx.check_model()  # a plug-in's file, factory, parameters, buffers and output shape
     if previous is not None:
-        check_compatible(previous, cfg, ctx.data_checksum)
+        check_compatible(previous, cfg, ctx.data_checksum, ctx.model.fingerprint_hash)
     if cfg.expand == "adaptive":  # rank 0 grows the tree; a restart replays its rounds first
         from hbl_mpi.adaptive.growth import adaptive_plan, keep_created, regrow
 

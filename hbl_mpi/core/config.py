@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,11 @@ class RunConfig:
     batch_size: int = 256
     batch_order: str = "node"
     learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     model: str = "small"
+    model_params: dict = field(default_factory=dict)
     dropout: float = -1.0
     inherit: str = "best"
     device: str = "cpu"
@@ -105,9 +110,13 @@ DOCS: dict[str, str] = {
     "min_delta": "smallest val_loss decrease that counts as an improvement",
     "batch_size": "rows per training batch (global batch when group_size > 1)",
     "batch_order": "`node` (each node shuffles its rows with its own seed) or `family` (siblings filter one shared shuffle of all rows, seeded by their parent: common random numbers, so what differs between siblings is their data; docs/findings.md §8.8)",
-    "learning_rate": "Adam learning rate",
-    "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests)",
-    "dropout": "dropout rate overriding the preset's; negative = the preset's value",
+    "learning_rate": "the optimizer's learning rate",
+    "optimizer": "`adam` (default), `adamw` (decoupled weight decay) or `sgd` (with `momentum`); its state is forked with the weights (docs/models.md). A CPU rank group (group_size > 1) runs adam or adamw only",
+    "momentum": "sgd: momentum in [0, 1) (0 = plain SGD, no momentum buffer)",
+    "weight_decay": "weight decay >= 0: L2 for adam and sgd, decoupled for adamw",
+    "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests); or a plug-in `package.module:build` or `path/to/file.py:build` (relative to the config file): docs/models.md",
+    "model_params": "the table `[model_params]` handed to a plug-in model's `build(inputs, params)`; `--set model_params.KEY=VALUE` sets one entry",
+    "dropout": "Uno presets: dropout rate overriding the preset's; negative = the preset's value (a plug-in takes its own from model_params)",
     "inherit": "`best` (parent's best val_loss epoch) or `last` (parent's last epoch, as CANDLE)",
     "device": "`cpu`, `cuda`, or `auto` (cuda when available)",
     "threads": "torch intra-op threads per rank; 0 = the rank's share of the host's cores",
@@ -146,7 +155,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "expand": ("full", "adaptive"),
     "expand_score": EXPAND_SCORES,
     "partition": ("cells", "cells+drugs"),
-    "model": ("small", "paper", "tiny"),
+    "optimizer": ("adam", "adamw", "sgd"),
     "inherit": ("best", "last"),
     "batch_order": ("node", "family"),
     "device": ("cpu", "cuda", "auto"),
@@ -157,6 +166,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 MINIMUM: dict[str, float] = {
+    "momentum": 0.0, "weight_decay": 0.0,
     "n": 2, "s": 1, "epochs": 1, "patience": 1, "batch_size": 1, "group_size": 1,
     "threads": 0, "seed": 0, "min_delta": 0.0, "flush_seconds": 0.0, "progress_every": 0,
     "stall_seconds": 0.0,
@@ -168,6 +178,41 @@ MINIMUM: dict[str, float] = {
 MAXIMUM: dict[str, float] = {
     "seed": 2**64 - 1,  # torch.manual_seed and numpy's generators take 64-bit seeds
 }
+
+MODEL_PRESETS = ("small", "paper", "tiny")
+"""``uno.PRESETS``' names (a test keeps them in step): ``model`` is one of them or a plug-in."""
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_plugin_model(model: str) -> bool:
+    """``model`` names a plug-in (``target:attr``) rather than an Uno preset."""
+    return model not in MODEL_PRESETS
+
+
+def model_identity(model: str) -> str:
+    """What names a model across runs: a preset or module spec as written, a model file by its
+    base name (its content is compared by hash: the same file through a moved config is
+    the same model)."""
+    target, _, attr = model.rpartition(":")
+    return f"{os.path.basename(target)}:{attr}" if target.endswith(".py") else model
+
+
+def _check_model(cfg: "RunConfig") -> None:
+    """The syntax of ``model`` (its file, module and factory are checked by models/plugin.py
+    with the data's widths, still before any rank trains)."""
+    if not is_plugin_model(cfg.model):
+        if cfg.model_params:
+            raise InputError(f"config key 'model_params' is for plug-in models; model {cfg.model!r} is an Uno preset")
+        return
+    target, sep, attr = cfg.model.rpartition(":")
+    dotted = all(_IDENT.fullmatch(part) for part in target.split("."))
+    if not sep or not _IDENT.fullmatch(attr) or not (target.endswith(".py") or dotted):
+        raise InputError(f"config key 'model' must be one of {', '.join(MODEL_PRESETS)}, 'package.module:build' "
+                         f"or 'path/to/file.py:build'; got {cfg.model!r}")
+    if cfg.dropout >= 0:
+        raise InputError("config key 'dropout' sets the Uno presets' dropout; a plug-in model takes its own "
+                         "from [model_params]")
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, type] = {
@@ -198,6 +243,10 @@ def _coerce(key: str, value: Any) -> Any:
     elif want is str:
         if isinstance(value, str):
             return value
+    elif want is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise InputError(f"config key {key!r} must be a table ([{key}] or an inline {{...}}), got {value!r}")
     elif want is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
@@ -249,6 +298,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError(f"config key 'expand_full_stages' must be <= s ({cfg.s}); got {cfg.expand_full_stages}")
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
+    if cfg.momentum >= 1.0:
+        raise InputError(f"config key 'momentum' must be < 1; got {cfg.momentum}")
+    if cfg.momentum > 0 and cfg.optimizer != "sgd":
+        raise InputError(f"config key 'momentum' is sgd's; optimizer {cfg.optimizer!r} has its own (betas)")
+    if cfg.optimizer == "sgd" and cfg.group_size > 1 and cfg.device != "cuda":
+        raise InputError("optimizer 'sgd' with group_size > 1: a CPU rank group shares the optimizer step "
+                         "(sharded), which runs adam and adamw only; use one of them, or group_size = 1")
+    _check_model(cfg)
     parse_strategy(cfg.strategy, cfg.epochs)
     if not cfg.data:
         raise InputError("config key 'data' is missing: the path of the input HDF5 file")
@@ -273,15 +330,21 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
         base = p.parent
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and _TYPES.get(key) is not dict:
             raise InputError(f"config section [{key}] is not supported: put keys at the top level")
         if key not in _FIELDS:
             raise InputError(f"unknown config key {key!r}{suggest(key)}")
         values[key] = _coerce(key, value)
     if "data" in values and values["data"] and not os.path.isabs(values["data"]):
         values["data"] = str(base / values["data"])
+    model = str(values.get("model", ""))
+    if ".py:" in model and not os.path.isabs(model):  # a model file, like data, is relative to the config
+        values["model"] = str(base / model)
     for text in overrides:
         key, value = _parse_override(text)
+        if key.startswith("model_params."):  # one entry of the table: --set model_params.width=32
+            values["model_params"] = {**values.get("model_params", {}), key.partition(".")[2]: value}
+            continue
         if key not in _FIELDS:
             raise InputError(f"unknown config key {key!r} in --set{suggest(key)}")
         values[key] = _coerce(key, value)

@@ -31,7 +31,9 @@ from hbl_mpi.train.flat_state import ModelState, TrainState
 from hbl_mpi.train.device import resolve_device
 from hbl_mpi.train.device_tables import DeviceTables
 from hbl_mpi.train.trainer import NodeOutcome, TrainSpec, train_node
-from hbl_mpi.uno import build_model, initial_state as seeded_state
+from hbl_mpi.models.plugin import ModelSource, check_model, initial_state as seeded_state, source_for
+from hbl_mpi.train.optim import OptimizerSpec
+from hbl_mpi.uno import InputSpec
 
 
 def versions() -> dict[str, str]:
@@ -67,6 +69,8 @@ class RunContext:
     _initial: ModelState | None = field(default=None, init=False, repr=False)
     _data_checksum: str | None = field(default=None, init=False, repr=False)
     _ckpt_params: CkptParams | None = field(default=None, init=False, repr=False)
+    _model: ModelSource | None = field(default=None, init=False, repr=False)
+    _n_params: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.strategy = self.cfg.epoch_strategy
@@ -96,7 +100,30 @@ class RunContext:
         """What this run's nodes compute (config + data); stamped on every checkpoint."""
         if self.run_info is not None:
             return self.run_info.fingerprint
-        return run_fingerprint(self.cfg, self.data_checksum)
+        return run_fingerprint(self.cfg, self.data_checksum, self.model.fingerprint_hash)
+
+    @property
+    def model(self) -> ModelSource:
+        """The configured model (an Uno preset or a plug-in), resolved on first use."""
+        if self._model is None:
+            self._model = source_for(self.cfg)
+        return self._model
+
+    @property
+    def inputs(self) -> InputSpec:
+        return InputSpec.of(self.dataset)
+
+    def check_model(self) -> int:
+        """Build the model and run it on a probe batch (``plugin.check_model``): InputError
+        before any rank trains. Returns the parameter count."""
+        if self._n_params is None:
+            self._n_params = check_model(self.model, self.inputs)
+        return self._n_params
+
+    def model_line(self) -> dict:
+        """The per-model line of the results and the report: name, source hash, parameter count."""
+        return {"model": self.model.name, "model_source": self.model.source_hash,
+                "model_parameters": self.check_model()}
 
     @property
     def ckpt_params(self) -> CkptParams:
@@ -115,14 +142,13 @@ class RunContext:
         """The seeded fresh initialisation every stage-1 node starts from."""
         if self._initial is None:
             self._initial = seeded_state(
-                self.dataset, self.cfg.model, self.cfg.seed, self.cfg.learning_rate,
-                self.cfg.resolved_dropout(),
+                self.model, self.inputs, self.cfg.seed, self.cfg.learning_rate, OptimizerSpec.of(self.cfg),
             ).to(self.device)
         return self._initial
 
     def new_train_state(self) -> TrainState:
-        model = build_model(self.dataset, self.cfg.model, self.cfg.resolved_dropout())
-        return TrainState(model, self.cfg.learning_rate, self.device)
+        return TrainState(self.model.build(self.inputs), self.cfg.learning_rate, self.device,
+                          OptimizerSpec.of(self.cfg))
 
     def open_checkpointing(self, *, write: bool = True, agree=None, log=None) -> Checkpointing | None:
         """This process's checkpointing (None: the run neither writes nor reads any)."""
@@ -190,6 +216,7 @@ class RunContext:
 
     # ---- results ------------------------------------------------------------
     def run_attrs(self) -> dict:
-        return {"config": self.cfg.as_dict(), "versions": versions(),
+        # the model line rides in `versions` (what code made the run), next to torch's version
+        return {"config": self.cfg.as_dict(), "versions": {**versions(), **self.model_line()},
                 "data_checksum": self.data_checksum}
 

@@ -372,7 +372,7 @@ class GradSync:
         """
         if self.reduction is Reduction.ALLREDUCE:
             self.wait()
-            self.ts.optimizer.step()
+            self.ts.optimizer_step()
             return
         self._post_rest()
         me = self.group.rank
@@ -410,13 +410,17 @@ class GradSync:
             MPI.IN_PLACE, [flat[base + b.lo:base + b.hi].numpy(), (b.counts, b.displs), _mpi_type(flat)])
 
 
+SHARDED_OPTIMIZERS = ("adam", "adamw")
+"""What ``adam_slice`` reproduces; the config refuses a CPU group with another optimizer
+(exit 2) before any rank trains, so the ValueError below is a guard, not the user's message."""
+
+
 def _check_plain_adam(opt: torch.optim.Optimizer) -> None:
-    """``adam_slice`` reproduces the plain Adam ``TrainState`` builds; refuse anything else
+    """``adam_slice`` reproduces the Adam / AdamW ``TrainState`` builds; refuse anything else
     once, when the sync is built, not on every step."""
     g = opt.param_groups[0]
-    if not isinstance(opt, torch.optim.Adam) or g["amsgrad"] or g["maximize"] \
-            or g.get("decoupled_weight_decay", False):
-        raise ValueError("the sharded optimizer step supports the plain Adam TrainState builds")
+    if not isinstance(opt, torch.optim.Adam) or g["amsgrad"] or g["maximize"]:
+        raise ValueError("the sharded optimizer step supports the plain Adam and AdamW TrainState builds")
 
 
 def adam_slice(opt: torch.optim.Adam, flat: torch.Tensor, n_params: int, a: int, z: int,
@@ -434,4 +438,5 @@ def adam_slice(opt: torch.optim.Adam, flat: torch.Tensor, n_params: int, a: int,
         torch_adam([flat[a:z]], [grad], [flat[P + a:P + z]], [flat[2 * P + a:2 * P + z]], [],
                    [step_t.clone()], foreach=False, capturable=False, differentiable=False,
                    fused=None, amsgrad=False, beta1=beta1, beta2=beta2, lr=g["lr"],
-                   weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
+                   weight_decay=g["weight_decay"], eps=g["eps"], maximize=False,
+                   decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)))

@@ -1,9 +1,10 @@
 """A model's whole training state in one contiguous buffer: the unit that forks.
 
 ``TrainState.flat`` is a 1-D float32 tensor ``[params | exp_avg | exp_avg_sq]`` of length
-3P. The module's parameters are views into the first third (and their gradients views
-into one flat gradient buffer), and Adam's moment buffers *are* the other two thirds, so
-the optimizer updates the buffer in place. Consequences the rest of the system uses:
+3P (Adam, the default; ``optim.py``: AdamW has the same slots, SGD one momentum slot or
+none). The module's parameters are views into the first P elements (and their gradients
+views into one flat gradient buffer), and the optimizer's state tensors *are* the other
+slots, so the optimizer updates the buffer in place. Consequences the rest of the system uses:
 
 * a snapshot (the best epoch, a held parent) is one ``clone()`` — a memcpy;
 * a fork to another rank is one ``Send`` of ``flat`` plus a tiny header;
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from hbl_mpi.train.optim import OptimizerSpec, bind_state, make_optimizer
 
 
 _MADV_HUGEPAGE = 14  # Linux <sys/mman.h>
@@ -67,9 +70,9 @@ def clone_flat(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ModelState:
-    """An immutable snapshot: the flat buffer, the parameter count and Adam's step."""
+    """An immutable snapshot: the flat buffer, the parameter count and the optimizer's step."""
 
-    flat: torch.Tensor  # float32, 1-D, contiguous, length 3 * n_params
+    flat: torch.Tensor  # float32, 1-D, contiguous, length (1 + optimizer slots) * n_params
     n_params: int
     step: int
 
@@ -92,13 +95,17 @@ class ModelState:
 
 
 class TrainState:
-    """A module, a flat parameter view of it, and Adam on that view.
+    """A module, a flat parameter view of it, and the optimizer (Adam unless told) on that view.
 
     ``module`` only provides the architecture; its own parameters are not used after
-    construction (their initial values are copied into the flat buffer).
+    construction (their initial values are copied into the flat buffer). Its buffers stay
+    in the module: they are constants of the architecture, never forked (``models/plugin.py``
+    refuses a model whose buffers training would change).
     """
 
-    def __init__(self, module: nn.Module, learning_rate: float, device="cpu"):
+    def __init__(self, module: nn.Module, learning_rate: float, device="cpu",
+                 optimizer: OptimizerSpec | None = None):
+        self.optim_spec = optimizer if optimizer is not None else OptimizerSpec()
         self.module = module.to(device)
         self.names: list[str] = []
         self.shapes: list[torch.Size] = []
@@ -110,7 +117,7 @@ class TrainState:
             self.offsets.append(off)
             off += p.numel()
         self.n_params = off
-        self.flat = flat_buffer(3 * off, device).zero_()
+        self.flat = flat_buffer((1 + self.optim_spec.slots) * off, device).zero_()
         self.grad = torch.zeros(off, dtype=torch.float32, device=device)
         with torch.no_grad():
             for p, o in zip(self.module.parameters(), self.offsets):
@@ -122,21 +129,24 @@ class TrainState:
                 p.grad = self.grad[o : o + n].view(p.shape)
         self.param = nn.Parameter(self.flat[:off])
         self.param.grad = self.grad
-        self.optimizer = torch.optim.Adam([self.param], lr=learning_rate, foreach=False)
+        self.optimizer = make_optimizer(self.optim_spec, self.param, learning_rate)
+        self._steps = 0  # the step count of an optimizer that keeps none (SGD)
         self._bind_optimizer_state(step=0)
         self.grad_sync = None  # a rank group's grad_sync.GradSync hooked on these parameters
 
     def _bind_optimizer_state(self, step: int) -> None:
-        P = self.n_params
-        self.optimizer.state[self.param] = {
-            "step": torch.tensor(float(step)),
-            "exp_avg": self.flat[P : 2 * P],
-            "exp_avg_sq": self.flat[2 * P :],
-        }
+        bind_state(self.optim_spec, self.optimizer, self.param, self.flat, self.n_params, step)
+        self._steps = step
 
     @property
     def step(self) -> int:
-        return int(self.optimizer.state[self.param]["step"].item())
+        counted = self.optimizer.state[self.param].get("step")
+        return int(counted.item()) if counted is not None else self._steps
+
+    def optimizer_step(self) -> None:
+        """One optimizer step on the flat gradient (the trainer's and a group's one entry)."""
+        self.optimizer.step()
+        self._steps += 1
 
     def forward(self, *args):
         return self.module(*args)
@@ -155,12 +165,15 @@ class TrainState:
         return ModelState(self.flat.detach().clone(), self.n_params, self.step)
 
     def load(self, state: ModelState) -> None:
-        """Copy a snapshot in (weights and Adam moments and step)."""
+        """Copy a snapshot in (weights, optimizer state and step)."""
         if state.n_params != self.n_params:
             raise ValueError(
                 f"state has {state.n_params} parameters, model has {self.n_params}: "
                 "different model preset or feature widths"
             )
+        if state.flat.numel() != self.flat.numel():
+            raise ValueError(f"state has {state.flat.numel()} elements, this optimizer's needs "
+                             f"{self.flat.numel()}: a state of another optimizer")
         with torch.no_grad():
             self.flat.copy_(state.flat.to(self.flat.device))
         self._bind_optimizer_state(state.step)

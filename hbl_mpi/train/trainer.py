@@ -334,7 +334,7 @@ def train_node(
             if sync is not None:
                 sync.step()  # the bucket reductions posted during backward, then Adam
             else:
-                ts.optimizer.step()
+                ts.optimizer_step()
             ts.zero_grad()
             total += sq.detach().double()
             if poll is not None:
