@@ -149,3 +149,24 @@ def test_smiles_cnn_under_mpiexec_matches_serial_bit_for_bit(smiles_run):
     for col in ("val_loss", "test_loss", "train_loss"):
         np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=col)
     assert list(got["inherit_checksum"]) == list(ref["inherit_checksum"])
+
+
+@pytest.mark.timeout(300)
+def test_report_compares_models_on_the_same_data(smiles_run):
+    """Two models' runs on one data file: the run totals carry each model's line and the
+    detection table has one row per model (labels say which run is which model)."""
+    root, _ = smiles_run
+    runs = [root / "pathway_build" / "results.h5", root / "smiles_cnn_build" / "results.h5"]
+    if not all(p.exists() for p in runs):
+        pytest.skip("needs the serial runs of test_shipped_model_trains_a_tree_serially")
+    out = root / "report"
+    proc = run_py(["-m", "hbl_mpi", "report", *map(str, runs), "--out", str(out)], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    totals = pd.read_csv(out / "run_totals.csv")
+    assert list(totals["model"]) == [PATHWAY, CNN]
+    assert (totals["model_parameters"] > 0).all() and totals["model_source"].str.len().eq(16).all()
+    assert totals["strategy"].str.contains("pathway:build").any()
+    detection = [p for p in out.glob("*.csv") if "detection" in p.name]
+    assert detection, sorted(p.name for p in out.glob("*.csv"))
+    det = pd.read_csv(detection[0])
+    assert det["method"].str.contains("pathway:build").any() and det["method"].str.contains("smiles_cnn:build").any()

@@ -168,7 +168,9 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print, fold_seed: int | None =
     from hbl_mpi.train.device_tables import DeviceTables
     from hbl_mpi.train.trainer import TrainSpec, train_node
     from hbl_mpi.train.flat_state import TrainState
-    from hbl_mpi.uno import build_model, initial_state
+    from hbl_mpi.models.plugin import initial_state, source_for
+    from hbl_mpi.train.optim import OptimizerSpec
+    from hbl_mpi.uno import InputSpec
 
     t0 = time.perf_counter()
     plan = plan_for(ds, PlanSpec.from_config(cfg))
@@ -178,8 +180,9 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print, fold_seed: int | None =
     device = resolve_device(cfg.device)
     tables = DeviceTables.from_dataset(ds, device)
     dropout = cfg.resolved_dropout()
-    init = initial_state(ds, cfg.model, cfg.seed, cfg.learning_rate, dropout).to(device)
-    ts = TrainState(build_model(ds, cfg.model, dropout), cfg.learning_rate, device)
+    model, inputs, optim = source_for(cfg), InputSpec.of(ds), OptimizerSpec.of(cfg)  # the run's model and optimizer
+    init = initial_state(model, inputs, cfg.seed, cfg.learning_rate, optim).to(device)
+    ts = TrainState(model.build(inputs), cfg.learning_rate, device, optim)
     budget = cfg.epoch_strategy.budget(1, cfg.s)
     all_rows, all_pred, folds = [], [], []
     mse_parts = []

@@ -28,7 +28,7 @@ from hbl_mpi.report import cross_study
 from hbl_mpi.report import figures as F
 from hbl_mpi.report.cells import cell_page_sections, diagnosis_sections
 from hbl_mpi.report.impact import impact_sections
-from hbl_mpi.report.inputs import ReportInputs, _data_path, load_runs
+from hbl_mpi.report.inputs import ReportInputs, _data_path, load_runs, model_line
 from hbl_mpi.report.page import Report, Section, slug
 from hbl_mpi.report.render import (  # noqa: F401 (the report's API)
     html_table,
@@ -47,11 +47,12 @@ leave results in ``rep.summary`` for the command's output)."""
 def run_sections(inp: ReportInputs, rep: Report) -> None:
     """Run totals and, for a partial run, the failed nodes and what they left untrained."""
     runs = inp.runs
-    totals = pd.DataFrame([{"strategy": r.label, **A.compute_totals(r.nodes),
+    totals = pd.DataFrame([{"strategy": r.label, **model_line(r), **A.compute_totals(r.nodes),
                             **A.utilisation(r.nodes, r.group_size)} for r in runs])
     rep.csv("run_totals.csv", totals)
     rep.sections.append(Section(
-        "Run totals", "Nodes, epochs, training row-epochs (epochs x training rows) and time per run; "
+        "Run totals", "The model (name, source hash, parameters; docs/models.md), nodes, epochs, training "
+        "row-epochs (epochs x training rows) and time per run; "
         "utilisation = mean busy groups / groups over the run's span.", None, [("run_totals.csv", totals)]))
     rep.summary["totals"] = totals
     failed = pd.concat([A.failed_nodes(r.nodes).assign(strategy=r.label) for r in runs], ignore_index=True)

@@ -103,7 +103,24 @@ class ReportInputs:
 def load_runs(paths: list[str]) -> list[RunTables]:
     if not paths:
         raise InputError("report needs at least one results file")
-    return A.unique_labels([read_results(p) for p in paths])
+    runs = [read_results(p) for p in paths]
+    models = {model_name(r) for r in runs}
+    if len(models) > 1:  # runs of different models on the same data: the labels say which is which
+        for r in runs:
+            r.label = f"{r.label} {model_name(r)}"
+    return A.unique_labels(runs)
+
+
+def model_name(run: RunTables) -> str:
+    """The run's model (results line of a run with plug-in support, else its config's preset)."""
+    return str(run.versions.get("model") or run.config.get("model") or "?")
+
+
+def model_line(run: RunTables) -> dict:
+    """The per-model columns of the run totals: name, source hash, parameter count."""
+    return {"model": model_name(run), "model_source": str(run.versions.get("model_source", "")),
+            "model_parameters": run.versions.get("model_parameters", float("nan")),
+            "optimizer": str(run.config.get("optimizer", "adam"))}
 
 
 def _data_path(run: RunTables) -> str:
