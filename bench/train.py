@@ -280,7 +280,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help=f"all {TOP21_ROWS:,} rows (~13 GB duplicated), more steps")
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--flops", metavar="NAME:PRESET[,...]",
+                    help="instead: FLOP/s of a training step per model (uno, pathway, smiles_cnn; e.g. "
+                         "uno:paper,pathway:paper,smiles_cnn:paper) against a large matmul's (bench/flops.py)")
+    ap.add_argument("--smiles-len", dest="smiles_len", type=int, default=188, help="--flops: drug.smiles length")
+    ap.add_argument("--matmul-n", dest="matmul_n", type=int, default=2048, help="--flops: matmul size of the peak")
+    ap.add_argument("--device", default="cpu", help="--flops: cpu or cuda")
     args = ap.parse_args()
+    if args.flops:
+        from flops import measure
+
+        res = measure(args.flops.split(","), tuple(int(w) for w in args.widths.split(",")), args.smiles_len,
+                      args.batch, args.steps or 5, args.threads, args.device, args.matmul_n,
+                      rows_per_epoch=int(TOP21_ROWS * 0.8) if args.full else 0)
+        peak = res["matmul_peak"]["flops_per_s"]
+        print(f"matmul peak ({args.matmul_n}^2, {args.threads} thread(s), {args.device}): {peak / 1e9:.1f} GFLOP/s")
+        for name, r in res["models"].items():
+            print(f"{name:<20}{r['parameters']:>12,} params {r['flops_per_step'] / 1e9:>8.2f} GFLOP/step "
+                  f"{r['step_s'] * 1e3:>9.1f} ms/step {r['flops_per_s'] / 1e9:>8.1f} GFLOP/s "
+                  f"{100 * r['ratio_to_matmul_peak']:>6.1f} % of peak")
+        print(json.dumps(res))
+        return
     if args.full:
         args.rows, args.steps = TOP21_ROWS, args.steps or 200
     if not args.steps:

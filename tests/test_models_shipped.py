@@ -134,6 +134,7 @@ def test_shipped_model_trains_a_tree_serially(smiles_run, model):
     assert (nodes["status"] == "done").all() and np.isfinite(nodes["val_loss"]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_smiles_cnn_under_mpiexec_matches_serial_bit_for_bit(smiles_run):
     root, cfg = smiles_run
