@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
 from hbl_mpi.data.dataset import cell_feature_matrix
 from hbl_mpi.analysis.robust import robust_z
 from hbl_mpi.tree.plan import stage_of
@@ -364,7 +365,7 @@ def diagnose(grid: Grid, ranking: pd.DataFrame, neighbours: pd.DataFrame | None 
         ref = reference.assign(cell=reference["cell"].astype(str)).set_index("cell")
     rc = drug_centred_residuals(grid)
     nbrs = _neighbour_rows(grid, neighbours, k)
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     D = len(grid.drugs)
     labels, conf, ident = [], [], []
     for i, row in enumerate(ev.to_dict("records")):

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import spawned
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
 
@@ -237,8 +238,7 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     """
     spec = make_spec(preset, **overrides)
     seed = int(seed)
-    r_cell, r_drug, r_resp, r_pairs, r_noise, r_anom = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+    r_cell, r_drug, r_resp, r_pairs, r_noise, r_anom = spawned(seed, 6)
     C, D, k = spec.cells, spec.drugs, spec.latent
 
     # cells: tissue clusters in latent space -> expression

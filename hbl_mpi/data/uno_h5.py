@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
 from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
@@ -584,7 +585,7 @@ def _split(n_rows: int, seed: int, fractions) -> dict[str, np.ndarray]:
         raise InputError(f"fractions {fractions!r}: expected three numbers (train, val, test)") from None
     if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6 or f[0] <= 0:
         raise InputError(f"fractions {fractions!r}: expected three non-negative numbers summing to 1, train > 0")
-    perm = np.random.default_rng(seed).permutation(n_rows)
+    perm = generator(seed).permutation(n_rows)
     n_train = int(round(f[0] * n_rows))
     n_val = int(round(f[1] * n_rows))
     n_train = max(1, min(n_train, n_rows))

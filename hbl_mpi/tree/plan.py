@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hbl_mpi.core.seeding import spawned
 from hbl_mpi.core.errors import InputError
 
 SEP = "."
@@ -376,8 +377,7 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
     if crossed and spec.n > len(drug_ids):
         raise InputError(f"n = {spec.n} is larger than the number of drugs ({len(drug_ids)})")
 
-    ss = np.random.SeedSequence(spec.seed)
-    rng_cells, rng_drugs, rng_holdout = (np.random.default_rng(s) for s in ss.spawn(3))
+    rng_cells, rng_drugs, rng_holdout = spawned(spec.seed, 3)
     cell_order = _global_order(cell_ids, spec.order, rng_cells)
     drug_order = _global_order(drug_ids, spec.order, rng_drugs)
 
