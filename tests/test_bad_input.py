@@ -9,7 +9,7 @@ line is printed once, by rank 0, not once per rank, and the job ends (a timeout 
 
 Other test files check many of these piecemeal (test_config, test_data, test_cli); this
 is the one list of them all. Ids with the node separator (``.``) or non-ASCII letters are
-*valid* (DESIGN §1-2 puts no limit on id strings; nodes are named by path, never by cell
+*valid* (docs/design.md §1-2 puts no limit on id strings; nodes are named by path, never by cell
 id): those cases must run to completion, and are checked at the end.
 """
 
@@ -353,7 +353,7 @@ def test_ids_with_node_separator_and_unicode_run(tmp_path):
 
 
 def test_labels_outside_their_range_are_read_with_one_warning(tmp_path, good_h5):
-    """AUC is declared in [0, 1] (DESIGN §1): rows beyond it are used, with a warning that
+    """AUC is declared in [0, 1] (docs/design.md §1): rows beyond it are used, with a warning that
     names their count (fitted AUCs slightly above 1 exist in real screens)."""
     data = tmp_path / "data.h5"
     shutil.copy(good_h5, data)

@@ -1,7 +1,7 @@
 """Rank the cell lines by how much they resist learning, from the tree's per-cell errors.
 
 Why this works: a node validates only on cells that neither it nor any ancestor trained
-on (DESIGN §3), so ``cell_val`` holds, for every cell and every stage, one *held-out*
+on (docs/design.md §3), so ``cell_val`` holds, for every cell and every stage, one *held-out*
 error from a model trained on a growing share of the other cells (stage s trains on
 about 1 - N^-s of them). A cell whose responses contradict what the rest of the data
 teaches (noisy labels, a bias, a misidentified expression profile) keeps a large

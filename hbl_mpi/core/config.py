@@ -55,7 +55,7 @@ class RunConfig:
     flush_seconds: float = 2.0
     progress_every: int = 0
     stall_seconds: float = 0.0
-    # checkpoints (CANDLE names, DESIGN §8)
+    # checkpoints (CANDLE names, docs/design.md §8)
     ckpt_restart_mode: str = "auto"
     ckpt_save_best: bool = True
     ckpt_save_best_metric: str = "val_loss"

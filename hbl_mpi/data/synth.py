@@ -1,4 +1,4 @@
-"""Synthetic drug-response data with planted anomalous cells (DESIGN §2.2).
+"""Synthetic drug-response data with planted anomalous cells (docs/design.md §2.2).
 
 Why this shape: the method under study must find cells that "hurt or resist learning"
 from the per-cell validation error of models that never trained on them. That only
@@ -230,7 +230,7 @@ def _misid_partners(rng: np.random.Generator, misid: list, corrupted: set, tissu
 
 
 def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
-    """Generate a deterministic synthetic data set (DESIGN §2.2); see the module docstring.
+    """Generate a deterministic synthetic data set (docs/design.md §2.2); see the module docstring.
 
     ``overrides`` are fields of ``SynthSpec``: cells, drugs, density, rows, cell_features,
     descriptors, fingerprints, latent, tissues, noise, anomaly_fraction, anomaly_kinds,
