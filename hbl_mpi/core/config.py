@@ -1,7 +1,7 @@
 """Run configuration: a TOML file plus ``--set key=value`` overrides, validated up front.
 
 Every key is a field of ``RunConfig`` (its type and default); ``DOCS`` gives its line of
-documentation (the README's key table is generated from it, a test keeps them in sync),
+documentation (docs/configuration.md's key table is generated from it, a test keeps them in sync),
 ``CHOICES``/``MINIMUM``/``validate`` its checks. Unknown keys get the nearest valid name
 as a suggestion; every problem is an ``InputError`` (one line, exit 2) raised before any
 rank trains.
@@ -24,7 +24,7 @@ from hbl_mpi.core.errors import InputError
 
 @dataclass
 class RunConfig:
-    """All settings of one run (see README, "Configuration keys")."""
+    """All settings of one run (every key: docs/configuration.md)."""
 
     data: str = ""
     n: int = 4
@@ -291,7 +291,8 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
 
 
 def readme_key_table() -> str:
-    """The README's key table, generated from the declarations (a test keeps them in sync)."""
+    """The key table of docs/configuration.md (in the README until issue 27, hence the name),
+    generated from the declarations (tests/test_config.py keeps them in sync)."""
     defaults = RunConfig()
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for name in _FIELDS:
