@@ -99,7 +99,7 @@ def test_group_of_two_matches_one_rank_within_tolerance(tiny_run, tmp_path):
 @pytest.mark.timeout(400)
 def test_family_batch_order_under_mpi_matches_serial(tmp_path):
     """Siblings trained on different ranks share their parent's shuffle: the MPI run still
-    reproduces the serial one bit for bit (the low-noise impact settings, findings §8.8)."""
+    reproduces the serial one bit for bit (the low-noise impact settings, docs/findings/impact.md §8.8)."""
     from tinyrun import write_tiny_run
 
     cfg = write_tiny_run(tmp_path, tree={"n": 3, "s": 2, "strategy": "exp2:3"}, synth={"cells": 36, "drugs": 10},

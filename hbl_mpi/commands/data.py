@@ -38,7 +38,7 @@ def configure(p) -> None:
     s.add_argument("--anomaly-fraction", dest="anomaly_fraction", type=float,
                    help="fraction of cells corrupted (default 0.05)")
     s.add_argument("--anomaly-kinds", dest="anomaly_kinds",
-                   help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings.md 8.5)")
+                   help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings/impact.md §8.5)")
     s.add_argument("--split-seed", dest="split_seed", type=int, default=None,
                    help="seed of the train/val/test split in the file (default: --seed)")
 

@@ -28,7 +28,7 @@ the one whose clean responses differ most from its own, while its responses stay
 (a misidentified line, profiled as its look-alike). Exchanged profiles (``swap``) and
 label corruptions are learned as the cell's own quirk: a flexible model fits them where
 no other cell lies, and the other cells' error does not move measurably
-(docs/findings.md §8.5). Two near-identical profiles with conflicting responses cannot
+(docs/findings/impact.md §8.5). Two near-identical profiles with conflicting responses cannot
 both be fitted, so a ``misid`` cell harms another cell by construction: its partner, a
 clean cell, whose predictions are pulled towards the impostor's responses. The partner
 stays clean in the truth; ``meta["misid_of"]`` names it.

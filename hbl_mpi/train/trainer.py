@@ -389,7 +389,7 @@ def epoch_order(train_rows: np.ndarray, n_rows: int, spec: TrainSpec, epoch: int
     then see their shared rows in the same order and nearly the same batches (shifted by
     the rows one holds out and another does not) with one mask stream: common random
     numbers, so the difference between two siblings is their data rather than their luck,
-    which is what the impact estimator's family contrasts measure (docs/findings.md §8.8).
+    which is what the impact estimator's family contrasts measure (docs/findings/impact.md §8.8).
     """
     if spec.batch_order == "family":
         es = derive_seed(spec.seed, f"family:{parent_of(spec.node)}", epoch)
