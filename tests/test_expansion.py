@@ -197,7 +197,7 @@ def test_full_is_todays_tree(runs):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("ranks", [2, 5])
+@pytest.mark.parametrize("ranks", [2, pytest.param(5, marks=pytest.mark.slow)])
 def test_mpi_grows_the_serial_tree_bit_for_bit(runs, ranks):
     root, ada, _, serial = runs
     out = root / f"mpi{ranks}"
