@@ -335,7 +335,9 @@ def train_node(
                 poll()
         if sync is not None:
             sync.gather_state()  # a sharded group's Adam moments: whole before anything reads them
-        if spec.slow_seconds > 0:
+        if spec.slow_seconds > 0:  # a testing aid; its line is the event tests wait for
+            print(f"[hbl_mpi] fault_slow_nodes: node {spec.node} epoch {epoch}: sleeping {spec.slow_seconds:g} s",
+                  flush=True)
             _sleep_serving(spec.slow_seconds, poll)
         loss_sum, n = _reduce([float(total.item()), float(len(_shard(order, group)))], group)
         loss = loss_sum / n
