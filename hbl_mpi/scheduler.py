@@ -28,7 +28,7 @@ from mpi4py import MPI
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.run.context import RunContext
-from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
 from hbl_mpi.runtime.faults import maybe_crash
 from hbl_mpi.run.lifecycle import Ledger
 from hbl_mpi.runtime.liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
@@ -188,12 +188,12 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
     except WriteFailed as e:  # the results file kept its last good version: say what it holds
-        abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}")
+        abort_job(comm, EXIT_FATAL, fatal_line(write_failed_line(e, ctx.cfg.out, writer), rank=0))
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
                                                    else f"{type(e).__name__}: {e}")
-        print(f"hbl_mpi: fatal: rank 0: {cause}", file=sys.stderr, flush=True)
+        print(fatal_line(cause, rank=0), file=sys.stderr, flush=True)
         try:
             writer.flush()
             print(f"hbl_mpi: results so far are in {writer.path}; rerun with --restart to continue",

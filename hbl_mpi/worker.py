@@ -29,7 +29,7 @@ from mpi4py import MPI
 
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.run.context import RunContext
-from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
 from hbl_mpi.runtime.faults import maybe_crash
 from hbl_mpi.runtime.grad_sync import GroupComm
 from hbl_mpi.run.lifecycle import NodeRunner
@@ -149,7 +149,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
         interrupted = isinstance(e, KeyboardInterrupt)
         msg = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
         if not interrupted:
-            print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
+            print(fatal_line(msg, rank=topo.rank), file=sys.stderr, flush=True)
         try:
             if not isinstance(e, RankGone):
                 if not interrupted:

@@ -2,7 +2,7 @@
 
 Pure policy (numpy/pandas): every function takes plain tables and returns plain tables;
 nothing here trains, reads files or needs MPI. The derivation of each statistic and of
-the thresholds is in docs/findings.md ("Diagnosing a flagged cell").
+the thresholds is in docs/findings/diagnosis.md §9.
 
 Inputs, all from ``results.h5``:
 
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
 from hbl_mpi.data.dataset import cell_feature_matrix
 from hbl_mpi.analysis.robust import robust_z
 from hbl_mpi.tree.plan import stage_of
@@ -297,7 +298,7 @@ def _relative(ev: pd.DataFrame, scale: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rules:
-    """Thresholds of ``diagnose`` (derived in docs/findings.md, fixed before the benchmark)."""
+    """Thresholds of ``diagnose`` (derived in docs/findings/diagnosis.md §9, fixed before the benchmark)."""
 
     flag_z: float = 0.0  # cells whose ranking score's robust z (within the run) is below this are `none`
     swap_gain: float = 0.0  # identity_gain above this ...
@@ -364,7 +365,7 @@ def diagnose(grid: Grid, ranking: pd.DataFrame, neighbours: pd.DataFrame | None 
         ref = reference.assign(cell=reference["cell"].astype(str)).set_index("cell")
     rc = drug_centred_residuals(grid)
     nbrs = _neighbour_rows(grid, neighbours, k)
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     D = len(grid.drugs)
     labels, conf, ident = [], [], []
     for i, row in enumerate(ev.to_dict("records")):
