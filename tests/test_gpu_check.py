@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a bench smoke run: five Python starts and one mpiexec
 @pytest.mark.timeout(400)
 def test_gpu_check_dry_run_prints_one_json_line_with_every_step():
     env = {**os.environ, "PYTHON": sys.executable}

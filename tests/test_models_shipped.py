@@ -1,5 +1,6 @@
 """The shipped models (HiDRA-style pathway attention, tCNNs-style SMILES CNN) and the
-one-hot SMILES group they read; one mpiexec launch compares the SMILES CNN with serial."""
+one-hot SMILES group they read. The default tier checks the data and the models' parts;
+the slow tier trains trees with them (serial, one mpiexec launch) and reports on them."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def test_data_synth_cli_adds_the_group_only_when_asked(tmp_path):
     assert bad.returncode == 2 and "padded SMILES length" in bad.stderr and not (tmp_path / "b.h5").exists()
 
 
+@pytest.mark.slow
 def test_paper_presets_have_the_documented_parameter_counts():
     assert check_model(resolve(PATHWAY, {"preset": "paper"}), InputSpec(TOP21)) == PAPER_PARAMETERS[PATHWAY]
     spec = InputSpec(TOP21 + ((GROUP, 188 * A),))
@@ -122,15 +124,22 @@ def smiles_run(tmp_path_factory):
     return root, cfg
 
 
+def _serial(root: Path, cfg: Path, model: str) -> Path:
+    """The serial run of ``model`` (tiny preset) on the SMILES data, made once per module."""
+    out = root / model.split(".")[-1].replace(":", "_")
+    if not (out / "results.h5").exists():
+        proc = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(out), "--set", f"model={model}",
+                       "--set", "model_params.preset='tiny'"], timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("model", [PATHWAY, CNN])
 def test_shipped_model_trains_a_tree_serially(smiles_run, model):
     root, cfg = smiles_run
-    out = root / model.split(".")[-1].replace(":", "_")
-    proc = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(out), "--set", f"model={model}",
-                   "--set", "model_params.preset='tiny'"], timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    nodes = pd.read_hdf(out / "results.h5", "nodes")
+    nodes = pd.read_hdf(_serial(root, cfg, model) / "results.h5", "nodes")
     assert (nodes["status"] == "done").all() and np.isfinite(nodes["val_loss"]).all()
 
 
@@ -138,9 +147,7 @@ def test_shipped_model_trains_a_tree_serially(smiles_run, model):
 @pytest.mark.timeout(300)
 def test_smiles_cnn_under_mpiexec_matches_serial_bit_for_bit(smiles_run):
     root, cfg = smiles_run
-    ref_out = root / "smiles_cnn_build"
-    if not (ref_out / "results.h5").exists():
-        pytest.skip("needs the serial run of test_shipped_model_trains_a_tree_serially")
+    ref_out = _serial(root, cfg, CNN)
     out = root / "cnn_mpi"
     proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(out), "--set", f"model={CNN}",
                        "--set", "model_params.preset='tiny'"], timeout=240)
@@ -152,14 +159,13 @@ def test_smiles_cnn_under_mpiexec_matches_serial_bit_for_bit(smiles_run):
     assert list(got["inherit_checksum"]) == list(ref["inherit_checksum"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_report_compares_models_on_the_same_data(smiles_run):
     """Two models' runs on one data file: the run totals carry each model's line and the
     detection table has one row per model (labels say which run is which model)."""
-    root, _ = smiles_run
-    runs = [root / "pathway_build" / "results.h5", root / "smiles_cnn_build" / "results.h5"]
-    if not all(p.exists() for p in runs):
-        pytest.skip("needs the serial runs of test_shipped_model_trains_a_tree_serially")
+    root, cfg = smiles_run
+    runs = [_serial(root, cfg, m) / "results.h5" for m in (PATHWAY, CNN)]
     out = root / "report"
     proc = run_py(["-m", "hbl_mpi", "report", *map(str, runs), "--out", str(out)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
