@@ -177,3 +177,30 @@ def test_report_compares_models_on_the_same_data(smiles_run):
     assert detection, sorted(p.name for p in out.glob("*.csv"))
     det = pd.read_csv(detection[0])
     assert det["method"].str.contains("pathway:build").any() and det["method"].str.contains("smiles_cnn:build").any()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_model_agreement_bench_matches_the_report(smiles_run):
+    """bench/model_agreement.py's AUROCs are the ranking module's detection of each run, and its
+    Jaccard is the overlap of the two runs' top-5 cells computed here."""
+    root, cfg = smiles_run
+    runs = [_serial(root, cfg, m) / "results.h5" for m in (PATHWAY, CNN)]
+    bench = Path(__file__).resolve().parents[1] / "bench" / "model_agreement.py"
+    proc = run_py([str(bench), *map(str, runs), "--top", "5"], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(res["runs"]) == {PATHWAY, CNN}
+    (pair, j), = res["jaccard_top5"].items()
+    assert 0.0 <= j <= 1.0 and res["common_top5"] <= 5
+    from hbl_mpi.analysis.ranking import detection_metrics, rank_cells
+    from hbl_mpi.store.results import read_results
+
+    tops = []
+    for m, path in zip((PATHWAY, CNN), runs):
+        run = read_results(str(path))
+        ranking = rank_cells(run.cell_val, run.nodes, plan=run.plan)
+        score = ranking.set_index("cell")["score"]
+        assert res["runs"][m]["auroc"] == pytest.approx(detection_metrics(score, run.truth).set_index("kind").loc["all", "auroc"])
+        tops.append(set(ranking.sort_values("rank")["cell"].astype(str).head(5)))
+    assert j == pytest.approx(len(tops[0] & tops[1]) / len(tops[0] | tops[1]))
