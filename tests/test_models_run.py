@@ -116,3 +116,19 @@ def test_plugin_restart_after_kill9_gives_the_uninterrupted_table(plugin_run, tm
         assert changed.returncode == 2 and "has changed since the previous run" in changed.stderr
     finally:
         shutil.copy(tmp_path / "keep.py", root / "my_model.py")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_plugin_model_trains_in_a_rank_group(plugin_run):
+    """group_size 2 (the sharded AdamW step) with the plug-in: every node done, and the first
+    epoch's loss equals the serial run's up to float reassociation of the sharded sums."""
+    root, cfg = plugin_run
+    out = root / "group"
+    proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(out), "--set", "group_size=2"], timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    nodes = pd.read_hdf(out / "results.h5", "nodes")
+    assert (nodes["status"] == "done").all() and len(nodes) == 12
+    ref = pd.read_hdf(root / "serial" / "results.h5", "history").set_index(["node", "epoch"])
+    got = pd.read_hdf(out / "results.h5", "history").set_index(["node", "epoch"])
+    assert got.loc[("1.1", 1), "loss"] == pytest.approx(ref.loc[("1.1", 1), "loss"], rel=1e-5)
