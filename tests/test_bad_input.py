@@ -363,3 +363,74 @@ def test_labels_outside_their_range_are_read_with_one_warning(tmp_path, good_h5)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hbl_mpi: warning: ") and "2 AUC label(s) outside [0, 1]" \
         in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- issue 28: in-process cases
+#
+# The same promise (exit 2, one stderr line ``hbl_mpi: error: ...``, nothing written), checked
+# by calling ``hbl_mpi.__main__.main`` in this process: no interpreter or torch start-up per
+# case. Each entry: name -> (setup(tmp, good_h5) -> argv, expected phrase).
+
+
+def _run_case(lines: str, extra=()):
+    def setup(tmp: Path, good: Path) -> list[str]:
+        shutil.copy(good, tmp / "data.h5")
+        (tmp / "run.toml").write_text(config_text(lines))
+        return ["run", "run.toml", "--serial", "--out", "out", *extra]
+    return setup
+
+
+def _raw_config(text: str, extra=()):
+    def setup(tmp: Path, good: Path) -> list[str]:
+        shutil.copy(good, tmp / "data.h5")
+        (tmp / "run.toml").write_text(text)
+        return ["run", "run.toml", "--serial", "--out", "out", *extra]
+    return setup
+
+
+def _config_is_a_directory(tmp: Path, good: Path) -> list[str]:
+    (tmp / "cfgdir").mkdir()
+    return ["run", "cfgdir", "--serial"]
+
+
+def _config_is_a_fifo(tmp: Path, good: Path) -> list[str]:
+    os.mkfifo(tmp / "run.toml")
+    return ["run", "run.toml", "--serial"]
+
+
+INPROCESS_CASES = {
+    "strategy flat with 23 digits": (_run_case('strategy = "flat:99999999999999999999999"'),
+                                     "strategy 'flat:99999999999999999999999': epochs must be <= 10000"),
+    "epochs = 10^9 for EXP2": (_run_case('strategy = "EXP2"\nepochs = 1000000000'),
+                               "config key 'epochs' must be <= 10000"),
+    "threads = 100000000": (_run_case("threads = 100000000"), "config key 'threads' must be <= 1024"),
+    "threads = 1e8": (_run_case("threads = 1e8"), "config key 'threads' must be int, got float"),
+    "--set threads=100000000": (_run_case("", ["--set", "threads=100000000"]), "config key 'threads' must be <= 1024"),
+    "batch_size beyond int32": (_run_case("batch_size = 9999999999999"), "config key 'batch_size' must be <="),
+    "patience 10^12": (_run_case("patience = 1000000000000"), "config key 'patience' must be <= 10000"),
+    "stall_seconds of a century": (_run_case("stall_seconds = 3.2e9"), "config key 'stall_seconds' must be <="),
+    "deeply nested TOML": (_raw_config('data = "data.h5"\nx = ' + "[" * 5000 + "]" * 5000 + "\n"),
+                           "values nested too deeply"),
+    "deeply nested --set": (_run_case("", ["--set", "n=" + "[" * 5000 + "]" * 5000]), "value nested too deeply"),
+    "config is a directory": (_config_is_a_directory, "'cfgdir' is a directory; give the config file"),
+    "config is a FIFO": (_config_is_a_fifo, "'run.toml' is not a regular file"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(INPROCESS_CASES))
+def test_bad_input_in_process(name, tmp_path, good_h5, monkeypatch, capsys):
+    from hbl_mpi.__main__ import main
+
+    setup, expected = INPROCESS_CASES[name]
+    argv = setup(tmp_path, good_h5)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path) if not any(p.is_fifo() for p in tmp_path.iterdir()) else None
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("hbl_mpi: error: "), err[-3000:]
+    assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
+    if before is not None:
+        assert snapshot(tmp_path) == before, "a rejected command wrote something"
