@@ -25,8 +25,23 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the package's error line: ``hbl_mpi: error: <message>``, exit 2.
+
+    argparse prints the usage and then ``python -m hbl_mpi run: error: ...`` (several lines,
+    another prefix); every other bad input is one line starting ``hbl_mpi: error:``, which
+    scripts grep for. Subparsers are built from the parent's class, so this one override
+    covers every command and action (issue 28 item 8). ``--help`` still prints the usage.
+    """
+
+    def error(self, message: str):
+        command = " ".join(self.prog.split()[3:])  # "python -m hbl_mpi data synth" -> "data synth"
+        where = f" {command}:" if command else ""
+        self.exit(EXIT_INPUT, f"hbl_mpi: error:{where} {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m hbl_mpi",
         description="High-bypass learning: a tree of drug-response models trained over MPI.",
     )
