@@ -8,12 +8,16 @@ Each subcommand lives in ``hbl_mpi.commands.<name>`` with ``configure(parser)`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from hbl_mpi import __version__
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+"""Why a write fails when the output path is wrong (read-only folder or file system): exit 2."""
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hbl_mpi: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except WriteFailed as e:  # the file it names was left as it was (atomic.py)
+        if not e.disk_full and getattr(e.cause, "errno", None) in _UNWRITABLE:  # the user's path, not the disk
+            print(f"hbl_mpi: error: cannot write {e.path!r}: {e.cause.strerror}; choose a writable output path",
+                  file=sys.stderr)
+            return EXIT_INPUT
         print(f"hbl_mpi: fatal: {e.strerror}; the previous file (if any) is unchanged: "
               "free space and run the command again", file=sys.stderr)
         return EXIT_FATAL

@@ -89,8 +89,11 @@ def replace_file(path: str, write: Callable[[str], object], *,
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    try:  # inside the wrapper: a read-only folder or no free inode is a WriteFailed, never a traceback
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise WriteFailed(path, e, is_disk_full(e) or _nearly_full(folder)) from e
     try:
         try:
             os.chmod(tmp, mode & ~_umask())
