@@ -304,6 +304,7 @@ class ReportInputs:
     top: int = 30
     baselines: bool = False
     data_path: str | None = None  # the baselines' data file (checked before any work)
+    dataset: object | None = None  # its Dataset, read once and checked against the run's data checksum
     kfold: int = 5
     log: Callable[..., object] = print
     reference: str | None = None  # a second screen (Uno file) to hold the ranking against
@@ -366,7 +367,8 @@ class ReportInputs:
             return []
         from hbl_mpi.analysis.baselines import run_baselines
 
-        return run_baselines(self.data_path, self.runs[0].config, kfold=self.kfold, log=self.log)
+        return run_baselines(self.data_path, self.runs[0].config, kfold=self.kfold, log=self.log,
+                             dataset=self.dataset)
 
 
 SectionBuilder = Callable[[ReportInputs, Report], None]
@@ -612,13 +614,20 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
     runs = load_runs(paths)
     if reference is not None and not os.path.isfile(reference):
         raise InputError(f"--reference {reference!r} does not exist")
-    data_path = None
-    if baselines:  # checked before any work: bad input costs nothing
+    data_path, dataset = None, None
+    if baselines or data is not None:  # checked before any work: bad input costs nothing
         data_path = data or _data_path(runs[0])
         if not os.path.isfile(data_path):
             raise InputError(f"data file {data_path!r} for the baselines does not exist")
+        from hbl_mpi.run.context import load_dataset
+        from hbl_mpi.store.provenance import check_same_data
+
+        dataset = load_dataset(data_path)
+        # the baselines are scored beside the first run's data group (ReportInputs.same_data)
+        check_same_data(runs[0].data_checksum, str(runs[0].config.get("data") or ""), data_path, dataset.checksum,
+                        who="report", results=runs[0].path, remedy="pass --data with the data file the run trained on")
     inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
-                       log=log, reference=reference, cells=cells)
+                       log=log, reference=reference, cells=cells, dataset=dataset)
     names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
     rep = Report("hbl_mpi report", f"Runs: {names}.")
     for builder in builders:
