@@ -412,6 +412,12 @@ INPROCESS_CASES = {
     "deeply nested TOML": (_raw_config('data = "data.h5"\nx = ' + "[" * 5000 + "]" * 5000 + "\n"),
                            "values nested too deeply"),
     "deeply nested --set": (_run_case("", ["--set", "n=" + "[" * 5000 + "]" * 5000]), "value nested too deeply"),
+    "config over 32 KiB as JSON (HDF5 attribute limit)": (
+        _run_case('ckpt_directory = "' + "c" * 70_000 + '"'),
+        "the config is 70,"),
+    "thousands of fault nodes": (
+        _run_case("fault_fail_nodes = [" + ", ".join(f'"1.{i}"' for i in range(9000)) + "]"),
+        "more than the 32,768 that results.h5 can record (largest key: 'fault_fail_nodes')"),
     "config is a directory": (_config_is_a_directory, "'cfgdir' is a directory; give the config file"),
     "config is a FIFO": (_config_is_a_fifo, "'run.toml' is not a regular file"),
 }

@@ -11,6 +11,9 @@ file the reader accepts never crashes a reader.
   ``read_results`` (one line, exit 2) rather than crashing ``report``/``curate`` or being
   carried forward by ``--restart``.
 
+And item 8: a flush killed part-way leaves ``.results.h5.XXXXXXXX.tmp`` in OUT; a run
+(``--restart`` or fresh) removes such stale temporaries of its own files once it holds the lock.
+
 Everything runs in this process through ``hbl_mpi.__main__.main`` (no MPI needed).
 """
 
@@ -240,3 +243,55 @@ def test_restart_refuses_duplicated_node_rows(run, tmp_path, capsys):
     assert (out / "results.h5").read_bytes() == before
     assert np.array_equal(pd.read_hdf(out / "results.h5", "nodes")["node"].duplicated().to_numpy().nonzero()[0], [len(
         pd.read_hdf(out / "results.h5", "nodes")) - 1])
+
+
+# ----------------------------------------------------------------------------- stale temporaries in OUT
+
+
+@pytest.mark.parametrize("flags", [["--restart"], ["--overwrite"]])
+def test_a_run_removes_stale_temporaries_of_its_files(run, tmp_path, capsys, flags):
+    root, cfg = run
+    out = _copy_run(root, tmp_path)
+    stale = [out / ".results.h5.k3j9x_2a.tmp", out / ".run_stats.json.abcdefgh.tmp", out / ".restart.json.0123_xyz.tmp"]
+    for p in stale:
+        p.write_bytes(b"\0" * 100_000)
+    elsewhere = tmp_path / "elsewhere.h5"
+    elsewhere.write_bytes(b"not ours")
+    os_link = out / ".results.h5.linklink.tmp"
+    os_link.symlink_to(elsewhere)
+    kept = [out / ".results.h5.short.tmp", out / "notes.tmp", out / ".other.h5.abcdefgh.tmp"]
+    for p in kept:
+        p.write_bytes(b"user's")
+    assert main(["run", str(cfg), "--serial", "--out", str(out), *flags]) == 0
+    log = capsys.readouterr().out
+    assert "removed 4 temporary file(s) (0.3 MB) that an interrupted write left in" in log
+    assert not any(p.exists() for p in stale) and not os_link.is_symlink()
+    assert elsewhere.read_bytes() == b"not ours" and all(p.read_bytes() == b"user's" for p in kept)
+
+
+def test_stale_temporaries_match_what_replace_file_creates(tmp_path, monkeypatch):
+    """The pattern removed is the one ``replace_file`` writes: a temporary left by a writer
+    killed before ``os.replace`` is found and removed."""
+    import tempfile
+
+    from hbl_mpi.core.atomic import remove_stale_temporaries, replace_bytes
+
+    names = []
+    real = tempfile.mkstemp
+
+    def spy(*a, **k):
+        fd, name = real(*a, **k)
+        names.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    monkeypatch.setattr("hbl_mpi.core.atomic.os.replace", lambda a, b: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        replace_bytes(str(tmp_path / "results.h5"), b"x" * 10)
+    monkeypatch.undo()
+    import os
+
+    # replace_file unlinks on the way out of an exception; a SIGKILL would not: put it back
+    open(names[0], "wb").write(b"x" * 10)
+    assert remove_stale_temporaries(str(tmp_path), ["results.h5"]) == (1, 10)
+    assert not os.path.exists(names[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import tomllib
@@ -183,6 +184,12 @@ MAXIMUM: dict[str, float] = {
     "fault_crash_rank": 2**31 - 1, "fault_crash_after": 2**31 - 1,
 }
 
+CONFIG_JSON_LIMIT = 32 * 1024
+"""Most bytes of the config as JSON: results.h5 keeps it in an attribute of its ``nodes``
+table, and HDF5 holds a node's attributes in a 64 KiB header (beside the versions, the
+checksum and pandas' own). A larger config (thousands of fault nodes, a pasted string)
+ended a finished run with exit 4 and 29 lines of HDF5 errors (issue 28 item 8)."""
+
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, type] = {
     name: type(getattr(RunConfig(), name)) for name in _FIELDS
@@ -266,6 +273,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
     parse_strategy(cfg.strategy, cfg.epochs)
+    size = len(json.dumps(cfg.as_dict(), sort_keys=True, default=str).encode())
+    if size > CONFIG_JSON_LIMIT:
+        big = max(_FIELDS, key=lambda k: len(json.dumps(getattr(cfg, k), default=str)))
+        raise InputError(f"the config is {size:,} bytes as JSON, more than the {CONFIG_JSON_LIMIT:,} that results.h5 "
+                         f"can record (largest key: {big!r})")
     if not cfg.data:
         raise InputError("config key 'data' is missing: the path of the input HDF5 file")
     return cfg
