@@ -16,6 +16,7 @@ one more builder in that list.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import os
@@ -595,7 +596,17 @@ results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and 
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
+    """A file-name part for ``text`` (a cell id, a run label), one per text.
+
+    Letters and digits are kept and every other run of characters becomes ``_``; when that
+    changed the text, ``-`` and 10 hex digits of its SHA-1 are appended. ``HCC-1187`` and
+    ``HCC_1187`` were both ``HCC_1187`` (two cells, one figure: issue 28 item 8); a text that
+    needs no change never contains ``-``, so it cannot meet a hashed name either.
+    """
+    base = re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:80] or "x"
+    if base == text:
+        return base
+    return f"{base}-{hashlib.sha1(str(text).encode()).hexdigest()[:10]}"
 
 
 def load_runs(paths: list[str]) -> list[RunTables]:
