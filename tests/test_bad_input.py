@@ -398,7 +398,62 @@ def _config_is_a_fifo(tmp: Path, good: Path) -> list[str]:
     return ["run", "run.toml", "--serial"]
 
 
+def _npz_case(edit, lines: str = ""):
+    """A run on the normalised cache of the good file, after ``edit(arrays, header)``."""
+    def setup(tmp: Path, good: Path) -> list[str]:
+        import json
+
+        from hbl_mpi.data import read_uno, write_normalised
+
+        npz = tmp / "data.npz"
+        write_normalised(read_uno(str(good)), str(npz))
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(str(arrays["header"]))
+        edit(arrays, header)
+        arrays["header"] = np.array(json.dumps(header))
+        with open(npz, "wb") as f:
+            np.savez(f, **arrays)
+        (tmp / "run.toml").write_text(config_text(lines, data="data.npz"))
+        return ["run", "run.toml", "--serial", "--out", "out"]
+    return setup
+
+
+def _npz_dup_cell(a, h):
+    a["cell_ids"] = a["cell_ids"].copy()
+    a["cell_ids"][1] = a["cell_ids"][0]
+
+
+def _npz_label(value):
+    def edit(a, h):
+        a["label"] = a["label"].copy()
+        a["label"][2] = value
+    return edit
+
+
+def _npz_no_cells(a, h):
+    keep = [i for i, g in enumerate(h["groups"]) if g["entity"] != "cell"]
+    groups = {f"group{j}": a[f"group{i}"] for j, i in enumerate(keep)}
+    for k in [k for k in a if k.startswith("group")]:
+        del a[k]
+    a.update(groups)
+    h["groups"] = [h["groups"][i] for i in keep]
+
+
+def _npz_dup_row(a, h):
+    for k in ("cell_index", "drug_index"):
+        a[k] = np.r_[a[k], a[k][:1]]
+    a["label"] = np.r_[a["label"], a["label"][:1] + np.float32(0.5)].astype(np.float32)
+
+
 INPROCESS_CASES = {
+    # issue 28 item 5: the .npz cache passes the HDF5 reader's validator
+    ".npz: duplicated cell ids": (_npz_case(_npz_dup_cell), "cell id(s) appear more than once"),
+    ".npz: (cell, drug) twice with different labels": (_npz_case(_npz_dup_row),
+                                                      "keys appear more than once with different labels"),
+    ".npz: no cell feature group": (_npz_case(_npz_no_cells), "no cell feature group"),
+    ".npz: NaN label": (_npz_case(_npz_label(np.nan)), "NaN/inf AUC label(s)"),
+    ".npz: 1e30 label": (_npz_case(_npz_label(1e30)), "AUC label(s) beyond ±1e+18"),
     "strategy flat with 23 digits": (_run_case('strategy = "flat:99999999999999999999999"'),
                                      "strategy 'flat:99999999999999999999999': epochs must be <= 10000"),
     "epochs = 10^9 for EXP2": (_run_case('strategy = "EXP2"\nepochs = 1000000000'),
