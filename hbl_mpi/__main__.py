@@ -14,7 +14,7 @@ import sys
 
 from hbl_mpi import __version__
 from hbl_mpi.core.atomic import WriteFailed
-from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
+from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
 
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 """Why a write fails when the output path is wrong (read-only folder or file system): exit 2."""
@@ -41,7 +41,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         command = " ".join(self.prog.split()[3:])  # "python -m hbl_mpi data synth" -> "data synth"
         where = f" {command}:" if command else ""
-        self.exit(EXIT_INPUT, f"hbl_mpi: error:{where} {' '.join(message.split())} (see --help)\n")
+        self.exit(EXIT_INPUT, error_line(f"{where.strip()} {' '.join(message.split())} (see --help)".strip()) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except InputError as e:
-        print(f"hbl_mpi: error: {e}", file=sys.stderr)
+        print(error_line(str(e)), file=sys.stderr)
         return EXIT_INPUT
     except WriteFailed as e:  # the file it names was left as it was (atomic.py)
         if not e.disk_full and getattr(e.cause, "errno", None) in _UNWRITABLE:  # the user's path, not the disk
-            print(f"hbl_mpi: error: cannot write {e.path!r}: {e.cause.strerror}; choose a writable output path",
+            print(error_line(f"cannot write {e.path!r}: {e.cause.strerror}; choose a writable output path"),
                   file=sys.stderr)
             return EXIT_INPUT
-        print(f"hbl_mpi: fatal: {e.strerror}; the previous file (if any) is unchanged: "
-              "free space and run the command again", file=sys.stderr)
+        print(fatal_line(f"{e.strerror}; the previous file (if any) is unchanged: "
+                         "free space and run the command again"), file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         if _world_rank() == 0:  # under MPI every rank gets the SIGINT: one line for the job

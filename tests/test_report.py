@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from hbl_mpi.report import build as REP
-from hbl_mpi.report.build import _slug
+from hbl_mpi.report.page import slug as _slug
 from hbl_mpi.analysis import ranking as R
 from hbl_mpi.commands import report as cmd
 from hbl_mpi.core.errors import InputError
