@@ -65,7 +65,7 @@ def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) ->
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(cfg, key)!r}; restart with the same settings or another --out")
     check_same_data(previous.data_checksum, str(old.get("data", "")), cfg.data, data_checksum, who="--restart",
-                    results=previous.path or "results.h5", remedy="restart with the same data or another --out",
+                    results=getattr(previous, "path", "") or "results.h5", remedy="restart with the same data or another --out",
                     paths_must_agree=True)
 
 
