@@ -490,6 +490,12 @@ INPROCESS_CASES = {
     "thousands of fault nodes": (
         _run_case("fault_fail_nodes = [" + ", ".join(f'"1.{i}"' for i in range(9000)) + "]"),
         "more than the 32,768 that results.h5 can record (largest key: 'fault_fail_nodes')"),
+    "data synth with 10^11 cells": (lambda tmp, good: ["data", "synth", "--cells", "100000000000", "--out", "x.h5"],
+                                    "cells = 100000000000: need <= 1,000,000"),
+    "data synth of a terabyte": (lambda tmp, good: ["data", "synth", "--cells", "1000000", "--drugs", "100000",
+                                                    "--out", "x.h5"], "GiB; at most 64 GiB"),
+    "data synth with noise 1e308": (lambda tmp, good: ["data", "synth", "--noise", "1e308", "--out", "x.h5"],
+                                    "noise = 1e+308: need <= 10"),
     "config is a directory": (_config_is_a_directory, "'cfgdir' is a directory; give the config file"),
     "config is a FIFO": (_config_is_a_fifo, "'run.toml' is not a regular file"),
 }

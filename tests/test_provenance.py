@@ -295,3 +295,27 @@ def test_stale_temporaries_match_what_replace_file_creates(tmp_path, monkeypatch
     open(names[0], "wb").write(b"x" * 10)
     assert remove_stale_temporaries(str(tmp_path), ["results.h5"]) == (1, 10)
     assert not os.path.exists(names[0])
+
+
+def test_a_run_out_of_inodes_ends_with_the_disk_full_line(run, tmp_path, capsys, monkeypatch):
+    """Issue 28 item 7: no free inode made ``mkstemp`` fail outside the WriteFailed wrapper,
+    and the run ended with ``fatal: rank 0: OSError [Errno 28]`` instead of README's line."""
+    import errno
+    import tempfile
+
+    root, cfg = run
+    real = tempfile.mkstemp
+    calls = []
+
+    def no_inode_after_the_first(*a, **k):
+        calls.append(k.get("prefix"))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_inode_after_the_first)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--serial", "--out", str(out)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hbl_mpi: fatal: disk full while writing"), err
+    assert "free space and run --restart" in err[0]
