@@ -1,7 +1,7 @@
 """Adaptive expansion: the pure rule, the dynamic plan, and the runs it grows.
 
 The rule (``expansion.choose``/``Expander``) is tested on hand-made inputs whose answer is
-known; the plan's growth keeps DESIGN §3's invariants; serial, ``-n 2`` and ``-n 5`` runs
+known; the plan's growth keeps docs/design.md §3's invariants; serial, ``-n 2`` and ``-n 5`` runs
 grow the same tree with the same numbers, equal to the full tree's rows for those nodes;
 ``--restart`` continues an adaptive run to the uninterrupted run's table.
 """
@@ -197,7 +197,7 @@ def test_full_is_todays_tree(runs):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("ranks", [2, 5])
+@pytest.mark.parametrize("ranks", [2, pytest.param(5, marks=pytest.mark.slow)])
 def test_mpi_grows_the_serial_tree_bit_for_bit(runs, ranks):
     root, ada, _, serial = runs
     out = root / f"mpi{ranks}"

@@ -125,6 +125,7 @@ def _launch(cmd, env, out):
     return proc, lines, started
 
 
+@pytest.mark.slow  # default tier: the serial SIGKILL mid-node and interrupted-restart variants below
 @pytest.mark.timeout(240)
 def test_kill9_mpiexec_at_random_times_then_restart(setup, tmp_path):
     root, cfg, reference = setup

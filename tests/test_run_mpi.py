@@ -33,7 +33,7 @@ def _compare_table(reference_path, other_path, key: str, order: list[str]) -> No
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("ranks", [2, 3, 5])
+@pytest.mark.parametrize("ranks", [2, 3, pytest.param(5, marks=pytest.mark.slow)])
 def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     root, cfg, reference = tiny_run
     out = root / f"mpi{ranks}"
@@ -83,10 +83,11 @@ def test_group_of_two_matches_one_rank_within_tolerance(tiny_run, tmp_path):
     assert list(a["steps"]) == list(b["steps"])
 
 
+@pytest.mark.slow  # default tier: the family order tests in test_trainer.py and the 2- and 3-rank bit-for-bit runs
 @pytest.mark.timeout(400)
 def test_family_batch_order_under_mpi_matches_serial(tmp_path):
     """Siblings trained on different ranks share their parent's shuffle: the MPI run still
-    reproduces the serial one bit for bit (the low-noise impact settings, findings §8.8)."""
+    reproduces the serial one bit for bit (the low-noise impact settings, docs/findings/impact.md §8.8)."""
     from tinyrun import write_tiny_run
 
     cfg = write_tiny_run(tmp_path, tree={"n": 3, "s": 2, "strategy": "exp2:3"}, synth={"cells": 36, "drugs": 10},

@@ -2,7 +2,7 @@
 
 Pure policy (numpy/pandas): every function takes plain tables and returns plain tables;
 nothing here trains, reads files or needs MPI. The derivation of each statistic and of
-the thresholds is in docs/findings.md ("Diagnosing a flagged cell").
+the thresholds is in docs/findings/diagnosis.md §9.
 
 Inputs, all from ``results.h5``:
 
@@ -298,7 +298,7 @@ def _relative(ev: pd.DataFrame, scale: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rules:
-    """Thresholds of ``diagnose`` (derived in docs/findings.md, fixed before the benchmark)."""
+    """Thresholds of ``diagnose`` (derived in docs/findings/diagnosis.md §9, fixed before the benchmark)."""
 
     flag_z: float = 0.0  # cells whose ranking score's robust z (within the run) is below this are `none`
     swap_gain: float = 0.0  # identity_gain above this ...

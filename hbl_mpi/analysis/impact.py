@@ -1,4 +1,4 @@
-"""Impact: how much learning from a cell changes the *other* cells' error (docs/findings.md §8).
+"""Impact: how much learning from a cell changes the *other* cells' error (docs/findings/impact.md §8).
 
 Why the tree can measure it: siblings ``p.1 … p.N`` start from the same state (their
 parent's) and share ``train(p)``; child ``p.k`` additionally trains on every validation
@@ -249,7 +249,7 @@ def combined_score(resist: pd.Series, impact: pd.Series) -> pd.Series:
 
     Both axes on one scale (robust z over the cells), summed: a leaf's cells share one
     impact, and the resist score orders them inside the leaf. Which of resist, impact and
-    this sum ``curate`` uses by default was measured (docs/findings.md §8).
+    this sum ``curate`` uses by default was measured (docs/findings/impact.md §8).
     """
     idx = resist.index.union(impact.index)
     r = _filled_z(resist.reindex(idx))

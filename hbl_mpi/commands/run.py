@@ -28,7 +28,7 @@ from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, 
 
 
 def configure(p) -> None:
-    p.add_argument("config", nargs="?", help="TOML config file (see README: Configuration keys)")
+    p.add_argument("config", nargs="?", help="TOML config file (keys: docs/configuration.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (TOML value syntax), repeatable")
     p.add_argument("--out", help="output directory (overrides the config's `out`)")

@@ -335,7 +335,9 @@ def train_node(
                 poll()
         if sync is not None:
             sync.gather_state()  # a sharded group's Adam moments: whole before anything reads them
-        if spec.slow_seconds > 0:
+        if spec.slow_seconds > 0:  # a testing aid; its line is the event tests wait for
+            print(f"[hbl_mpi] fault_slow_nodes: node {spec.node} epoch {epoch}: sleeping {spec.slow_seconds:g} s",
+                  flush=True)
             _sleep_serving(spec.slow_seconds, poll)
         loss_sum, n = _reduce([float(total.item()), float(len(_shard(order, group)))], group)
         loss = loss_sum / n
@@ -389,7 +391,7 @@ def epoch_order(train_rows: np.ndarray, n_rows: int, spec: TrainSpec, epoch: int
     then see their shared rows in the same order and nearly the same batches (shifted by
     the rows one holds out and another does not) with one mask stream: common random
     numbers, so the difference between two siblings is their data rather than their luck,
-    which is what the impact estimator's family contrasts measure (docs/findings.md §8.8).
+    which is what the impact estimator's family contrasts measure (docs/findings/impact.md §8.8).
     """
     if spec.batch_order == "family":
         es = derive_seed(spec.seed, f"family:{parent_of(spec.node)}", epoch)
