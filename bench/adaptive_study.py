@@ -201,10 +201,10 @@ def summary(paths: list[str], plot: str | None) -> dict:
     return {"summary": [{"data": os.path.basename(r["data"]), "rows": r["rows"]} for r in runs]}
 
 
-#: what to run before the study: a finished full tree and its data (docs/findings.md §10's commands)
+#: what to run before the study: a finished full tree and its data (docs/findings/adaptive.md §10's commands)
 RUN_FIRST = ("needs a finished full tree and its data: run `python -m hbl_mpi data synth --seed 7101 --cells 1024 "
              "--drugs 32 --out data.h5` and `mpiexec -n 3 python -m hbl_mpi run --set data=data.h5 --set n=4 "
-             "--set s=5 --set strategy=EXP2 --out full` first (docs/findings.md §10), then give --results "
+             "--set s=5 --set strategy=EXP2 --out full` first (docs/findings/adaptive.md §10), then give --results "
              "full/results.h5 --data data.h5")
 
 

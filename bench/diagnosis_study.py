@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchkit  # noqa: E402  (also puts the checkout first on sys.path)
 
 ERROR_KINDS = ("label_noise", "shift", "swap")
-#: docs/findings.md's seeds for this benchmark (its command: --seeds 9301 9302 9303)
+#: docs/findings/diagnosis.md's seeds for this benchmark (its command: --seeds 9301 9302 9303)
 DEFAULT_SEEDS = [9301, 9302, 9303]
 
 
@@ -113,7 +113,7 @@ def study(results: str, data: str) -> tuple[dict, pd.DataFrame]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line; with no arguments: seeds 9301 9302 9303 (docs/findings.md's), 3 ranks, under
+    """The command line; with no arguments: seeds 9301 9302 9303 (docs/findings/diagnosis.md's), 3 ranks, under
     ``<temp dir>/hbl_diagnosis_study`` (trees already there are reused)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=benchkit.default_work("diagnosis_study"),

@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import benchkit  # noqa: E402
 
-#: the seed with no arguments: docs/findings.md §8.5's first evaluation seed (there at 240 x 96 cells x drugs)
+#: the seed with no arguments: docs/findings/impact.md §8.5's first evaluation seed (there at 240 x 96 cells x drugs)
 DEFAULT_SEED = 9401
 
 TREE_CONFIG = """

@@ -22,7 +22,7 @@ from hbl_mpi.analysis import paper_stats as A  # noqa: E402
 from hbl_mpi.report.build import markdown_table  # noqa: E402
 from hbl_mpi.store.results import RunTables, read_results  # noqa: E402
 
-#: one run per epoch strategy, as docs/findings.md's table was made
+#: one run per epoch strategy, as docs/findings/paper.md's table was made
 RUN_FIRST = ("needs results.h5 files, one per epoch strategy: train them first, e.g. `for st in F-20 F-10 LINE SQRT "
              "EXP2; do mpiexec -n 4 python -m hbl_mpi run jobs/demo.toml --set strategy=$st --out "
              "/tmp/strat/$st; done`, then `python bench/paper_findings.py /tmp/strat/*/results.h5`")

@@ -85,9 +85,9 @@ class SyntheticWorker(Worker):
         if self.ctx.has_children(msg.node):
             self.outgoing.hold(msg.node, ModelState(torch.zeros(STATE_FLOATS), STATE_FLOATS // 3, 0))
         row = {"epochs_run": 0, "train_s": t}
-        self.comm.send(NodeReport(msg.node, self.topo.group, True,
-                                  result={"row": row, "history": [],
-                                          "tables": {"cell_val": (np.zeros(0, np.int64),) * 3}}),
+        self.comm.send(NodeReport(msg.node, True, payload={"row": row, "history": [],
+                                                           "tables": {"cell_val": (np.zeros(0, np.int64),) * 3}},
+                                  group=self.topo.group),
                        dest=0, tag=TAG_REPORT)
 
 

@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import benchkit  # noqa: E402
 
-#: with no arguments: docs/findings.md §8.8's seed and its four variants
+#: with no arguments: docs/findings/impact.md §8.8's seed and its four variants
 DEFAULT_SEED = 401
 DEFAULT_VARIANTS = ["base:", "crn:batch_order=family", "fixed:patience=99,inherit=last",
                     "crnfixed:batch_order=family,patience=99,inherit=last"]
@@ -194,7 +194,7 @@ def chaos(work: str, data: str, seed: int, sets: dict, node: str, removals: list
 
 def parser() -> argparse.ArgumentParser:
     """The command line (``parse_args`` fills in the variants); with no arguments: seed 401 and the four
-    variants of docs/findings.md §8.8 (base, crn, fixed, crnfixed), under ``<temp dir>/hbl_sibling_noise``."""
+    variants of docs/findings/impact.md §8.8 (base, crn, fixed, crnfixed), under ``<temp dir>/hbl_sibling_noise``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=benchkit.default_work("sibling_noise"),
                    help="the study's folder (default: <temp dir>/hbl_sibling_noise)")
