@@ -33,6 +33,7 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hbl_mpi.train.flat_state import ModelState, flat_buffer  # noqa: E402
 from hbl_mpi.transfer import OutgoingStates, recv_state_into, wait_all  # noqa: E402

@@ -30,6 +30,7 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hbl_mpi.core.config import RunConfig  # noqa: E402
 from hbl_mpi.run.context import RunContext  # noqa: E402
