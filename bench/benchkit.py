@@ -22,11 +22,12 @@ the ``hbl_mpi`` beside them.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import NoReturn
+
+# tempfile and shutil are imported where used: bench/file_workflow.py's node processes import
+# this module, and their start-up time is one of the phases that bench measures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -58,6 +59,8 @@ def need_first(script_file: str, text: str) -> NoReturn:
 
 def default_work(script: str) -> str:
     """The scratch folder of ``bench/<script>.py`` when no ``--work`` is given."""
+    import tempfile
+
     return os.path.join(tempfile.gettempdir(), f"hbl_{script}")
 
 
@@ -101,6 +104,8 @@ def under_mpiexec() -> bool:
 
 def mpiexec_path() -> str | None:
     """The venv's ``mpiexec`` (pip's mpich puts it beside python), else the one on PATH."""
+    import shutil
+
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.path.exists(here) else shutil.which("mpiexec")
 
