@@ -397,6 +397,15 @@ def test_missing_named_inputs_are_one_line(tmp_path, capsys):
     assert err.startswith(f"paper_findings.py: {missing} does not exist")
     err = _one_line_exit(capsys, lambda: _bench_module("impact_study").main(["--work", str(tmp_path), "--tables"]))
     assert err.startswith("impact_study.py: ") and "summary.json does not exist" in err
+    for name, call in (
+            ("file_workflow", lambda m: m.main(["--work", str(tmp_path / "w"), "--set", f"data='{missing}'"])),
+            ("ckpt_overhead", lambda m: m.cli(["--data", missing, "--root", str(tmp_path / "r")]))):
+        with pytest.raises(SystemExit) as e:
+            call(_bench_module(name))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"{name}.py: data file {missing} does not exist"), err
+    assert not (tmp_path / "w").exists()  # nothing replaced before the inputs are known good
 
 
 def test_benchkit_makes_missing_data_once(tmp_path, capsys):
