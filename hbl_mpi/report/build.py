@@ -35,6 +35,7 @@ from hbl_mpi.core.errors import InputError
 from hbl_mpi.analysis.impact import ImpactResult, add_impact, run_impact
 from hbl_mpi.report.cells import (Diagnosis, cell_page_sections, diagnose_run, diagnosis_sections, load_reference,
                            with_diagnosis)
+from hbl_mpi.report.enrichment import enrichment_sections
 from hbl_mpi.report.impact import impact_sections
 from hbl_mpi.store.results import RunTables, read_results
 
@@ -308,6 +309,7 @@ class ReportInputs:
     log: Callable[..., object] = print
     reference: str | None = None  # a second screen (Uno file) to hold the ranking against
     cells: int = 20  # top cells given a diagnosis page
+    enrich_k: tuple[int, ...] = (20, 50)  # the top-k sizes of the metadata group tests (enrichment.py)
 
     @property
     def labels(self) -> list[str]:
@@ -322,6 +324,11 @@ class ReportInputs:
     def truth(self) -> pd.DataFrame | None:
         """The planted anomalies of that data, when it has them."""
         return next((r.truth for r in self.same_data if r.truth is not None), None)
+
+    @cached_property
+    def cell_metadata(self) -> pd.DataFrame | None:
+        """The cells' metadata (tissue, study...), when the data had it (``data/metadata.py``)."""
+        return next((r.cell_metadata for r in self.same_data if r.cell_metadata is not None), None)
 
     @cached_property
     def rankings(self) -> dict[str, pd.DataFrame]:
@@ -348,7 +355,7 @@ class ReportInputs:
     def diagnosis(self) -> Diagnosis | None:
         """What is wrong with each ranked cell (None: the run has no ``cell_pred`` table)."""
         ref = load_reference(self.reference) if self.reference else None
-        dg = diagnose_run(self.runs[0], self.scored, ref, full=True)
+        dg = diagnose_run(self.runs[0], self.scored, ref, full=True, metadata=self.cell_metadata)
         if dg is not None:
             dg.reference_path = self.reference or ""
         return dg
@@ -582,11 +589,15 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
                                           "row_epochs", "seconds"]]
             tables.append(("detection of the planted cells (kind = all; per kind below)", d))
             text += f" The data has {len(truth)} planted anomalous cells."
+    from hbl_mpi.analysis.enrichment import sentence
+
+    text += (" " + sentence(rep.summary.get("enrichment"))).rstrip()
     rep.sections.insert(0, Section("Summary", text, None, tables))
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, impact_sections, diagnosis_sections, cross_study_part,
+    run_sections, paper_sections, ranking_sections, enrichment_sections, impact_sections, diagnosis_sections,
+    cross_study_part,
     tree_view_part, detection_sections, cell_page_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
@@ -604,7 +615,8 @@ def load_runs(paths: list[str]) -> list[RunTables]:
 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
           method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
-          cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS) -> Report:
+          cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS,
+          enrich_k: tuple[int, ...] = (20, 50)) -> Report:
     """Read the runs and compute every table and figure (nothing is written here).
 
     ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
@@ -618,7 +630,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         if not os.path.isfile(data_path):
             raise InputError(f"data file {data_path!r} for the baselines does not exist")
     inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
-                       log=log, reference=reference, cells=cells)
+                       log=log, reference=reference, cells=cells, enrich_k=tuple(enrich_k))
     names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
     rep = Report("hbl_mpi report", f"Runs: {names}.")
     for builder in builders:
