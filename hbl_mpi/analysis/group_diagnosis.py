@@ -12,13 +12,19 @@ the group, not to drop the cell. The evidence is the group's own residuals:
   error is its own (noise, a swap, a private offset), high when the group errs the same way.
   ``group_share`` = 1 - |r_c - m_g|^2 / |r_c|^2: the part of the cell's squared residual
   the group mean explains without any fitted scale.
-* Per cell, the column whose group is most coherent is kept (``group_column``,
+* Per cell, the column whose group explains most of it is kept (``group_column``,
   ``group_value``, ``group_size``).
+
+Why the rule is on ``group_share`` and not on the cosine: drug-centring by the median over
+all cells leaves a small component that every member of a large group shares (minus the
+minority's effect), and a scale-free cosine sees it (about 0.16 for a 50-cell majority in
+tests/test_group_diagnosis.py); the share counts it at its size. share <= cos^2 always
+(the unfitted scale can only lose), so share >= 0.25 implies cos >= 0.5.
 
 ``apply_group_rule`` relabels a flagged cell whose diagnosis is not a cell-level error of
 its own evidence (``label_noise``, ``swap``, ``replicate_disagreement``) as ``distinct_group``
-when ``group_coherence`` >= the rule's threshold, with a bootstrap confidence over its
-drugs. The threshold and its derivation on GDSC2: docs/findings-real-data.md.
+when ``group_share`` >= the rule's threshold, with a bootstrap confidence over its drugs.
+The threshold and its derivation on GDSC2: docs/findings-real-data.md.
 
 Pure numpy/pandas: tables in, tables out.
 """
@@ -32,12 +38,17 @@ from hbl_mpi.analysis.diagnosis import Grid, drug_centred_residuals
 
 MIN_MEMBERS = 3
 """Other members a group needs in the grid for its mean to stand for the group."""
-GROUP_COHERENCE = 0.4
-"""Threshold on ``group_coherence`` (derived on GDSC2 with GDSC1 as reference: docs/findings-real-data.md)."""
+GROUP_SHARE = 0.25
+"""Threshold on ``group_share`` (derived on GDSC2 with GDSC1 as reference: docs/findings-real-data.md)."""
 KEEP = ("label_noise", "swap", "replicate_disagreement")
 """Diagnoses the group rule never overrides: the cell's own evidence says its data is wrong."""
 EVIDENCE = ["group_column", "group_value", "group_size", "group_coherence", "group_share"]
 EPS = 1e-12
+
+
+def _share(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted 1 - |a - b|^2 / |a|^2 along the last axis: the part of a that b explains as it is."""
+    return 1.0 - (w * (a - b) ** 2).sum(-1) / np.maximum((w * a * a).sum(-1), EPS)
 
 
 def _cos(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -82,11 +93,12 @@ def group_evidence(grid: Grid, metadata: pd.DataFrame | None) -> pd.DataFrame:
             mean, use = _loo_means(rc, members)
             r = np.where(use, rc[members], 0.0)
             m = np.where(use, mean, 0.0)
-            cos = _cos(r, m, use.astype(np.float64))
-            share = 1.0 - ((r - m) ** 2).sum(1) / np.maximum((r * r).sum(1), EPS)
-            better = np.nan_to_num(cos, nan=-np.inf) > best[members]
+            w = use.astype(np.float64)
+            cos = _cos(r, m, w)
+            share = np.where(use.any(1), _share(r, m, w), np.nan)
+            better = np.nan_to_num(share, nan=-np.inf) > best[members]
             idx = members[better]
-            best[idx] = cos[better]
+            best[idx] = share[better]
             out.loc[idx, "group_column"] = str(col)
             out.loc[idx, "group_value"] = str(value)
             out.loc[idx, "group_size"] = int(size)
@@ -95,8 +107,8 @@ def group_evidence(grid: Grid, metadata: pd.DataFrame | None) -> pd.DataFrame:
     return out
 
 
-def _bootstrap_cos(grid: Grid, rc: np.ndarray, i: int, members: np.ndarray, n: int, rng) -> np.ndarray:
-    """group_coherence of grid row ``i`` under ``n`` resamples of its drugs (with replacement)."""
+def _bootstrap_share(grid: Grid, rc: np.ndarray, i: int, members: np.ndarray, n: int, rng) -> np.ndarray:
+    """group_share of grid row ``i`` under ``n`` resamples of its drugs (with replacement)."""
     mean, use = _loo_means(rc, members)
     j = int(np.flatnonzero(members == i)[0])
     u = np.flatnonzero(use[j])
@@ -106,20 +118,20 @@ def _bootstrap_cos(grid: Grid, rc: np.ndarray, i: int, members: np.ndarray, n: i
     w = np.zeros((n, rc.shape[1]))
     for b in range(n):
         w[b] = np.bincount(pick[b], minlength=rc.shape[1])
-    return _cos(np.where(use[j], rc[i], 0.0)[None, :], np.where(use[j], mean[j], 0.0)[None, :], w)
+    return _share(np.where(use[j], rc[i], 0.0)[None, :], np.where(use[j], mean[j], 0.0)[None, :], w)
 
 
 def apply_group_rule(table: pd.DataFrame, grid: Grid, metadata: pd.DataFrame | None,
-                     threshold: float = GROUP_COHERENCE, bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
+                     threshold: float = GROUP_SHARE, bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
     """``table`` (``diagnosis.diagnose`` output) with the :data:`EVIDENCE` columns and flagged
     cells relabelled ``distinct_group`` where their group errs as they do (see the module doc).
-    Confidence of a relabelled cell: share of drug resamples keeping ``group_coherence`` >= threshold."""
+    Confidence of a relabelled cell: the fraction of drug resamples keeping ``group_share`` >= threshold."""
     ev = group_evidence(grid, metadata)
     out = table.drop(columns=[c for c in EVIDENCE if c in table.columns]).merge(ev, on="cell", how="left")
     if metadata is None:
         return out
     hit = (out["flagged"].astype(bool) & ~out["diagnosis"].isin(KEEP)
-           & (out["group_coherence"].fillna(-np.inf) >= threshold))
+           & (out["group_share"].fillna(-np.inf) >= threshold))
     if not hit.any():
         return out
     rc = np.where(grid.measured, drug_centred_residuals(grid), np.nan)
@@ -133,7 +145,7 @@ def apply_group_rule(table: pd.DataFrame, grid: Grid, metadata: pd.DataFrame | N
         members = np.flatnonzero(meta[row["group_column"]].to_numpy() == row["group_value"])
         conf = 1.0
         if bootstrap > 0:
-            boot = _bootstrap_cos(grid, rc, i, members, bootstrap, rng)
+            boot = _bootstrap_share(grid, rc, i, members, bootstrap, rng)
             conf = float(np.mean(np.nan_to_num(boot, nan=-np.inf) >= threshold))
         out.iloc[r, out.columns.get_loc("diagnosis")] = "distinct_group"
         out.iloc[r, out.columns.get_loc("confidence")] = conf

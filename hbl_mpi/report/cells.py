@@ -54,7 +54,7 @@ def load_reference(path: str) -> pd.DataFrame:
 
 def diagnose_run(run, ranking: pd.DataFrame, reference: pd.DataFrame | None = None,
                  rules: D.Rules = D.RULES, full: bool = False, metadata: pd.DataFrame | None = None,
-                 group_threshold: float = G.GROUP_COHERENCE):
+                 group_threshold: float = G.GROUP_SHARE):
     """Diagnose every ranked cell of one run (``results.RunTables``); None when the run has
     no ``cell_pred`` table (results written before the diagnosis existed, or data with doses).
     ``metadata`` (default: the run's own) adds the group rule (``distinct_group``).
@@ -319,7 +319,7 @@ def diagnosis_sections(inp, rep) -> None:
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
         f"diagnoses: {summary}. Rules and their derivation: docs/findings.md section 9; `distinct_group` (the "
-        f"cell's metadata group errs as it does: group_coherence >= {G.GROUP_COHERENCE:g}) in "
+        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in "
         "docs/findings-real-data.md. The diagnosis uses each cell's held-out predictions at its deepest stage "
         "(`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
