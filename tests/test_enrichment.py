@@ -28,6 +28,18 @@ def test_bh_matches_a_hand_computation():
     assert E.bh([0.5, 0.9, 0.99]).max() <= 1.0
 
 
+def test_fisher_tail_equals_scipys_fisher_exact():
+    from scipy.stats import fisher_exact
+
+    for table in ([[20, 20], [0, 160]], [[3, 0], [0, 24]], [[0, 5], [20, 175]], [[4, 36], [16, 144]],
+                  [[40, 184], [10, 685]], [[1, 0], [0, 0]], [[0, 3], [2, 0]]):
+        (a, b), (c, d) = table
+        odds, p = E.fisher_greater(a, b, c, d)
+        ref_odds, ref_p = fisher_exact(table, alternative="greater")
+        assert p == pytest.approx(ref_p, rel=1e-9, abs=1e-300)
+        assert (np.isnan(odds) and np.isnan(ref_odds)) or odds == pytest.approx(ref_odds)
+
+
 def test_a_planted_concentration_is_found_with_the_exact_p():
     rk = _ranking(200)
     group = np.where(np.arange(200) < 40, "A", np.array(["B", "C", "D", "E"] * 50))  # A: ranks 1-40

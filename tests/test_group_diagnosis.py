@@ -81,3 +81,14 @@ def test_cell_pages_show_the_cells_metadata(tmp_path):
         assert "cell metadata" in caps and any(c.startswith("how its groups behave") for c in caps)
     rk = rep.summary["diagnosis"]
     assert {"group_column", "group_coherence"} <= set(rk.columns) and rep.summary["group_diagnosis_seconds"] >= 0
+
+
+def test_the_reference_rule_names_replicate_disagreement():
+    """A flagged cell whose second screen disagrees (agreement < ref_agree / 2) while the model sides
+    with that screen is ``replicate_disagreement``; agreeing screens make an error kind ``distinct``."""
+    ref = pd.Series({"screen_agreement": 0.1, "model_ref_corr": 0.6, "model_this_corr": 0.2})
+    assert D._with_reference("none", True, ref, D.RULES) == "replicate_disagreement"
+    assert D._with_reference("none", False, ref, D.RULES) == "none"
+    agree = pd.Series({"screen_agreement": 0.9, "model_ref_corr": 0.2, "model_this_corr": 0.3})
+    assert D._with_reference("label_noise", True, agree, D.RULES) == "distinct"
+    assert "replicate_disagreement" in D.ERROR_KINDS and "distinct_group" in D.KINDS

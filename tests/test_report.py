@@ -316,7 +316,7 @@ def test_report_diagnoses_cells_and_holds_them_against_a_reference(tmp_path):
     for col in ("diagnosis", "likely_identity", "confidence", "bias_t", "resid_pred_corr", "identity_gain",
                 "neighbour_coherence", "screen_agreement"):
         assert col in rk.columns
-    assert set(rk["diagnosis"]) <= {"label_noise", "shift", "swap", "distinct", "none"}
+    assert set(rk["diagnosis"]) <= {"label_noise", "shift", "swap", "distinct", "none", "replicate_disagreement"}
     assert rk.set_index("cell").loc["C11", "diagnosis"] == "shift"
     html = (out / "report.html").read_text()
     assert "Cross-screen agreement" in html and html.count("<h2 id=") >= 5 + 12

@@ -7,8 +7,11 @@ culture type, a study). For every metadata column and value, and every k, the 2x
     | has the value   | in_top       | n_value - in_top |
     | other cells     | k - in_top   | rest             |
 
-is tested one-sided (``alternative="greater"``: the top k hold *more* of the value than
-chance) with ``scipy.stats.fisher_exact``, and the p-values of all tests of one report
+is tested one-sided (the top k hold *more* of the value than chance): Fisher's exact test,
+whose one-sided p is the hypergeometric upper tail P(X >= in_top) (:func:`fisher_greater`,
+exact integer arithmetic; equal to ``scipy.stats.fisher_exact(..., alternative="greater")``,
+which tests/test_enrichment.py checks, without importing scipy: that import alone cost
+more than every test of a GDSC2 report together). The p-values of all tests of one report
 (every column, value and k together) are adjusted by Benjamini-Hochberg (:func:`bh`).
 
 The universe is the ranked cells: a cell without a value in a column (``""``) counts as
@@ -20,6 +23,8 @@ Pure: tables in, a table out; nothing here reads files.
 """
 
 from __future__ import annotations
+
+from math import comb
 
 import numpy as np
 import pandas as pd
@@ -43,14 +48,23 @@ def bh(p) -> np.ndarray:
     return out
 
 
+def fisher_greater(a: int, b: int, c: int, d: int) -> tuple[float, float]:
+    """(sample odds ratio, one-sided p) of the 2x2 table [[a, b], [c, d]]: P(X >= a) for X
+    hypergeometric with row total a + b, column total a + c, grand total a + b + c + d."""
+    row, col, n = a + b, a + c, a + b + c + d
+    hi = min(row, col)
+    num = sum(comb(row, x) * comb(n - row, col - x) for x in range(a, hi + 1))
+    p = num / comb(n, col) if num else 0.0
+    odds = (a * d / (b * c)) if b * c else (float("inf") if a * d else float("nan"))
+    return float(odds), float(min(1.0, p))
+
+
 def enrichment(ranking: pd.DataFrame, metadata: pd.DataFrame | None, ks=DEFAULT_K) -> pd.DataFrame:
     """One row per tested (column, value, k), sorted by q then p (columns :data:`COLUMNS`).
 
     ``ranking``: columns cell and rank (1 = most suspicious); ``metadata``: cell + string
     columns, ``""`` missing (``data/metadata.py``). A k not below the number of ranked cells
     is skipped (every cell would be "in the top")."""
-    from scipy.stats import fisher_exact
-
     if metadata is None or not len(metadata) or not len(ranking):
         return pd.DataFrame(columns=COLUMNS)
     order = ranking.sort_values("rank", kind="stable")["cell"].astype(str).to_numpy()
@@ -69,8 +83,7 @@ def enrichment(ranking: pd.DataFrame, metadata: pd.DataFrame | None, ks=DEFAULT_
                 if not 0 < k < n:
                     continue
                 a = int(has[:k].sum())
-                table = [[a, n_value - a], [k - a, n - k - (n_value - a)]]
-                odds, p = fisher_exact(table, alternative="greater")
+                odds, p = fisher_greater(a, n_value - a, k - a, n - k - (n_value - a))
                 rows.append({"column": str(col), "value": str(value), "k": int(k), "in_top": a,
                              "n_value": int(n_value), "n_cells": n, "odds_ratio": float(odds), "p": float(p)})
     out = pd.DataFrame(rows, columns=COLUMNS[:-1])

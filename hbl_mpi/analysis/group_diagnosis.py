@@ -19,7 +19,7 @@ Why the rule is on ``group_share`` and not on the cosine: drug-centring by the m
 all cells leaves a small component that every member of a large group shares (minus the
 minority's effect), and a scale-free cosine sees it (about 0.16 for a 50-cell majority in
 tests/test_group_diagnosis.py); the share counts it at its size. share <= cos^2 always
-(the unfitted scale can only lose), so share >= 0.25 implies cos >= 0.5.
+(the unfitted scale can only lose), so share >= 0.42 implies cos >= 0.65.
 
 ``apply_group_rule`` relabels a flagged cell whose diagnosis is not a cell-level error of
 its own evidence (``label_noise``, ``swap``, ``replicate_disagreement``) as ``distinct_group``
@@ -38,8 +38,10 @@ from hbl_mpi.analysis.diagnosis import Grid, drug_centred_residuals
 
 MIN_MEMBERS = 3
 """Other members a group needs in the grid for its mean to stand for the group."""
-GROUP_SHARE = 0.25
-"""Threshold on ``group_share`` (derived on GDSC2 with GDSC1 as reference: docs/findings-real-data.md)."""
+GROUP_SHARE = 0.42
+"""Threshold on ``group_share``: the 99th percentile of the unflagged cells' group_share on GDSC2
+(N = 4, S = 2 tree, gdsctools' cosmic_info columns), above the 99.9th percentile (0.37) of the
+same statistic with the metadata permuted across cells (docs/findings-real-data.md)."""
 KEEP = ("label_noise", "swap", "replicate_disagreement")
 """Diagnoses the group rule never overrides: the cell's own evidence says its data is wrong."""
 EVIDENCE = ["group_column", "group_value", "group_size", "group_coherence", "group_share"]
