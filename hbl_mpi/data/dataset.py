@@ -39,7 +39,7 @@ class FeatureGroup:
 
 @dataclass
 class Dataset:
-    """Normalised tables of one drug-response data set (see DESIGN §2.1)."""
+    """Normalised tables of one drug-response data set (see docs/design.md §2.1)."""
 
     cell_ids: np.ndarray  # object array of str, shape (C,)
     drug_ids: np.ndarray  # object array of str, shape (D,)
@@ -151,3 +151,17 @@ class Dataset:
             out["cell_metadata"] = {"columns": [c for c in self.cell_metadata.columns if c != "cell"],
                                     "cells": int(len(self.cell_metadata))}
         return out
+
+
+def cell_feature_matrix(ds: Dataset) -> np.ndarray:
+    """(cells, features): every cell feature group side by side, each column standardised.
+
+    Constant columns are dropped (they carry nothing and make z-scores undefined).
+    """
+    blocks = [g.values.astype(np.float64) for g in ds.groups_of(CELL)]
+    if not blocks:
+        return np.zeros((ds.n_cells, 0))
+    x = np.concatenate(blocks, axis=1)
+    sd = x.std(axis=0)
+    keep = sd > 0
+    return (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]

@@ -20,6 +20,7 @@ import pandas as pd
 from hbl_mpi.analysis import diagnosis as D
 from hbl_mpi.analysis import group_diagnosis as G
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.report.page import KIND_COLOURS, Section, make_figure, slug
 
 DIAG_COLUMNS = ["diagnosis", "likely_identity", "confidence", "flagged", "score_z", "bias_t", "resid_pred_corr", "identity_gain",
                 "neighbour_coherence", "bias", "bias_share", "response_pred_corr", "identity_fit", "best_fit_ratio",
@@ -117,10 +118,9 @@ def sentence(row: pd.Series) -> str:
              f"error of this line{c}.")
     elif kind == "distinct_group":
         s = (f"Distinct group: the other {int(row['group_size']) - 1} cells with {row['group_column']} = "
-             f"{row['group_value']} err the same way (cosine of drug-centred residual profiles "
-             f"{row['group_coherence']:.2f}; their mean explains {row['group_share']:.0%} of its squared residual), so "
-             f"this is the group's biology or assay, not an error of this line: model the group rather than drop "
-             f"the cell{c}.")
+             f"{row['group_value']} err the same way (their mean drug-centred residual profile explains "
+             f"{row['group_share']:.0%} of its squared residual; cosine {row['group_coherence']:.2f}), so this is "
+             f"the group's biology or assay, not an error of this line: model the group rather than drop the cell{c}.")
     elif kind == "replicate_disagreement":
         s = ("Replicate disagreement: the second screen's responses for this line disagree with this screen's, "
              "and the held-out predictions side with the second screen: this screen's measurements of the line "
@@ -192,8 +192,6 @@ def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 10):
 def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFrame, top: int = 20) -> list:
     """One report section per flagged cell, the ``top`` highest-ranked of them (each page
     costs a four-panel figure, ~0.5 s of CPU: unflagged cells get none)."""
-    from hbl_mpi.report.build import Section, _slug
-
     d = dg.table.set_index("cell")
     rank = ranking.set_index("cell")
     nb = dg.neighbours
@@ -230,7 +228,7 @@ def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFram
         tables.insert(0, ("evidence", pd.DataFrame([{c: row.get(c, "") for c in ev_cols}])))
         tables += _metadata_tables(dg.metadata, ranking, cell)
         title = f"Cell {cell} (rank {int(rank.loc[cell, 'rank'])}): {row['diagnosis']}"
-        fig = rep.png(f"cell_{_slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
+        fig = rep.png(f"cell_{slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
         out.append(Section(title, sentence(row), fig, tables))
     return out
 
@@ -253,9 +251,7 @@ def _metadata_tables(meta: pd.DataFrame | None, ranking: pd.DataFrame, cell: str
 # cross-screen agreement
 # ---------------------------------------------------------------------------
 def fig_agreement(table: pd.DataFrame, top: int):
-    from hbl_mpi.report.build import KIND_COLOURS, _figure
-
-    fig, axes = _figure(w=7.0, h=4.2)
+    fig, axes = make_figure(w=7.0, h=4.2)
     ax = axes[0, 0]
     t = table.dropna(subset=["screen_agreement"])
     col = {"label_noise": KIND_COLOURS["label_noise"], "shift": KIND_COLOURS["shift"], "swap": KIND_COLOURS["swap"],
@@ -277,8 +273,6 @@ def fig_agreement(table: pd.DataFrame, top: int):
 
 def cross_screen_section(rep, ranking: pd.DataFrame, dg: Diagnosis, scores: dict[str, pd.Series], top: int):
     """Agreement beside the ranking, and each method's rank correlation with disagreement."""
-    from hbl_mpi.report.build import Section
-
     xs = dg.reference
     t = ranking[["rank", "cell", "score"] + [c for c in ("diagnosis",) if c in ranking.columns]].merge(
         xs, on="cell", how="left")
@@ -302,8 +296,6 @@ def cross_screen_section(rep, ranking: pd.DataFrame, dg: Diagnosis, scores: dict
 def diagnosis_sections(inp, rep) -> None:
     """The report's "Cell diagnosis" part (and, with ``--reference``, its cross-screen
     agreement): one of report.py's ``SECTION_BUILDERS``."""
-    from hbl_mpi.report.build import Section
-
     dg, out, cells = inp.diagnosis, inp.ranking, inp.cells
     if dg is None:
         rep.sections.append(Section("Cell diagnosis", "This run has no `cell_pred` table (results written before the "
@@ -318,10 +310,9 @@ def diagnosis_sections(inp, rep) -> None:
     rep.sections.append(Section(
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
-        f"diagnoses: {summary}. Rules and their derivation: docs/findings.md section 9; `distinct_group` (the "
-        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in "
-        "docs/findings-real-data.md. The diagnosis uses each cell's held-out predictions at its deepest stage "
-        "(`diag_node`).", None,
+        f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9; `distinct_group` (the "
+        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in docs/findings-real-data.md. "
+        "The diagnosis uses each cell's held-out predictions at its deepest stage (`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
     if dg.reference_path:
         by = out.set_index("cell")

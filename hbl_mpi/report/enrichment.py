@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 
 from hbl_mpi.analysis import enrichment as E
+from hbl_mpi.report.page import Section
 
 
 def enrichment_sections(inp, rep) -> None:
     """enrichment.csv and a section with the groups at q < 0.05 (all tests in the CSV)."""
-    from hbl_mpi.report.build import Section
-
     meta = inp.cell_metadata
     if meta is None:
         rep.sections.append(Section(
