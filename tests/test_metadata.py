@@ -151,3 +151,33 @@ def test_config_key_gives_a_run_its_metadata_and_results_carry_it(tmp_path):
     bad.write_text(cfg.read_text().replace("m.csv", "b.csv"))
     assert main(["run", str(bad), "--serial", "--out", str(tmp_path / "out2")]) == 2
     assert not os.path.exists(tmp_path / "out2" / "results.h5")
+
+
+def test_data_improve_gives_a_multi_study_file_its_study_column(tmp_path):
+    from test_improve import make_layout
+
+    root = tmp_path / "csa"
+    make_layout(root)
+    out = tmp_path / "i.h5"
+    assert main(["data", "improve", str(root), "--source", "ccle,GDSCV2", "--out", str(out)]) == 0
+    ds = read_uno(str(out))
+    meta = ds.cell_metadata.set_index("cell")["study"]
+    assert len(meta) == ds.n_cells and all(c.startswith(s + ".") for c, s in meta.items())
+    assert set(meta) == {"CCLE", "GDSCv2"}
+    one = tmp_path / "one.h5"
+    assert main(["data", "improve", str(root), "--source", "CCLE", "--out", str(one)]) == 0
+    assert read_uno(str(one)).cell_metadata is None  # one study: no column to add
+
+
+def test_data_gdsc_fills_metadata_from_cosmic_info_when_installed():
+    from types import SimpleNamespace
+
+    from hbl_mpi.commands.data import _cosmic
+
+    if M.cosmic_path() is None:
+        pytest.skip("gdsctools is not installed")
+    plain = _cosmic(SimpleNamespace(cell_ids=np.array(["PFSK1", "A253"], dtype=object), meta={}))
+    assert plain is not None and list(plain[0]["cell"]) == ["PFSK1", "A253"] and "study" not in plain[0]
+    multi = _cosmic(SimpleNamespace(cell_ids=np.array(["GDSC1.A253", "CCLE.A253"], dtype=object),
+                                    meta={"cell_ids": "source-prefixed", "labels": {"GDSC1": "AUC", "CCLE": "AUC"}}))
+    assert list(multi[0]["study"]) == ["GDSC1", "CCLE"] and (multi[0]["gdsc_tissue"] != "").all()
