@@ -305,7 +305,8 @@ def read_results(path: str) -> RunTables:
     return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
                      cell_test=typed.get("cell_test"), cell_pred=typed.get("cell_pred"),
                      cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=typed.get("truth"),
-                     cell_metadata=_metadata(typed.get("cell_metadata")), versions=versions, data_checksum=checksum, path=path, label=label)
+                     cell_metadata=_metadata(typed.get("cell_metadata")), versions=versions,
+                     data_checksum=checksum, path=path, label=label)
 
 
 def _metadata(df: pd.DataFrame | None) -> pd.DataFrame | None:
