@@ -133,16 +133,6 @@ def attach(ds, meta: pd.DataFrame, where: str):
     return dataclasses.replace(ds, cell_metadata=meta), info
 
 
-def per_cell(meta: pd.DataFrame | None, cells) -> pd.DataFrame:
-    """One row per cell of ``cells`` (in that order), ``""`` where a cell has no row."""
-    cells = [str(c) for c in cells]
-    if meta is None or not len(meta):
-        return pd.DataFrame({"cell": pd.Series(cells, dtype=object)})
-    m = meta.assign(cell=meta["cell"].astype(str)).drop_duplicates("cell").set_index("cell")
-    out = m.reindex(cells).fillna("").astype(str)
-    return out.reset_index().rename(columns={"index": "cell"})
-
-
 # ----------------------------------------------------------------------------- storage forms
 
 
