@@ -486,7 +486,7 @@ INPROCESS_CASES = {
     "deeply nested --set": (_run_case("", ["--set", "n=" + "[" * 5000 + "]" * 5000]), "value nested too deeply"),
     "config over 32 KiB as JSON (HDF5 attribute limit)": (
         _run_case('ckpt_directory = "' + "c" * 70_000 + '"'),
-        "the config is 70,"),
+        "bytes as JSON, more than the 32,768 that results.h5 can record (largest key: 'ckpt_directory')"),
     "thousands of fault nodes": (
         _run_case("fault_fail_nodes = [" + ", ".join(f'"1.{i}"' for i in range(9000)) + "]"),
         "more than the 32,768 that results.h5 can record (largest key: 'fault_fail_nodes')"),
