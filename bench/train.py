@@ -51,6 +51,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchkit  # noqa: E402
 
 TOP21_ROWS = 529_940
 TOP21_CELLS = 1_000  # hbl_mpi.data.synth PRESETS["top21"], docs/design.md §2.1 (~1,000 cells)
@@ -268,7 +271,8 @@ def full_shape_bytes(widths: tuple[int, int]) -> dict:
             "per_row_trainer_bytes": per_row_trainer, "per_row_duplicated_bytes": per_row_dup}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: small model, 20,000 rows, batch 256, 1 thread (< 2 min)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000, help="response rows held in memory (default 20,000)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps per epoch (default: 100; paper preset 10)")
@@ -286,8 +290,14 @@ def main() -> None:
     ap.add_argument("--smiles-len", dest="smiles_len", type=int, default=188, help="--flops: drug.smiles length")
     ap.add_argument("--matmul-n", dest="matmul_n", type=int, default=2048, help="--flops: matmul size of the peak")
     ap.add_argument("--device", default="cpu", help="--flops: cpu or cuda")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.flops:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from flops import measure
 
         res = measure(args.flops.split(","), tuple(int(w) for w in args.widths.split(",")), args.smiles_len,
@@ -311,6 +321,8 @@ def main() -> None:
         print(json.dumps(one_variant(args)))
         return
 
+    benchkit.say(__file__, f"{len(VARIANTS)} variants ({', '.join(VARIANTS)}), each in a fresh process: model "
+                           f"{args.preset}, {args.rows:,} rows, {args.steps} steps x {args.epochs} timed epochs")
     res: dict[str, dict] = {}
     for v in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--rows", str(args.rows),

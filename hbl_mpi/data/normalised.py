@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.validate import validate_dataset
 
 FORMAT = "hbl_mpi.normalised/1"
 
@@ -40,6 +42,7 @@ def write_normalised(ds: Dataset, path: str) -> None:
         "groups": [{"name": g.name, "entity": g.entity, "columns": [str(c) for c in g.columns]} for g in ds.groups],
         "truth": None if ds.truth is None else {c: ds.truth[c].astype(str).tolist() for c in ds.truth.columns},
         "meta": json.loads(json.dumps(ds.meta, default=str)),
+        "cell_metadata": None if ds.cell_metadata is None else metadata.to_records(ds.cell_metadata),
     }
     arrays = {"header": np.array(json.dumps(header)),
               "cell_ids": np.asarray(ds.cell_ids, dtype=str), "drug_ids": np.asarray(ds.drug_ids, dtype=str),
@@ -81,25 +84,13 @@ def read_normalised(path: str) -> Dataset:
                 truth=None if truth is None else pd.DataFrame({c: np.asarray(v, dtype=object) for c, v in truth.items()}),
                 source=header.get("source", ""), meta={**header.get("meta", {}), "path": path, "normalised_file": True},
             )
+            if header.get("cell_metadata") is not None:
+                ds.cell_metadata = metadata.read_hdf_table(
+                    metadata.from_records(header["cell_metadata"], f"data file {path!r}: cell metadata"),
+                    ds.cell_ids, f"data file {path!r}: cell metadata")
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise InputError(f"data file {path!r}: cannot read the normalised data set ({type(e).__name__}: {e})") from None
-    _check(ds, path)
+    validate_dataset(ds, f"data file {path!r}")  # the one validator the HDF5 reader uses too
     return ds
-
-
-def _check(ds: Dataset, path: str) -> None:
-    """What a damaged or hand-made cache could get wrong, as one-line errors."""
-    n = ds.n_rows
-    for name in ("cell_index", "drug_index", "label") + (("dose",) if ds.dose is not None else ()):
-        if len(getattr(ds, name)) != n:
-            raise InputError(f"data file {path!r}: {name} has {len(getattr(ds, name)):,} rows, label has {n:,}")
-    for idx, count, who in ((ds.cell_index, ds.n_cells, "cell"), (ds.drug_index, ds.n_drugs, "drug")):
-        if n and (idx.min() < 0 or idx.max() >= count):
-            raise InputError(f"data file {path!r}: a {who} index is outside 0..{count - 1}")
-    for g in ds.groups:
-        rows = ds.n_cells if g.entity == "cell" else ds.n_drugs
-        if g.values.shape != (rows, len(g.columns)):
-            raise InputError(f"data file {path!r}: feature group {g.name!r} has shape {g.values.shape}, "
-                             f"expected ({rows}, {len(g.columns)})")

@@ -90,11 +90,16 @@ class Table:
         return df
 
     def read(self, df: pd.DataFrame) -> pd.DataFrame:
-        """A table as read from a file: the schema's columns it has cast to their read dtype."""
+        """A table as read from a file: the schema's columns cast to their read dtype; an
+        optional column the file lacks is added as the writer fills a gap (NaN, -1, False,
+        ""), so that no reader meets a KeyError on a file the reader accepted (issue 28 item 7)."""
         out = df.copy()
         for c in self.columns:
             if c.name in out.columns:
                 out[c.name] = _cast(out[c.name], c.read_as or c.dtype, fill=False)
+            elif not c.only_if_given:
+                gap = pd.Series([None] * len(out), index=out.index, dtype=object)
+                out[c.name] = _cast(gap, c.read_as or c.dtype, fill=True)
         return out
 
 
@@ -186,8 +191,12 @@ CELL_NEIGHBOURS = Table("cell_neighbours", (
 ))
 """Each cell's nearest cells by expression, written once per run (``diagnosis.expression_neighbours``)."""
 
+CELL_METADATA = Table("cell_metadata", (Column("cell", "str", required=True),))
+"""What is known of each cell besides its data (tissue, growth, study...: ``data/metadata.py``), one string
+column per field, "" = missing; written once per run when the data has it, read by the report."""
+
 SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, CELL_PRED, PLAN, TRUTH,
-                                                 CELL_NEIGHBOURS)}
+                                                 CELL_NEIGHBOURS, CELL_METADATA)}
 """Every table of results.h5 by name, in the order the writer writes them."""
 
 PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred")
@@ -222,6 +231,7 @@ class RunTables:
     cell_neighbours: pd.DataFrame | None = None
     plan: pd.DataFrame | None = None
     truth: pd.DataFrame | None = None
+    cell_metadata: pd.DataFrame | None = None  # None: the data had none (or the file predates the table)
     versions: dict = field(default_factory=dict)
     data_checksum: str = ""
     path: str = ""
@@ -296,11 +306,23 @@ def read_results(path: str) -> RunTables:
     typed = {name: SCHEMA[name].read(nodes if name == "nodes" else df) for name, df in tables.items()}
     if typed["nodes"]["stage"].dtype != "int64":
         raise InputError(f"{path!r}: table 'nodes' has missing or non-numeric stages")
+    twice = typed["nodes"]["node"][typed["nodes"]["node"].duplicated()].unique()
+    if len(twice):  # the writer keeps one row per node: a hand-made or merged file; a restart would carry both
+        shown = ", ".join(map(str, twice[:3])) + (", ..." if len(twice) > 3 else "")
+        raise InputError(f"{path!r}: table 'nodes' has {len(twice)} node(s) with more than one row (first: {shown})")
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
     return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
                      cell_test=typed.get("cell_test"), cell_pred=typed.get("cell_pred"),
                      cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=typed.get("truth"),
-                     versions=versions, data_checksum=checksum, path=path, label=label)
+                     cell_metadata=_metadata(typed.get("cell_metadata")), versions=versions,
+                     data_checksum=checksum, path=path, label=label)
+
+
+def _metadata(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The metadata table with every column as strings ("" = missing), as ``data/metadata.py`` holds it."""
+    if df is None:
+        return None
+    return pd.DataFrame({str(c): df[c].astype(object).where(df[c].notna(), "").astype(str) for c in df.columns})
 
 
 def run_attributes(attrs) -> tuple[dict, dict, str]:
