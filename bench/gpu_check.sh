@@ -13,7 +13,7 @@
 #   demo_tree    the demo tree (synthetic small data, N = 4, S = 3) trained on the device
 # Environment: PYTHON (default python), MPIEXEC (default: the mpiexec beside PYTHON, else on PATH).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 if [ -z "${MPIEXEC:-}" ]; then
@@ -33,7 +33,7 @@ trap 'rm -rf "$work"' EXIT
 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu GPUS=0
-  FLOPS=(--flops uno:tiny,pathway:tiny,smiles_cnn:tiny --widths 64,32 --smiles-len 20 --batch 32 --steps 2
+  FLOPS=(--flops "uno:tiny,pathway:tiny,smiles_cnn:tiny" --widths "64,32" --smiles-len 20 --batch 32 --steps 2
          --matmul-n 256 --full)
   FORK=(--device cpu --params 100000 --reps 2)
   SYNTH=(--cells 24 --drugs 8)
@@ -44,7 +44,7 @@ else
     exit 2
   fi
   DEVICE=cuda
-  FLOPS=(--flops uno:paper,pathway:paper,smiles_cnn:paper --batch 256 --steps 20 --matmul-n 8192 --full)
+  FLOPS=(--flops "uno:paper,pathway:paper,smiles_cnn:paper" --batch 256 --steps 20 --matmul-n 8192 --full)
   FORK=(--device cuda --reps 5)
   SYNTH=()
   TREE=(--set n=4 --set s=3 --set model=small)
@@ -58,7 +58,7 @@ step() {
   if "$@" >"$work/$name.out" 2>"$work/$name.err"; then
     line=$(tail -n 1 "$work/$name.out")
   else
-    line=$(printf '{"error": "exit %s: %s"}' "$?" "$(tail -n 3 "$work/$name.err" | tr '"\n\\' "'  ")")
+    line=$(printf '{"error": "exit %s: %s"}' "$?" "$(tail -n 3 "$work/$name.err" | tr -d '\\"' | tr '\n' ' ')")
   fi
   t1=$(date +%s.%N)
   printf '%s\n' "$line" >"$work/$name.json"

