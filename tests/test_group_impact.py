@@ -184,3 +184,29 @@ def test_curate_drop_group_writes_the_data_without_the_group_and_never_an_input(
     assert main(["curate", "--data", str(src), "--drop-group", "lab=lab_1", "--out", str(src)]) == 2
     assert "is the input data file" in capsys.readouterr().err
     assert src.read_bytes() == before and not (tmp_path / "x.h5").exists()
+
+
+def test_report_section_names_the_harmful_group_and_warns_on_uneven_training():
+    from types import SimpleNamespace
+
+    from hbl_mpi.report.group_impact import group_impact_sections
+    from hbl_mpi.report.page import Report
+
+    plan, ct, meta = fabricated({2: 0.02}, noise=0.002, deeper_noise=0.0005)
+    kids = sorted(set(plan["node"]))
+    nodes = pd.DataFrame({"node": kids, "status": "done",
+                          "epochs_run": [16 if k != "1.3" else 4 for k in kids]})
+    run = SimpleNamespace(config={"groups": "lab", "n": 4}, cell_test=ct, plan=plan, cell_metadata=meta, nodes=nodes)
+    rep = Report("t", "")
+    group_impact_sections(SimpleNamespace(runs=[run]), rep)
+    text = rep.sections[-1].text
+    assert "beyond 3 sd: lab_2" in text and "Within noise" in text and "Warning" in text
+    table = pd.read_csv(__import__("io").BytesIO(rep.files["group_impact.csv"]))
+    assert list(table.columns) == ["column", "value", "n_cells", "impact", "impact_sd", "z"]
+    nodes["epochs_run"] = 16
+    rep = Report("t", "")
+    group_impact_sections(SimpleNamespace(runs=[run]), rep)
+    assert "Warning" not in rep.sections[-1].text
+    rep = Report("t", "")  # a run without groups: no section, the report as before
+    group_impact_sections(SimpleNamespace(runs=[SimpleNamespace(config={"n": 4})]), rep)
+    assert rep.sections == [] and "group_impact.csv" not in rep.files

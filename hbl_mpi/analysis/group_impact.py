@@ -52,6 +52,14 @@ class GroupImpact:
     column: str
     table: pd.DataFrame
     training_noise: float  # NaN: no deeper stage to measure it
+    stage1_epochs: dict | None = None  # node -> epochs run (None: no nodes table)
+
+    @property
+    def uneven_training(self) -> bool:
+        """The stage-1 siblings ran different numbers of epochs: each stopped early on the
+        group it holds out, so the contrast mixes training length with the group's effect
+        (docs/findings/group-impact.md §4); train them with ``patience`` >= the budget."""
+        return bool(self.stage1_epochs) and len(set(self.stage1_epochs.values())) > 1
 
     def flagged(self, sign: int = 1) -> pd.DataFrame:
         t = self.table
@@ -116,8 +124,12 @@ def group_impact(cell_test: pd.DataFrame, plan: pd.DataFrame, metadata: pd.DataF
     table = pd.DataFrame({"column": column, "value": labels, "n_cells": [len(vals[k]) for k in kids],
                           "impact": imp, "impact_sd": sd, "z": z, "node": kids, "jackknife_sd": jack,
                           "training_noise": floor, "reference_cells": np.isfinite(y).sum(axis=1)})
+    epochs = None
+    if nodes is not None and "epochs_run" in nodes:
+        ep = nodes[nodes["node"].astype(str).isin(kids)]
+        epochs = {str(k): int(e) for k, e in zip(ep["node"], ep["epochs_run"].fillna(0))}
     return GroupImpact(column, table.sort_values(["z", "value"], ascending=[False, True]).reset_index(drop=True),
-                       float(floor))
+                       float(floor), epochs)
 
 
 def run_group_impact(run) -> GroupImpact | None:

@@ -53,6 +53,12 @@ def group_impact_sections(inp, rep) -> None:
                f"No group harms the others beyond {GI.FLAG_Z:g} sd. ")
             + (f"Helps them beyond {GI.FLAG_Z:g} sd: {_names(helps)}. " if len(helps) else "")
             + (f"Within noise (|z| <= {GI.FLAG_Z:g}): {', '.join(quiet['value'])}. " if len(quiet) else "")
+            + (f"**Warning**: the stage-1 nodes ran different numbers of epochs ({min(gi.stage1_epochs.values())} "
+               f"to {max(gi.stage1_epochs.values())}): each stopped early on the group it holds out, so these "
+               "contrasts mix training length with the groups' effects (a group whose labels disagree with the "
+               "rest stops its node early and looks beneficial). Rerun with `patience` >= the stage-1 epoch "
+               "budget, `inherit = \"last\"` and `batch_order = \"family\"` (docs/findings/group-impact.md §4-5). "
+               if gi.uneven_training else "")
             + "To test a flagged group: `curate --drop-group COLUMN=VALUE`, retrain, and compare the other "
               "cells' test MSE over seeds.")
     rep.sections.append(Section("Group impact", text, None, [("group impact (group_impact.csv)", t[GI.COLUMNS])]))
