@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--inherit", default="best")
     ap.add_argument("--batch-order", default="node")
+    ap.add_argument("--replicates", type=int, default=1,
+                    help="replicate trees (tree seeds SEED .. SEED+R-1); report combines >= 3 of them")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--retrain-epochs", type=int, default=20)
     ap.add_argument("--no-drop", action="store_true")
@@ -92,27 +94,34 @@ def main(argv=None) -> int:
     ds, meta, n_bad_rows = make_data(data, args.cells, args.drugs, args.seed, args.labs, args.bad)
     bad = f"lab_{args.bad}"
     log(f"data: {ds.n_cells} cells, {ds.n_rows} rows; {bad}: {n_bad_rows} rows inverted")
-    cfg_path = os.path.join(args.work, "tree.toml")
-    with open(cfg_path, "w") as f:
-        f.write(TREE.format(data=data, n=args.n, s=args.s, epochs=args.epochs, seed=args.seed,
-                           patience=args.patience, inherit=args.inherit, batch_order=args.batch_order))
-    tree = os.path.join(args.work, "tree")
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hbl_mpi", "run", cfg_path, "--serial", "--out", tree, "--overwrite"],
-                   check=True, stdout=subprocess.DEVNULL)
-    tree_wall = time.perf_counter() - t0
     from hbl_mpi.analysis import paper_stats as A
     from hbl_mpi.store.results import read_results
 
-    run = read_results(os.path.join(tree, "results.h5"))
-    tot = A.compute_totals(run.nodes)
-    s1 = run.nodes[run.nodes["stage"] == 1]
-    out["stage1_epochs"] = dict(zip(s1["node"].astype(str), s1["epochs_run"].astype(int)))
-    out["tree"] = {"nodes": tot["nodes_done"], "epochs": tot["epochs"], "row_epochs": tot["row_epochs"],
-                   "train_seconds": tot["train_hours"] * 3600, "wall_seconds": tree_wall}
-    log(f"tree: {out['tree']}")
+    results, out["trees"] = [], []
+    for i in range(args.replicates):
+        tree_seed = args.seed + i
+        cfg_path = os.path.join(args.work, f"tree{i or ''}.toml")
+        with open(cfg_path, "w") as f:
+            f.write(TREE.format(data=data, n=args.n, s=args.s, epochs=args.epochs, seed=tree_seed,
+                               patience=args.patience, inherit=args.inherit, batch_order=args.batch_order))
+        tree = os.path.join(args.work, f"tree{i or ''}")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hbl_mpi", "run", cfg_path, "--serial", "--out", tree, "--overwrite"],
+                       check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        run = read_results(os.path.join(tree, "results.h5"))
+        tot = A.compute_totals(run.nodes)
+        s1 = run.nodes[run.nodes["stage"] == 1]
+        out["trees"].append({"seed": tree_seed, "nodes": tot["nodes_done"], "epochs": tot["epochs"],
+                             "row_epochs": tot["row_epochs"], "train_seconds": tot["train_hours"] * 3600,
+                             "wall_seconds": wall,
+                             "stage1_epochs": dict(zip(s1["node"].astype(str), s1["epochs_run"].astype(int)))})
+        log(f"tree {i}: {out['trees'][-1]}")
+        results.append(os.path.join(tree, "results.h5"))
+    out["tree"] = {k: sum(t[k] for t in out["trees"]) for k in ("nodes", "epochs", "row_epochs", "train_seconds",
+                                                                  "wall_seconds")}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hbl_mpi", "report", os.path.join(tree, "results.h5"), "--out",
+    subprocess.run([sys.executable, "-m", "hbl_mpi", "report", *results, "--out",
                     os.path.join(args.work, "report")], check=True, stdout=subprocess.DEVNULL)
     out["report_seconds"] = time.perf_counter() - t0
     gi = pd.read_csv(os.path.join(args.work, "report", "group_impact.csv"))

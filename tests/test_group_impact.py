@@ -210,3 +210,25 @@ def test_report_section_names_the_harmful_group_and_warns_on_uneven_training():
     rep = Report("t", "")  # a run without groups: no section, the report as before
     group_impact_sections(SimpleNamespace(runs=[SimpleNamespace(config={"n": 4})]), rep)
     assert rep.sections == [] and "group_impact.csv" not in rep.files
+
+
+def test_replicates_combine_to_the_mean_with_the_replicate_standard_error():
+    from hbl_mpi.analysis.group_impact import combine_replicates, runs_group_impact
+    from types import SimpleNamespace
+
+    runs = []
+    for seed in range(4):  # each replicate: the same true effect, its own noise
+        plan, ct, meta = fabricated({1: 0.01}, noise=0.001, seed=seed)
+        runs.append(SimpleNamespace(config={"groups": "lab", "n": 4}, cell_test=ct, plan=plan, cell_metadata=meta,
+                                    nodes=None))
+    single = [runs_group_impact([r]) for r in runs]
+    both = runs_group_impact(runs)
+    assert both.replicates == 4 and single[0].replicates == 1
+    t = both.table.set_index("value")
+    imps = np.array([s.table.set_index("value").loc["lab_1", "impact"] for s in single])
+    assert t.loc["lab_1", "impact"] == pytest.approx(imps.mean())
+    assert t.loc["lab_1", "impact_sd"] == pytest.approx(imps.std(ddof=1) / 2)
+    assert t.loc["lab_1", "impact"] == pytest.approx(0.01, abs=0.001) and t.loc["lab_1", "z"] > FLAG_Z
+    assert runs_group_impact(runs[:2]).replicates == 1  # fewer than 3: the first run alone
+    with pytest.raises(ValueError):
+        combine_replicates(single[:2])

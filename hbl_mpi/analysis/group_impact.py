@@ -53,6 +53,7 @@ class GroupImpact:
     table: pd.DataFrame
     training_noise: float  # NaN: no deeper stage to measure it
     stage1_epochs: dict | None = None  # node -> epochs run (None: no nodes table)
+    replicates: int = 1  # > 1: combined over replicate trees (``combine_replicates``)
 
     @property
     def uneven_training(self) -> bool:
@@ -132,6 +133,16 @@ def group_impact(cell_test: pd.DataFrame, plan: pd.DataFrame, metadata: pd.DataF
                        float(floor), epochs)
 
 
+def runs_group_impact(runs) -> GroupImpact | None:
+    """The estimate of one run, or combined over the runs (replicates) when at least
+    ``MIN_REPLICATES`` of them have one for the first run's column."""
+    first = run_group_impact(runs[0]) if runs else None
+    if first is None:
+        return None
+    est = [first] + [e for e in (run_group_impact(r) for r in runs[1:]) if e is not None and e.column == first.column]
+    return combine_replicates(est) if len(est) >= MIN_REPLICATES else first
+
+
 def run_group_impact(run) -> GroupImpact | None:
     """A results file's group impact: None unless it ran with ``groups`` and has ``cell_test``
     and its metadata (``results.RunTables``)."""
@@ -140,3 +151,36 @@ def run_group_impact(run) -> GroupImpact | None:
     if not column or run.cell_test is None or run.plan is None or meta is None or column not in meta.columns:
         return None
     return group_impact(run.cell_test, run.plan, meta, column, int(run.config.get("n", 4)), run.nodes)
+
+
+MIN_REPLICATES = 3
+
+
+def combine_replicates(estimates: list[GroupImpact]) -> GroupImpact:
+    """Replicate trees (the same data and ``groups``, other seeds): per group the mean of the
+    replicates' impacts, ``impact_sd`` = their standard deviation / sqrt(R).
+
+    Why: one tree has one training per stage-1 sibling, and the seed-to-seed noise of a
+    from-scratch training is common to all of a child's cells, so neither the jackknife
+    nor the stage-2 floor (siblings fine-tuning from a trained parent) sees it
+    (docs/findings/group-impact.md §6). Each replicate trains its stage 1 anew, so their
+    scatter holds that noise. Groups missing from a replicate are left out; needs
+    ``MIN_REPLICATES`` estimates."""
+    if len(estimates) < MIN_REPLICATES:
+        raise ValueError(f"combine_replicates needs >= {MIN_REPLICATES} estimates; got {len(estimates)}")
+    tables = [e.table.set_index("value") for e in estimates]
+    common = sorted(set.intersection(*(set(t.index) for t in tables)))
+    imp = np.array([[t.loc[v, "impact"] for v in common] for t in tables])
+    r = len(tables)
+    mean, sd = imp.mean(axis=0), imp.std(axis=0, ddof=1) / np.sqrt(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sd > 0, mean / sd, 0.0)
+    first = tables[0]
+    table = pd.DataFrame({"column": estimates[0].column, "value": common,
+                          "n_cells": [int(first.loc[v, "n_cells"]) for v in common], "impact": mean,
+                          "impact_sd": sd, "z": z, "replicates": r,
+                          "replicate_sd": imp.std(axis=0, ddof=1)})
+    epochs = {f"{i}:{k}": v for i, e in enumerate(estimates) for k, v in (e.stage1_epochs or {}).items()}
+    return GroupImpact(estimates[0].column,
+                       table.sort_values(["z", "value"], ascending=[False, True]).reset_index(drop=True),
+                       float("nan"), epochs or None, replicates=r)

@@ -27,7 +27,7 @@ def group_impact_sections(inp, rep) -> None:
     if not str((run.config or {}).get("groups", "") or ""):
         return
     t0 = time.perf_counter()
-    gi = GI.run_group_impact(run)
+    gi = GI.runs_group_impact(getattr(inp, "same_data", None) or [run])
     rep.summary["group_impact_seconds"] = time.perf_counter() - t0
     if gi is None:
         rep.sections.append(Section("Group impact", "This run has `groups` set, but no group impact: fewer than "
@@ -39,16 +39,24 @@ def group_impact_sections(inp, rep) -> None:
     t = gi.table
     harm, helps = gi.flagged(+1), gi.flagged(-1)
     quiet = t[np.abs(t["z"]) <= GI.FLAG_Z]
-    noise = ("the training-noise term is the stage-2 noise floor "
+    noise = (f"combined over {gi.replicates} replicate trees (the runs given to `report` on this data): `impact` is "
+             "the mean of their impacts and `impact_sd` their standard deviation / sqrt(R), which holds the "
+             "from-scratch training noise of the stage-1 siblings" if gi.replicates > 1 else
+             "the training-noise term is the stage-2 noise floor "
              f"({gi.training_noise:.3g} MSE)" if np.isfinite(gi.training_noise) else
              "this run has one stage, so the sd holds no training-noise term (the reference-sampling "
              "jackknife alone): run with s >= 2 before trusting a z")
+    if gi.replicates == 1:
+        noise += (f". One tree: the stage-2 floor misses most of the stage-1 siblings' own training noise "
+                  f"(docs/findings/group-impact.md §6); give `report` {GI.MIN_REPLICATES} or more replicate runs "
+                  "(other seeds, s = 1 suffices) for an sd that holds it")
     text = (f"Each stage-1 node held out one group of `{gi.column}`; siblings start from the same state, so the "
             "difference of their holdout MSE on the *other* groups' cells (a two-way fit, cells weighted by "
             "their holdout rows) is the effect of learning each group, here relative to the median group "
-            "(`impact` > 0: learning the group raises the other groups' holdout MSE). `impact_sd`: a "
-            "delete-one-block jackknife over the reference cells, in quadrature with the training noise; "
-            f"{noise}. Derivation and its check on known truth: docs/findings/group-impact.md. "
+            "(`impact` > 0: learning the group raises the other groups' holdout MSE). `impact_sd`: "
+            + ("" if gi.replicates > 1 else "a delete-one-block jackknife over the reference cells, in quadrature "
+               "with the training noise; ")
+            + f"{noise}. Derivation and its check on known truth: docs/findings/group-impact.md. "
             + (f"Harms the others beyond {GI.FLAG_Z:g} sd: {_names(harm)}. " if len(harm) else
                f"No group harms the others beyond {GI.FLAG_Z:g} sd. ")
             + (f"Helps them beyond {GI.FLAG_Z:g} sd: {_names(helps)}. " if len(helps) else "")
