@@ -52,13 +52,18 @@ def test_grouped_plan_holds_out_one_whole_group_per_stage1_node_and_keeps_the_in
             assert 1 < len(plan.nodes[k].children) <= n
 
 
-def test_default_plan_is_unchanged_by_the_groups_code():
-    """No ``groups``: the same order and nodes as a spec written before the key existed."""
-    ds = labelled()
-    a = plan_for(ds, PlanSpec(n=4, s=2))
-    b = plan_for(ds, PlanSpec(4, 2, "shuffled", 0, "cells", 0.1))
-    assert a.groups is None and np.array_equal(a.cell_order, b.cell_order)
-    assert {k: v.cells for k, v in a.nodes.items()} == {k: v.cells for k, v in b.nodes.items()}
+@pytest.mark.parametrize("spec,digest", [
+    (dict(n=4, s=2), "909a7c49dae07e3e"), (dict(n=3, s=3, order="ordered"), "3971822f545b8192"),
+    (dict(n=2, s=2, partition="cells+drugs"), "82fdbd5224625c18")])
+def test_default_plan_is_bit_identical_to_the_plan_before_groups(spec, digest):
+    """No ``groups``: plan.csv is byte for byte what the planner of 82e2bef (before the key)
+    wrote for the same data (digests computed with that commit's plan.py)."""
+    import hashlib
+
+    ds = synthesize("small", seed=0, cells=60, drugs=8, cell_features=4, descriptors=4, fingerprints=0)
+    plan = plan_for(ds, PlanSpec(**spec))
+    assert plan.groups is None
+    assert hashlib.sha256(plan.to_frame().to_csv(index=False).encode()).hexdigest()[:16] == digest
 
 
 def test_pooling_rule_keeps_the_largest_groups_and_pools_the_rest():
