@@ -89,12 +89,34 @@ def test_config_errors_are_one_line_input_errors(tmp_path):
     assert load_config(None, ["data=x.h5", "groups=lab"]).groups == "lab"
 
 
-def test_groups_stays_out_of_the_fingerprint_at_its_default():
-    from hbl_mpi.checkpoint.restart import run_fingerprint
+def test_groups_stays_out_of_the_fingerprint_at_its_default_and_a_restart_may_not_change_it():
+    from types import SimpleNamespace
+
+    from hbl_mpi.checkpoint.restart import check_compatible, run_fingerprint
 
     cfg = RunConfig(data="x.h5")
     assert run_fingerprint(cfg, "abc") == "b43c15eec2190ec0"  # tests/test_restart.py's pinned value
-    assert run_fingerprint(RunConfig(data="x.h5", groups="lab"), "abc") != run_fingerprint(cfg, "abc")
+    grouped = RunConfig(data="x.h5", groups="lab")
+    assert run_fingerprint(grouped, "abc") != run_fingerprint(cfg, "abc")
+    older = SimpleNamespace(config={k: v for k, v in cfg.as_dict().items() if k != "groups"}, data_checksum="abc")
+    check_compatible(older, cfg, "abc")  # a run from before the key continues
+    with pytest.raises(InputError, match="'groups' was ''"):
+        check_compatible(older, grouped, "abc")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_labels_n_and_s_keep_the_invariants(seed):
+    """Random group counts (2..20, some beyond max(n, 16): pooled), sizes, missing values."""
+    rng = np.random.default_rng(seed)
+    ds = labelled(cells=int(rng.integers(30, 80)), seed=seed)
+    g = int(rng.integers(2, 21))
+    lab = [f"g{int(x)}" if x >= 0 else "" for x in rng.integers(-1, g, size=ds.n_cells)]
+    ds = dataclasses.replace(ds, cell_metadata=ds.cell_metadata.assign(lab=lab))
+    n, s = int(rng.integers(2, 5)), int(rng.integers(1, 4))
+    plan = plan_for(ds, PlanSpec(n=n, s=s, groups="lab", seed=seed))
+    check_invariants(plan)
+    groups = len(set(v or NA for v in lab))
+    assert len(plan.groups.labels) == min(groups, max(n, MAX_GROUP_NODES))
 
 
 # -------------------------------------------------------------------------- the estimator --
