@@ -42,8 +42,8 @@ from hbl_mpi.checkpoint.store import NodeCheckpoints, restart_check
 #: with other values cannot be continued. ``threads``/``device`` change only rounding.
 TRAINING_KEYS = ("n", "s", "order", "seed", "partition", "holdout_fraction", "model", "strategy",
                  "epochs", "inherit", "patience", "min_delta", "batch_size", "learning_rate", "dropout",
-                 "batch_order", "optimizer", "momentum", "weight_decay", "model_params")
-NEW_KEY_DEFAULTS = {"batch_order": "node", "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0,
+                 "batch_order", "groups", "optimizer", "momentum", "weight_decay", "model_params")
+NEW_KEY_DEFAULTS = {"batch_order": "node", "groups": "", "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0,
                     "model_params": {}}
 """Training keys added after runs were fingerprinted: at their default they stay out of the
 fingerprint, so a run of an older version restarts as before."""
