@@ -243,11 +243,30 @@ def run_serial_command(args) -> int:
         stats = run_serial(ctx, writer, ctx.run_info.done)
         _summary(ctx, stats, writer.path)
         return _exit_code(stats)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep every finished node
+        return _interrupted_serial(ctx, writer, e)
     except WriteFailed as e:
         print(f"hbl_mpi: fatal: {_write_failed(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
         return EXIT_FATAL
     finally:
         lock.release()
+
+
+def _interrupted_serial(ctx, writer, e: BaseException) -> int:
+    """The serial run's end on SIGINT/SIGTERM: flush, one line, 130/143 (interrupt.py)."""
+    from hbl_mpi.core import interrupt
+
+    if writer is None:
+        print(f"hbl_mpi: {interrupt.what(e)}", file=sys.stderr, flush=True)
+        return interrupt.exit_code(e)
+    try:
+        writer.flush()
+    except WriteFailed as err:
+        print(f"hbl_mpi: fatal: {_write_failed(err, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
+    print(f"hbl_mpi: {interrupt.what(e)}: {writer.saved_done} finished nodes are in {writer.path}; "
+          "continue with run --restart and the same --out", file=sys.stderr, flush=True)
+    return interrupt.exit_code(e)
 
 
 def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
@@ -359,6 +378,8 @@ def run_mpi(args) -> int:
         try:
             _clear_overwritten_checkpoints(ctx, args.overwrite)
             writer = _make_writer(ctx, previous)
+        except KeyboardInterrupt:  # SIGINT/SIGTERM: run()'s handler ends every rank
+            raise
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
             why = (_write_failed(e, cfg.out, None) if isinstance(e, WriteFailed)
                    else f"cannot write the results file: {type(e).__name__}: {e}")
@@ -394,4 +415,10 @@ def run(args) -> int:
 
     if MPI.COMM_WORLD.Get_size() == 1:
         return run_serial_command(args)
-    return run_mpi(args)
+    try:
+        return run_mpi(args)
+    except KeyboardInterrupt as e:  # outside the scheduler and worker loops (start-up, the end)
+        from hbl_mpi.core import interrupt
+
+        comm = MPI.COMM_WORLD  # every rank got the signal: rank 0 speaks for the job
+        abort_job(comm, interrupt.exit_code(e), f"hbl_mpi: {interrupt.what(e)}" if comm.Get_rank() == 0 else None)
