@@ -59,7 +59,7 @@ from hbl_mpi.train.flat_state import ModelState
 from hbl_mpi.checkpoint import keep
 from hbl_mpi.checkpoint.format import (BEST, EPOCHS_DIR, FORMAT, INFO_FILE, LAST, MODEL_FILE, NODE_NAME, TMP_PREFIX,
                      TRASH_PREFIX, HashingWriter, copy_bookkeeping, exchange, for_disk, from_disk,
-                     json_number, sha256_file, versions)
+                     json_number, load_model_file, ModelFileError, read_info_file, sha256_file, versions)
 from hbl_mpi.checkpoint.params import CkptParams
 
 
@@ -380,9 +380,8 @@ class NodeCheckpoints:
         return int(tail) if head == EPOCHS_DIR and tail.isdigit() else None
 
     def _read_info(self, epoch: int) -> dict[str, Any] | None:
-        try:
-            with open(self.epochs_dir / f"{epoch:03d}" / INFO_FILE) as f:
-                return json.load(f)
+        try:  # a FIFO or a link to /dev/zero planted here must not hang a restart
+            return read_info_file(self.epochs_dir / f"{epoch:03d}" / INFO_FILE)
         except (OSError, ValueError):
             return None
 
@@ -400,20 +399,10 @@ class NodeCheckpoints:
         if "/" in name or name in ("", ".", ".."):
             raise _Damaged(f"{path}/{INFO_FILE}: bad model_file {name!r}")
         model = path / name
-        want = info.get("checksum")
-        # A checkpoint written with ckpt_checksum off records none: only the structural
-        # checks below apply to it.
-        if self.params.ckpt_checksum and want:
-            try:
-                got = sha256_file(model)
-            except OSError as e:
-                raise _Damaged(f"{model}: {e}") from None
-            if got != want:
-                raise _Damaged(f"{model}: checksum mismatch (sha256 {got[:16]}..., recorded {want[:16]}...)")
-        try:
-            obj = torch.load(model, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated/garbled file: torch raises various types
-            raise _Damaged(f"{model}: cannot be loaded ({type(e).__name__}: {e})") from None
+        try:  # a regular file of the recorded size (no link, FIFO, device), its checksum verified
+            obj = load_model_file(model, info, self.params.ckpt_checksum)
+        except ModelFileError as e:
+            raise _Damaged(str(e)) from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise _Damaged(f"{model}: not an {FORMAT} checkpoint")
         flat, n = obj["flat"], int(obj["n_params"])

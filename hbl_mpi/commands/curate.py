@@ -39,6 +39,7 @@ def run(args) -> int:
     from hbl_mpi.analysis.curation import curate_selection
     from hbl_mpi.data import write_uno
     from hbl_mpi.core.errors import InputError
+    from hbl_mpi.core.output_guard import check_outputs
     from hbl_mpi.analysis.impact import add_impact, run_impact
     from hbl_mpi.analysis.ranking import rank_cells
     from hbl_mpi.report.cells import diagnose_run, with_diagnosis
@@ -52,6 +53,7 @@ def run(args) -> int:
         raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
     if os.path.isdir(out):
         raise InputError(f"--out {args.out!r} is a directory")
+    check_outputs([args.out, csv_path(out, mode)], [args.results, args.data])
     run_ = read_results(args.results)
     ds = load_dataset(args.data)
     if run_.data_checksum and ds.checksum() != run_.data_checksum:

@@ -15,6 +15,7 @@ Ctrl-C (flush the results, end every rank) serves both; only the exit status (14
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 EXIT_INTERRUPTED = 130
@@ -27,11 +28,38 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM (see :func:`install`)."""
 
 
+class _Deferral:
+    """While ``depth`` > 0 a SIGTERM is only noted (``pending``), raised when the last
+    :func:`deferred` block ends. Process state by nature: a signal handler has no caller."""
+
+    depth = 0
+    pending = False
+
+
 def _raise_terminated(signum, frame) -> None:
+    if _Deferral.depth:
+        _Deferral.pending = True
+        return
     # the first SIGTERM starts the orderly stop; a second one (srun and mpiexec may both
     # forward the batch system's) must not interrupt the flush it is doing
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold a SIGTERM until the block ends. For imports of C extensions: an exception
+    raised inside ``import torch`` was seen to abort the process (SIGABRT, a traceback
+    and exit 6 under mpiexec) instead of stopping it."""
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+        if not _Deferral.depth and _Deferral.pending:
+            _Deferral.pending = False
+            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+                _raise_terminated(signal.SIGTERM, None)
 
 
 def install():
