@@ -114,7 +114,8 @@ def prepare(args):
     path = results_path(cfg.out)
     previous = None
     if args.restart:
-        if os.path.exists(path):
+        if os.path.lexists(path):
+            _check_regular_in_out(path)
             previous = read_results(path)
     elif cfg.ckpt_restart_mode == "required":
         raise InputError("ckpt_restart_mode = required continues an earlier run from its checkpoints: "
@@ -143,6 +144,18 @@ def prepare(args):
     ctx.results_seen = _file_identity(path)
     ctx.run_info = ctx.plan_restart(previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
+
+
+def _check_regular_in_out(path: str) -> None:
+    """A file of OUT that a restart reads must be a regular file, not a link (to data
+    elsewhere, to /dev/zero), a FIFO (a reader would block) or a device (safe_open.py)."""
+    from hbl_mpi.core.safe_open import UnsafeFile, check_regular
+
+    try:
+        check_regular(path)
+    except UnsafeFile as e:
+        raise InputError(f"{path!r} is {e.what.split(',')[0]}: --restart reads only a regular results file "
+                         "that a run wrote; remove it, or use another --out") from None
 
 
 def _check_ckpts(cfg) -> None:
@@ -442,4 +455,21 @@ def run(args) -> int:
         return run_mpi(args)
     except KeyboardInterrupt as e:  # outside the scheduler and worker loops (start-up, the end)
         comm = MPI.COMM_WORLD  # every rank got the signal: rank 0 speaks for the job
-        abort_job(comm, interrupt.exit_code(e), f"hbl_mpi: {interrupt.what(e)}" if comm.Get_rank() == 0 else None)
+        if comm.Get_rank() != 0:
+            _give_rank0_time()
+        abort_job(comm, interrupt.exit_code(e), f"hbl_mpi: {interrupt.what(e)}")
+
+
+RANK0_GRACE_S = 10.0
+"""How long an interrupted rank waits for rank 0 (interrupted too: mpiexec and srun signal
+every rank) to say the one line and end the job, before it ends the job itself: rank 0 may
+be importing torch (SIGTERM is held until the import ends) or blocked in a collective."""
+
+
+def _give_rank0_time() -> None:
+    deadline = time.monotonic() + RANK0_GRACE_S
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # rank 0's MPI_Abort ends this process here
+    except KeyboardInterrupt:  # a second Ctrl-C: end now
+        pass
