@@ -75,16 +75,18 @@ def reference(tmp_path_factory):
     return cfg, node_table(root / "ref")
 
 
-def sigterm_then_restart(cfg, out, ref: pd.DataFrame, *, after_done: int | None = None,
-                         after_s: float | None = None) -> tuple[int, int]:
-    """Launch, SIGTERM mpiexec once ``after_done`` nodes are reported (or ``after_s`` seconds
-    in), check what was kept, ``--restart`` to the end and compare with ``ref``.
-    Returns (exit status of the terminated launch, nodes reported done when it was sent)."""
+def sigterm_then_restart(cfg, out, ref: pd.DataFrame, *, after_done: int = 0,
+                         delay_s: float = 0.0) -> tuple[int, int]:
+    """Launch, SIGTERM mpiexec ``delay_s`` after a progress line said ``after_done`` nodes
+    were done (0: after the launch), check what was kept, ``--restart`` to the end and
+    compare with ``ref``. Returns (exit status of the terminated launch, nodes reported
+    done when the signal was sent)."""
     proc, lines, readers = launch(cfg, out, *sets(**SLOW))
-    deadline = time.monotonic() + (after_s if after_s is not None else 90)
-    while proc.poll() is None and time.monotonic() < deadline:
-        if after_done is not None and reported_done(lines) >= after_done:
-            break
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline and reported_done(lines) < after_done:
+        time.sleep(0.02)
+    end = time.monotonic() + delay_s
+    while proc.poll() is None and time.monotonic() < end:
         time.sleep(0.02)
     k = reported_done(lines)
     sent = proc.poll() is None
@@ -118,13 +120,17 @@ def test_sigterm_keeps_reported_nodes_and_restart_finishes(reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_sigterm_soak_random_times(reference, tmp_path):
-    """10 runs, each sent SIGTERM at a random moment (start-up included), each continued by
-    --restart to the uninterrupted table. ``HBL_SIGTERM_SEED`` draws other moments."""
+    """10 runs, each sent SIGTERM at a random moment, each continued by --restart to the
+    uninterrupted table. A moment is a random time after the launch (start-up: imports,
+    data, the lock) or after the k-th finished node (k = 1..5: mid-node, mid-flush, between
+    nodes). ``HBL_SIGTERM_SEED`` draws other moments."""
     cfg, ref = reference
     rng = random.Random(int(os.environ.get("HBL_SIGTERM_SEED", "28")))
     log = []
     for i in range(10):
-        delay = rng.uniform(0.5, 14.0)
-        code, k = sigterm_then_restart(cfg, tmp_path / f"out{i}", ref, after_s=delay)
-        log.append(f"run {i}: SIGTERM at {delay:.1f} s, {k} reported done, exit {code}")
+        k = rng.randint(0, 5)
+        delay = rng.uniform(0.0, 8.0) if k == 0 else rng.uniform(0.0, 1.5)
+        code, seen = sigterm_then_restart(cfg, tmp_path / f"out{i}", ref, after_done=k, delay_s=delay)
+        log.append(f"run {i}: SIGTERM {delay:.1f} s after {'launch' if k == 0 else f'{k} done'}, "
+                   f"{seen} reported done, exit {code}")
     print("\n".join(log))

@@ -110,7 +110,9 @@ def load_model_file(path, info: dict[str, Any], verify_checksum: bool) -> Any:
     ckpt-info recorded; the SHA-256 is checked (``verify_checksum`` and one recorded: a
     checkpoint written with ckpt_checksum off has none) on the descriptor that is loaded."""
     try:
-        check_own_dir(os.path.dirname(os.fspath(path)))
+        epoch_dir = os.path.dirname(os.fspath(path))  # <node>/epochs/NNN: none of them a planted link
+        for d in (epoch_dir, os.path.dirname(epoch_dir), os.path.dirname(os.path.dirname(epoch_dir))):
+            check_own_dir(d)
         f = os.fdopen(open_regular(path), "rb")
     except OSError as e:
         raise ModelFileError(f"{path}: {e}") from None

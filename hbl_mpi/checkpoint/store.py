@@ -54,6 +54,7 @@ import torch
 
 from hbl_mpi.core.atomic import fsync_dir, replace_file, replace_text
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.safe_open import check_own_dir
 from hbl_mpi.tree.plan import parent_of, stage_of
 from hbl_mpi.train.flat_state import ModelState
 from hbl_mpi.checkpoint import keep
@@ -190,6 +191,8 @@ class NodeCheckpoints:
         """First write of this store: create directories durably, drop a dead writer's leftovers."""
         if self._prepared:
             return
+        for d in (self.dir, self.epochs_dir):  # never written through a planted link (safe_open)
+            check_own_dir(d)
         self.epochs_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(self.root)
         fsync_dir(self.dir)
@@ -356,6 +359,8 @@ class NodeCheckpoints:
             for entry in os.scandir(self.root):
                 if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
+                elif entry.name.startswith(prefix):  # a planted link renamed aside: the link, not its target
+                    os.unlink(entry.path)
         self._prepared = False
         self._last_decision_time = None
         self.best_metric, self.best_epoch = math.inf, None
