@@ -1,4 +1,4 @@
-"""Does acting on a ranking help? Point removal and retraining on random halves (docs/findings.md §8).
+"""Does acting on a ranking help? Point removal and retraining on random halves (docs/findings/impact.md §8).
 
 For one data set: synthetic with planted truth, or real (``--tree`` with a finished tree on,
 e.g., GDSC2: no truth, so no oracle; every cell counts as clean and the study reports each

@@ -1,4 +1,4 @@
-"""How noisy are the impact estimator's sibling contrasts, and what makes them so? (docs/findings.md §8.8)
+"""How noisy are the impact estimator's sibling contrasts, and what makes them so? (docs/findings/impact.md §8.8)
 
 The impact estimate (``impact.py``) reads the difference between siblings, which share
 their parent's state and all but one validation group of data. Whatever else differs

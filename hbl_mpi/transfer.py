@@ -7,7 +7,7 @@ No tensor is pickled, nothing touches the filesystem.
 
 Waiting never spins a core: requests are completed with ``Test`` and a sleep back-off
 (``Backoff``: 1 us doubling to 1 ms). With the pip ``mpich`` wheel a blocking ``Recv`` burns a
-whole core while it waits (DESIGN §5); on a 2-core machine running 4 ranks that halves
+whole core while it waits (docs/design.md §5); on a 2-core machine running 4 ranks that halves
 everyone else's training speed. A holder that is training keeps its pending sends
 moving by calling ``OutgoingStates.progress`` from the trainer's ``poll`` hook.
 

@@ -20,6 +20,7 @@ reports to rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import traceback
@@ -29,12 +30,12 @@ from mpi4py import MPI
 from hbl_mpi.core import interrupt
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.run.context import RunContext
-from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
 from hbl_mpi.runtime.faults import maybe_crash
 from hbl_mpi.runtime.grad_sync import GroupComm
 from hbl_mpi.run.lifecycle import NodeRunner
 from hbl_mpi.runtime.liveness import RankGone, describe_death
-from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, Release, SendState, Stop,
                        WorkerFatal)
 from hbl_mpi.tree.policy import Source
 from hbl_mpi.train.flat_state import ModelState, TrainState
@@ -123,7 +124,7 @@ class Worker:
         finally:
             self._busy = False
         if self.topo.is_leader:
-            report = NodeReport(msg.node, self.topo.group, result.ok, result=result.payload, error=result.error)
+            report = dataclasses.replace(result, group=self.topo.group)
             self.comm.send(report, dest=0, tag=TAG_REPORT)
         self.nodes_finished += 1
         maybe_crash(self.ctx.cfg, self.topo.rank, self.nodes_finished)
@@ -149,7 +150,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
         interrupted = isinstance(e, KeyboardInterrupt)
         msg = interrupt.what(e) if interrupted else f"{type(e).__name__}: {e}"
         if not interrupted:
-            print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
+            print(fatal_line(msg, rank=topo.rank), file=sys.stderr, flush=True)
         try:
             if not isinstance(e, RankGone):
                 if not interrupted:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
 from hbl_mpi.data import load_dataset
 from hbl_mpi.data.dataset import Dataset, cell_feature_matrix
 from hbl_mpi.train.device import resolve_device
@@ -130,7 +131,7 @@ def cell_folds(n_cells: int, k: int, seed: int) -> list[np.ndarray]:
 
     if not 2 <= k <= n_cells:
         raise ValueError(f"K-fold needs 2 <= K <= cells ({n_cells}); got K = {k}")
-    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6B666F6C64])).permutation(n_cells)
+    order = generator(seed, 0x6B666F6C64).permutation(n_cells)  # "kfold": its own stream
     return [np.sort(order[a:b]) for a, b in cut(0, n_cells, k)]
 
 

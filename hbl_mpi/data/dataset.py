@@ -39,7 +39,7 @@ class FeatureGroup:
 
 @dataclass
 class Dataset:
-    """Normalised tables of one drug-response data set (see DESIGN §2.1)."""
+    """Normalised tables of one drug-response data set (see docs/design.md §2.1)."""
 
     cell_ids: np.ndarray  # object array of str, shape (C,)
     drug_ids: np.ndarray  # object array of str, shape (D,)

@@ -1,5 +1,5 @@
 """Build the report of one or several runs: the paper's figures, CSV tables, the cell
-ranking, detection scores, ``report.md`` and ``report.html`` (DESIGN §7).
+ranking, detection scores, ``report.md`` and ``report.html`` (docs/design.md §7).
 
 Everything is computed first (``build``: reading every input, the baselines' training)
 and written last (``write``), each file through a temporary name and ``os.replace``, so

@@ -273,7 +273,7 @@ def diagnosis_sections(inp, rep) -> None:
     rep.sections.append(Section(
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
-        f"diagnoses: {summary}. Rules and their derivation: docs/findings.md section 9. The diagnosis uses each "
+        f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9. The diagnosis uses each "
         "cell's held-out predictions at its deepest stage (`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
     if dg.reference_path:

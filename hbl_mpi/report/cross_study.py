@@ -13,7 +13,7 @@ activity area rescaled vs GDSC's AUC), so one study's instances can rank high or
 block. Ranking each instance among its own study's instances removes that study-level
 shift; the study-level effect is reported on its own (``study_table``).
 
-The rule (derivation and chance rates in docs/findings.md, "Cross-study disagreement"):
+The rule (derivation and chance rates in docs/findings/cross-study.md §7):
 an instance's within-study percentile is ``q = (rank - 0.5) / n`` (0 = most suspicious);
 a line measured by ``k >= 2`` studies is **flagged** when its most suspicious instance has
 ``q <= top`` and its least suspicious one ``q >= ordinary`` (defaults 0.1 and 0.5). If

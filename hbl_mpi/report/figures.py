@@ -1,4 +1,4 @@
-"""The paper's figures (DESIGN §7) and the detection figures: one function per figure,
+"""The paper's figures (docs/design.md §7) and the detection figures: one function per figure,
 each returning a ``matplotlib.figure.Figure`` (no pyplot state)."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def _md_cell(value) -> str:
-    """One table cell on one line: ids are data (DESIGN §1 puts no limit on them), so a
+    """One table cell on one line: ids are data (docs/design.md §1 puts no limit on them), so a
     ``|`` is escaped and a line break (or any control character) is shown as its escape,
     ``\\n``, rather than ending the row."""
     text = str(value).replace("\\", "\\\\").replace("|", "\\|")
