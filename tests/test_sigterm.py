@@ -117,6 +117,36 @@ def test_sigterm_keeps_reported_nodes_and_restart_finishes(reference, tmp_path):
     assert code == 143 and k >= 2
 
 
+@pytest.mark.timeout(200)
+def test_sigterm_serial_flushes_and_restart_finishes(reference, tmp_path):
+    """``run --serial`` (one process, no launcher): the same flush, line and exit status."""
+    cfg, ref = reference
+    out = tmp_path / "out"
+    cmd = [sys.executable, *run_cmd(cfg, out, "--serial", "--set", "progress_every=1",
+                                    "--set", "flush_seconds=60", *sets(**SLOW))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    lines: list[str] = []
+    readers = [threading.Thread(target=lambda s=s: lines.extend(line.rstrip("\n") for line in s), daemon=True)
+               for s in (proc.stdout, proc.stderr)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and reported_done(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    k = reported_done(lines)
+    proc.send_signal(signal.SIGTERM)
+    finish(proc, readers, out)
+    context = "\n".join(lines[-30:])
+    assert proc.returncode == 143 and k >= 2, context
+    ours = [line for line in lines if line.startswith("hbl_mpi: ")]
+    assert len(ours) == 1 and ours[0].startswith("hbl_mpi: terminated (SIGTERM): "), context
+    # flush_seconds = 60: without the flush on SIGTERM the file would hold no node at all
+    assert (check_intact(out)["status"] == "done").sum() >= k, context
+    again = run_py(run_cmd(cfg, out, "--restart", "--serial"), timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(node_table(out), ref, check_exact=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_sigterm_soak_random_times(reference, tmp_path):
