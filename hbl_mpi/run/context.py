@@ -79,9 +79,13 @@ class RunContext:
         return cls(cfg, ds, plan, resolve_device(cfg.device))
 
     def static_tables(self) -> dict[str, pd.DataFrame]:
-        """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours."""
+        """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours
+        and the cell metadata (the data file's, or the config's ``cell_metadata``) for the report."""
         nb = expression_neighbours(self.dataset)
-        return {} if nb is None else {"cell_neighbours": nb}
+        out = {} if nb is None else {"cell_neighbours": nb}
+        if self.dataset.cell_metadata is not None:
+            out["cell_metadata"] = self.dataset.cell_metadata
+        return out
 
     # ---- lazily built, per rank ---------------------------------------------
     @property
