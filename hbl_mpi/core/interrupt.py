@@ -71,6 +71,10 @@ def install():
         return None
 
 
+IGNORE = signal.SIG_IGN
+"""For :func:`restore` once the command's work is done and the process only exits."""
+
+
 def restore(previous) -> None:
     """Put back what :func:`install` replaced (in-process callers such as tests)."""
     if previous is not None:
