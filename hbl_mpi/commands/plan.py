@@ -37,8 +37,8 @@ def configure(p) -> None:
     p.add_argument("--s", type=int, help="stages, >= 1 (default 3)")
     p.add_argument("--order", choices=("shuffled", "ordered"), help="id order before cutting (default shuffled)")
     p.add_argument("--seed", type=int, help="plan seed: id shuffle and holdout rows (default 0)")
-    p.add_argument("--partition", choices=("cells", "cells+drugs"),
-                   help="hold out cell lines, or crossed cell x drug blocks (default cells)")
+    p.add_argument("--partition", choices=("cells", "cells+drugs", "drugs"),
+                   help="hold out cell lines, crossed cell x drug blocks, or drugs (default cells)")
     p.add_argument("--holdout-fraction", dest="holdout_fraction", type=float,
                    help="fraction of response rows held out as the common test set (default 0.1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -109,7 +109,8 @@ def format_summary(plan, build_s: float) -> list[str]:
 
 def run(args) -> int:
     from hbl_mpi.data import read_data
-    from hbl_mpi.tree.plan import PlanSpec, check_invariants, plan_for
+    from hbl_mpi.tree.invariants import check_invariants
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
 
     cfg = settings(args)
     if args.out:

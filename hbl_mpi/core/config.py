@@ -92,7 +92,7 @@ DOCS: dict[str, str] = {
     "s": "number of stages (tree depth below the root), >= 1",
     "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
-    "partition": "`cells` (hold out cell lines) or `cells+drugs` (crossed cell x drug blocks)",
+    "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings-drugs.md)",
     "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
     "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings.md §10)",
     "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
@@ -143,7 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "order": ("shuffled", "ordered"),
     "expand": ("full", "adaptive"),
     "expand_score": EXPAND_SCORES,
-    "partition": ("cells", "cells+drugs"),
+    "partition": ("cells", "cells+drugs", "drugs"),
     "model": ("small", "paper", "tiny"),
     "inherit": ("best", "last"),
     "batch_order": ("node", "family"),
@@ -245,6 +245,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError(f"config key 'expand_budget' must be in (0, 1]; got {cfg.expand_budget}")
     if cfg.expand_full_stages > cfg.s:
         raise InputError(f"config key 'expand_full_stages' must be <= s ({cfg.s}); got {cfg.expand_full_stages}")
+    if cfg.partition == "drugs" and cfg.expand == "adaptive":
+        raise InputError("config key 'expand' must be 'full' with partition = 'drugs' (the expansion rule "
+                         "scores cells)")
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
     parse_strategy(cfg.strategy, cfg.epochs)

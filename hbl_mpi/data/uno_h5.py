@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.core.atomic import replace_file
-from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
 
@@ -485,7 +485,7 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
 
     keep, n_identical = _deduplicate(path, codes[CELL], codes[DRUG], dose, resp.label, cell_ids, drug_ids)
 
-    truth = _read_truth(store, set(cell_ids)) if "truth" in store.keys else None
+    truth, drug_truth = _read_truth(store, set(cell_ids), set(drug_ids)) if "truth" in store.keys else (None, None)
     source = str(model_attrs.get("hbl_source", "") or f"uno:{os.path.basename(path)}")
     meta = {"path": path, "partition_rows": {p: b - a for p, (a, b) in resp.offsets.items()},
             "identical_duplicates": n_identical}
@@ -501,7 +501,7 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
         cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
         cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
         dose=None if dose is None else sel(dose), label_name=resp.label_name, truth=truth,
-        source=source, meta=meta,
+        source=source, meta=meta, drug_truth=drug_truth,
     )
 
 
@@ -535,21 +535,35 @@ def _deduplicate(path, cell, drug, dose, label, cell_ids, drug_ids):
     return np.flatnonzero(keep), int(len(label) - keep.sum())
 
 
-def _read_truth(store: _Store, cells: set) -> pd.DataFrame:
+def _read_truth(store: _Store, cells: set, drugs: set) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(planted cells: cell, kind; planted drugs: drug, kind) from the ``truth`` key; a
+    ``unit`` column marks drug rows (``dataset.combine_truth``)."""
     path = store.path
     t = store.select("truth")
     if not {"cell", "kind"} <= set(t.columns):
         raise InputError(f"data file {path!r}: key 'truth' needs columns cell, kind (has {_first(t.columns, 8)})")
-    t = pd.DataFrame({"cell": t["cell"].astype(str).to_numpy(dtype=object),
-                      "kind": t["kind"].astype(str).to_numpy(dtype=object)})
-    unknown = sorted(set(t["cell"]) - cells)
-    if unknown:
-        raise InputError(f"data file {path!r}: truth names {len(unknown)} cell(s) not in the data (first: "
-                         f"{_first(unknown)})")
-    dups = t["cell"][t["cell"].duplicated()].tolist()
-    if dups:
-        raise InputError(f"data file {path!r}: truth lists {len(dups)} cell(s) twice (first: {_first(dups)})")
-    return t.reset_index(drop=True)
+    if "unit" in t.columns:
+        bad = sorted(set(t["unit"].astype(str)) - {CELL, DRUG})
+        if bad or "drug" not in t.columns:
+            raise InputError(f"data file {path!r}: key 'truth' has a unit column, so it needs a drug column and "
+                             f"units cell or drug (found {_first(bad) if bad else 'no drug column'})")
+    t_cells, t_drugs = split_truth(t)
+    out = []
+    for who, part, known in (("cell", t_cells, cells), ("drug", t_drugs, drugs)):
+        if part is None:
+            out.append(None)
+            continue
+        part = pd.DataFrame({who: part[who].astype(str).to_numpy(dtype=object),
+                             "kind": part["kind"].astype(str).to_numpy(dtype=object)})
+        unknown = sorted(set(part[who]) - known)
+        if unknown:
+            raise InputError(f"data file {path!r}: truth names {len(unknown)} {who}(s) not in the data (first: "
+                             f"{_first(unknown)})")
+        dups = part[who][part[who].duplicated()].tolist()
+        if dups:
+            raise InputError(f"data file {path!r}: truth lists {len(dups)} {who}(s) twice (first: {_first(dups)})")
+        out.append(part.reset_index(drop=True))
+    return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -679,10 +693,12 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                                "meta": ds.meta}, default=str, sort_keys=True)
             if len(meta) <= 30_000:
                 attrs.hbl_meta = meta
-            if ds.truth is not None:
+            if ds.truth is not None and ds.drug_truth is None:
                 t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
                                   "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
                 store.put("truth", t, format="table")
+            elif ds.drug_truth is not None:  # planted drugs: the table says each row's unit
+                store.put("truth", combine_truth(ds.truth, ds.drug_truth), format="table")
 
 
 def read_uno_responses(path: str) -> pd.DataFrame:
