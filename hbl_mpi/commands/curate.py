@@ -2,7 +2,7 @@
 
 Acts on the ranking: writes an Uno-format copy of the data without the K most harmful
 cells (``--drop``) or with only the K most beneficial (``--keep``: a small set for quick
-prototype studies), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
+prototype studies); for a ``partition = "drugs"`` run the unit is the drug (``units.py``), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
 impact, reason). The ordering (``--by``) is impact, resist (the ranking's score) or their
 combination; the default was chosen by the point-removal study (docs/findings.md §8).
 Everything is checked before anything is written: K in 1 .. cells - 1, the results made
@@ -20,8 +20,8 @@ def configure(p) -> None:
     p.add_argument("results", help="results.h5 written by `run` on DATA")
     p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells")
-    mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells")
+    mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells (drugs: a drugs-partition run)")
+    mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells (drugs: a drugs-partition run)")
     p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
                    help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings.md §8)")
     p.add_argument("--out", required=True, help="output Uno-format .h5 file")
@@ -41,6 +41,7 @@ def run(args) -> int:
     from hbl_mpi.core.errors import InputError
     from hbl_mpi.analysis.impact import add_impact, run_impact
     from hbl_mpi.analysis.ranking import rank_cells
+    from hbl_mpi.analysis.units import to_unit, unit_view
     from hbl_mpi.report.cells import diagnose_run, with_diagnosis
     from hbl_mpi.store.results import read_results
 
@@ -52,7 +53,9 @@ def run(args) -> int:
         raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
     if os.path.isdir(out):
         raise InputError(f"--out {args.out!r} is a directory")
-    run_ = read_results(args.results)
+    full = read_results(args.results)
+    unit = full.unit  # a drugs-partition run curates drugs
+    run_ = unit_view(full)
     ds = load_dataset(args.data)
     if run_.data_checksum and ds.checksum() != run_.data_checksum:
         raise InputError(f"{args.results!r} was not made from {args.data!r} (data checksums differ)")
@@ -60,24 +63,27 @@ def run(args) -> int:
     if args.by != "resist":
         result = run_impact(run_)
         if result is None:
-            raise InputError(f"{args.results!r} has no cell_test table (written before impact existed); "
+            raise InputError(f"{args.results!r} has no {unit}_test table (written before impact existed); "
                              "use --by resist or run again")
         ranking = add_impact(ranking, result)
     ranking = with_diagnosis(ranking, diagnose_run(run_, ranking))  # the reason names what is wrong
     n = len(ranking)
     if k >= n:
-        raise InputError(f"--{mode} K must be < the number of ranked cells ({n}); got {k}")
+        raise InputError(f"--{mode} K must be < the number of ranked {unit}s ({n}); got {k}")
     sel = curate_selection(ranking, args.by, k, mode)
     chosen = set(sel["cell"])
-    keep = [c for c in ds.cell_ids.astype(str) if (c in chosen) == (mode == "keep")]
-    sub = ds.subset_cells(keep)
+    ids = ds.drug_ids if unit == "drug" else ds.cell_ids
+    keep = [c for c in ids.astype(str) if (c in chosen) == (mode == "keep")]
+    sub = ds.subset_drugs(keep) if unit == "drug" else ds.subset_cells(keep)
+    sel = to_unit(sel, unit)
     table = csv_path(out, mode)
     try:
         write_uno(sub, out, seed=int(run_.config.get("seed", 0) or 0))
         replace_text(table, sel.to_csv(index=False))
     except WriteFailed as e:
         raise InputError(f"cannot write {e.path!r}{': disk full' if e.disk_full else ''}") from None
-    print(f"[hbl_mpi] curate: {mode} {k} of {n} cells by {args.by}: {sub.n_cells} cells, {sub.n_rows} rows "
+    left = sub.n_drugs if unit == "drug" else sub.n_cells
+    print(f"[hbl_mpi] curate: {mode} {k} of {n} {unit}s by {args.by}: {left} {unit}s, {sub.n_rows} rows "
           f"-> {out}")
-    print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} cells -> {table}")
+    print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} {unit}s -> {table}")
     return 0

@@ -28,7 +28,8 @@ def configure(p) -> None:
 def run(args) -> int:
     from hbl_mpi.core.errors import InputError
     from hbl_mpi.analysis.ranking import DEFAULT_METHOD, METHODS
-    from hbl_mpi.report.build import build, write
+    from hbl_mpi.report.build import write
+    from hbl_mpi.report.drugs import build_report
 
     method = args.method or DEFAULT_METHOD
     if method not in METHODS:
@@ -42,7 +43,7 @@ def run(args) -> int:
     if args.reference is not None and not os.path.isfile(args.reference):
         raise InputError(f"--reference {args.reference!r} does not exist")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results[0])), "report")
-    rep = build(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
+    rep = build_report(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
                 top=args.top, reference=args.reference, cells=args.cells)
     paths = write(rep, out)
     print(f"[hbl_mpi] report: {len(paths)} files in {out}")

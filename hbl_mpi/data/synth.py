@@ -269,9 +269,13 @@ def _plant_drugs(seed: int, spec: SynthSpec, h: np.ndarray, cell: np.ndarray, dr
         rows = np.flatnonzero(drug == d)
         if kd == "wrong_assay":  # another assay: its own random response function of the cells
             mix = rng.normal(size=(k, k)) / np.sqrt(k)
-            other = np.tanh(1.5 * h @ mix) @ rng.normal(size=k)
-            other = 1.2 * (other - other.mean()) / (other.std() or 1.0)
-            new = 1.0 / (1.0 + np.exp(-(rng.normal(0.0, 0.5) + other[cell[rows]])))
+            other = (np.tanh(1.5 * h @ mix) @ rng.normal(size=k))[cell[rows]]
+            # unrelated by construction: the part a line of the drug's own responses explains is removed
+            own = label[rows] - label[rows].mean()
+            other = other - other.mean()
+            other = other - own * (own @ other) / max(float(own @ own), 1e-12)
+            other = 1.2 * other / (other.std() or 1.0)
+            new = 1.0 / (1.0 + np.exp(-(rng.normal(0.0, 0.5) + other)))
             label[rows] = np.clip(new + rng.normal(0.0, spec.noise, size=len(rows)), 0.0, 1.0)
         elif kd == "drug_noise":  # labels of other drugs' rows: same marginal, unrelated to this drug
             label[rows] = label[rng.choice(clean_rows, size=len(rows), replace=True)]

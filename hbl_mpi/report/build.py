@@ -39,7 +39,8 @@ from hbl_mpi.report.impact import impact_sections
 from hbl_mpi.store.results import RunTables, read_results
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "misid": "#17becf", "": "#9e9e9e"}
+KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "misid": "#17becf", "": "#9e9e9e",
+                "wrong_assay": "#d62728", "drug_noise": "#9467bd", "drug_shift": "#ff7f0e"}
 LOSS_UNIT = "val_loss (MSE, label units²)"
 
 
@@ -226,7 +227,8 @@ def fig_trajectories(runs: list[RunTables]):
     return fig
 
 
-def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30, method: str = ""):
+def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30, method: str = "",
+                unit: str = "cell"):
     fig, axes = _figure(w=11.0, h=max(4.5, 0.18 * top + 1.2), ncols=2, width_ratios=[1.2, 1])
     kinds = dict(zip(truth["cell"], truth["kind"])) if truth is not None else {}
     t = ranking.head(top).iloc[::-1]
@@ -235,7 +237,7 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     ax.barh(np.arange(len(t)), t["score"], color=colours)
     ax.set_yticks(np.arange(len(t)), t["cell"], fontsize=7)
     ax.set_xlabel(f"score `{method}` (higher = more suspicious)")
-    ax.set_title(f"top {len(t)} cells")
+    ax.set_title(f"top {len(t)} {unit}s")
     ax.grid(axis="x", alpha=0.3)
     ax = axes[0, 1]
     s = ranking["score"].replace(-np.inf, np.nan).dropna()
@@ -254,9 +256,9 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     else:
         ax.hist(s, bins=bins, color="#1f77b4")
     ax.set_xlabel(f"score `{method}`")
-    ax.set_ylabel("cells")
-    ax.set_title("score distribution, all cells")
-    fig.suptitle("Cell ranking: cells whose held-out error stays high at every stage")
+    ax.set_ylabel(f"{unit}s")
+    ax.set_title(f"score distribution, all {unit}s")
+    fig.suptitle(f"{unit.capitalize()} ranking: {unit}s whose held-out error stays high at every stage")
     return fig
 
 
@@ -267,7 +269,7 @@ def _legend(ax, **kw) -> None:
         ax.legend(**kw)
 
 
-def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
+def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame, unit: str = "cell"):
     from sklearn.metrics import roc_curve
 
     fig, ax = _figure(w=6.0, h=5.0)
@@ -281,10 +283,10 @@ def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
             fpr, tpr, _ = roc_curve(y, s.to_numpy(dtype=float))
             ax.plot(fpr, tpr, color=PALETTE[i % len(PALETTE)], label=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate (clean cells flagged)")
-    ax.set_ylabel("true positive rate (planted cells found)")
+    ax.set_xlabel(f"false positive rate (clean {unit}s flagged)")
+    ax.set_ylabel(f"true positive rate (planted {unit}s found)")
     _legend(ax, fontsize=8, loc="lower right")
-    ax.set_title("Detection of the planted cells: ROC")
+    ax.set_title(f"Detection of the planted {unit}s: ROC")
     return fig
 
 
@@ -604,12 +606,14 @@ def load_runs(paths: list[str]) -> list[RunTables]:
 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
           method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
-          cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS) -> Report:
+          cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS,
+          runs: list[RunTables] | None = None) -> Report:
     """Read the runs and compute every table and figure (nothing is written here).
 
     ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
-    many top cells get a diagnosis page (``report_cells``)."""
-    runs = load_runs(paths)
+    many top cells get a diagnosis page (``report_cells``); ``runs``: the runs already read
+    (``report/drugs.py`` passes a drugs run's unit view with its own builders)."""
+    runs = load_runs(paths) if runs is None else runs
     if reference is not None and not os.path.isfile(reference):
         raise InputError(f"--reference {reference!r} does not exist")
     data_path = None
