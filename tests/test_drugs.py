@@ -204,8 +204,12 @@ def test_curate_drop_on_a_drugs_run_drops_drugs(drug_run, tmp_path):
 @pytest.mark.timeout(400)
 def test_drugs_partition_under_mpi_matches_serial_bit_for_bit(drug_run):
     root, cfg = drug_run
-    proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(root / "mpi")], timeout=360)
+    # 1.1's group held on a slow 1.1.1 (a sleep: the numbers don't change), so the other
+    # group must take 1.1's other children by MPI transfer
+    slow = ["--set", "fault_slow_nodes=['1.1.1']", "--set", "fault_slow_seconds=4.0"]
+    proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(root / "mpi"), *slow], timeout=360)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (pd.read_hdf(root / "mpi" / "results.h5", "nodes")["source"] == "group").any(), "no fork between groups"
     a, b = (pd.read_hdf(root / d / "results.h5", "nodes").set_index("node").sort_index() for d in ("serial", "mpi"))
     assert list(a.index) == list(b.index) and len(a) == 12
     for col in ("val_loss", "val_loss_last", "test_loss", "train_loss"):
