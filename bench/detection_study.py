@@ -1,11 +1,11 @@
 """Measure every candidate cell score (and the baselines) on synthetic data sets.
 
 This is how ``ranking.DEFAULT_METHOD`` was chosen and how the acceptance check was run
-(docs/findings.md). One call = one data set: generate it (``data synth`` with the given
+(docs/findings/detection.md). One call = one data set: generate it (``data synth`` with the given
 seed and overrides), train an HBL tree on it (``mpiexec -n RANKS python -m hbl_mpi run``),
 run the baselines (Isolation Forest x 2, K-fold OOF residuals, cleanlab) and write
 ``WORK/NAME/metrics.csv`` (one row per method and anomaly kind). ``--summary`` gathers
-every ``metrics.csv`` under WORK into the tables of docs/findings.md.
+every ``metrics.csv`` under WORK into the tables of docs/findings/detection.md.
 
 Training takes the heavy-run lock (``flock`` on /tmp/hbl_heavy.lock) so measurements on
 the shared machine do not overlap; the timings in the CSV are then meaningful.

@@ -129,7 +129,7 @@ def _ddp_rank(rank: int, world: int, port: int, args) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from hbl_mpi.train.trainer import derive_seed
+    from hbl_mpi.core.seeding import derive_seed
     from hbl_mpi.uno import build_model
 
     torch.set_num_threads(1)

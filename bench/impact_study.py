@@ -1,4 +1,4 @@
-"""Does acting on a ranking help? Point removal and retraining on random halves (docs/findings.md §8).
+"""Does acting on a ranking help? Point removal and retraining on random halves (docs/findings/impact.md §8).
 
 For one data set: synthetic with planted truth, or real (``--tree`` with a finished tree on,
 e.g., GDSC2: no truth, so no oracle; every cell counts as clean and the study reports each
@@ -107,7 +107,7 @@ class Retrainer:
     def __init__(self, ds, cfg, max_epochs: int, patience: int):
         import torch
 
-        from hbl_mpi.run.context import resolve_device
+        from hbl_mpi.train.device import resolve_device
         from hbl_mpi.tree.plan import PlanSpec, plan_for
         from hbl_mpi.train.flat_state import TrainState
         from hbl_mpi.train.device_tables import DeviceTables
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     os.makedirs(args.work, exist_ok=True)
 
     from hbl_mpi.analysis.baselines import config_from_dict
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.store.results import read_results
 
     t_start = time.perf_counter()

@@ -3,7 +3,7 @@
     python bench/paper_findings.py /tmp/strat/{F-20,F-10,LINE,SQRT,EXP2}/results.h5
 
 Every number comes from ``hbl_mpi.analysis.paper_stats`` (the same functions the report uses); this
-script only lays them out as the table of docs/findings.md. The paper's numbers are
+script only lays them out as the table of docs/findings/paper.md. The paper's numbers are
 quoted from seeds/high-bypass-learning.md (Figs. 8-13, Table 2).
 """
 

@@ -1,4 +1,4 @@
-"""How noisy are the impact estimator's sibling contrasts, and what makes them so? (docs/findings.md §8.8)
+"""How noisy are the impact estimator's sibling contrasts, and what makes them so? (docs/findings/impact.md §8.8)
 
 The impact estimate (``impact.py``) reads the difference between siblings, which share
 their parent's state and all but one validation group of data. Whatever else differs
@@ -149,7 +149,8 @@ def chaos(work: str, data: str, seed: int, sets: dict, node: str, removals: list
     import torch
 
     from hbl_mpi.core.config import load_config
-    from hbl_mpi.run.context import RunContext, load_dataset
+    from hbl_mpi.run.context import RunContext
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.tree.plan import NodeRows, parent_of
     from hbl_mpi.train.trainer import train_node
 
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-m", "hbl_mpi", "data", "synth", "--seed", str(args.seed), "--cells",
                         str(args.cells), "--drugs", str(args.drugs), *args.synth, "--out", data], check=True,
                        stdout=subprocess.DEVNULL)
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
 
     truth = load_dataset(data).truth
     common = dict(parse_variant("x:" + ",".join(args.sets))[1]) if args.sets else {}

@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 TOP21_ROWS = 529_940
-TOP21_CELLS = 1_000  # hbl_mpi.data.synth PRESETS["top21"], DESIGN §2.1 (~1,000 cells)
+TOP21_CELLS = 1_000  # hbl_mpi.data.synth PRESETS["top21"], docs/design.md §2.1 (~1,000 cells)
 TOP21_DRUGS = 800
 TOP21_WIDTHS = (942, 5270)
 VARIANTS = ("trainer", "dataloader", "batched")

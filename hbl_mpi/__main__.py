@@ -13,7 +13,7 @@ import sys
 
 from hbl_mpi import __version__
 from hbl_mpi.core.atomic import WriteFailed
-from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
+from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",
@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except InputError as e:
-        print(f"hbl_mpi: error: {e}", file=sys.stderr)
+        print(error_line(str(e)), file=sys.stderr)
         return EXIT_INPUT
     except WriteFailed as e:  # the file it names was left as it was (atomic.py)
-        print(f"hbl_mpi: fatal: {e.strerror}; the previous file (if any) is unchanged: "
-              "free space and run the command again", file=sys.stderr)
+        print(fatal_line(f"{e.strerror}; the previous file (if any) is unchanged: "
+                         "free space and run the command again"), file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         if _world_rank() == 0:  # under MPI every rank gets the SIGINT: one line for the job

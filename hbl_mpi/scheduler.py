@@ -28,9 +28,9 @@ from mpi4py import MPI
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.run.context import RunContext
-from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
 from hbl_mpi.runtime.faults import maybe_crash
-from hbl_mpi.run.lifecycle import Ledger, NodeResult
+from hbl_mpi.run.lifecycle import Ledger
 from hbl_mpi.runtime.liveness import RankGone, StallRule, WorkerStalled, describe_death, process_state, stalled
 from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
                        WorkerFatal)
@@ -109,8 +109,7 @@ class Scheduler:
             raise RuntimeError(f"protocol error: group {rep.group} reported {rep.node}, was running {node}")
         self.free.append(rep.group)
         self.free.sort()
-        result = NodeResult(rep.node, rep.ok, rep.result, rep.error)
-        stop = self.ledger.finish(result, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
+        stop = self.ledger.finish(rep, group=rep.group, rank=self.topo.groups[rep.group][0], start=start,
                                   source=source, where=f" on group {rep.group}")
         self.recent_task_s.append(stop - start)
         if self.ledger.created:  # adaptive: a round ran and created nodes
@@ -189,12 +188,12 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
     try:
         return Scheduler(ctx, topo, comm, writer, done_before).run()
     except WriteFailed as e:  # the results file kept its last good version: say what it holds
-        abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {write_failed_line(e, ctx.cfg.out, writer)}")
+        abort_job(comm, EXIT_FATAL, fatal_line(write_failed_line(e, ctx.cfg.out, writer), rank=0))
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
                                                    else f"{type(e).__name__}: {e}")
-        print(f"hbl_mpi: fatal: rank 0: {cause}", file=sys.stderr, flush=True)
+        print(fatal_line(cause, rank=0), file=sys.stderr, flush=True)
         try:
             writer.flush()
             print(f"hbl_mpi: results so far are in {writer.path}; rerun with --restart to continue",

@@ -7,7 +7,7 @@ No tensor is pickled, nothing touches the filesystem.
 
 Waiting never spins a core: requests are completed with ``Test`` and a sleep back-off
 (``Backoff``: 1 us doubling to 1 ms). With the pip ``mpich`` wheel a blocking ``Recv`` burns a
-whole core while it waits (DESIGN §5); on a 2-core machine running 4 ranks that halves
+whole core while it waits (docs/design.md §5); on a 2-core machine running 4 ranks that halves
 everyone else's training speed. A holder that is training keeps its pending sends
 moving by calling ``OutgoingStates.progress`` from the trainer's ``poll`` hook.
 
@@ -17,9 +17,6 @@ through one pinned host buffer per held state.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +24,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from hbl_mpi.runtime.backoff import Backoff, wait_all
+from hbl_mpi.runtime.cuda_mpi import cuda_aware
 from hbl_mpi.runtime.messages import TAG_STATE_BASE, TAG_STATE_SPAN
 from hbl_mpi.train.flat_state import ModelState
 
@@ -37,88 +36,6 @@ def state_tags(transfer_id: int) -> tuple[int, int]:
     """(header tag, buffer tag) of one transfer: distinct for concurrent transfers."""
     base = TAG_STATE_BASE + 2 * (transfer_id % TAG_STATE_SPAN)
     return base, base + 1
-
-
-@dataclass
-class Backoff:
-    """Sleep 1 us, doubling to 1 ms, between polls; ``reset`` after any progress.
-
-    The cap trades wake-up latency against idle CPU: at 1 ms an idle rank costs about 1 %
-    of a core (asserted in tests/test_transfer_mpi.py) and reacts within 1 ms, the same
-    latency as mpi4py.futures' default back-off. The start is tiny, as in mpi4py.futures
-    (0, then cap/1024): a reply already on its way (an assignment right after a report)
-    is caught by the first few polls (each sleep lasts at least the kernel's ~50 us timer
-    slack) instead of after a 50 us, 100 us, ... ladder. Starting at 50 us instead gave
-    2.2x fewer empty tasks/s in bench/schedule.py (1,250-1,420 vs 2,720-3,780), and the
-    ramp to the cap still takes ~1 ms, so idle CPU is unchanged.
-    """
-
-    start: float = 1e-6
-    limit: float = 1e-3
-    delay: float = field(default=1e-6, init=False)
-
-    def __post_init__(self):
-        self.delay = self.start
-
-    def sleep(self) -> None:
-        time.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.limit)
-
-    def reset(self) -> None:
-        self.delay = self.start
-
-
-def wait_all(requests: list, poll: Callable[[], None] | None = None, backoff: Backoff | None = None) -> None:
-    """Complete ``requests`` without spinning, calling ``poll`` between tests."""
-    backoff = backoff or Backoff()
-    while not MPI.Request.Testall(requests):
-        if poll is not None:
-            poll()
-        backoff.sleep()
-
-
-_cuda_aware_cache: bool | None = None
-
-
-def _loaded_mpi_libraries() -> list[str]:
-    """Paths of the MPI libraries mapped into this process (mpi4py loads libmpi privately,
-    so its symbols are not in the global namespace that ``ctypes.CDLL(None)`` sees)."""
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rsplit(None, 1)[-1]
-                name = os.path.basename(path)
-                if name.startswith(("libmpi.", "libmpi_", "libmpich")) and path not in paths:
-                    paths.append(path)
-    except OSError:
-        pass
-    return paths
-
-
-def cuda_aware() -> bool:
-    """Whether the MPI library takes CUDA device pointers.
-
-    ``HBL_CUDA_AWARE=0|1`` overrides; otherwise ask ``MPIX_Query_cuda_support`` (Open MPI
-    and MPICH both export it) in the libmpi this process loaded. False when unknown:
-    staging through pinned host memory is always correct.
-    """
-    global _cuda_aware_cache
-    env = os.environ.get("HBL_CUDA_AWARE")
-    if env is not None:
-        return env.strip() not in ("", "0", "false", "no")
-    if _cuda_aware_cache is None:
-        _cuda_aware_cache = False
-        for path in _loaded_mpi_libraries():
-            try:
-                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-                fn = lib.MPIX_Query_cuda_support
-            except (AttributeError, OSError):
-                continue
-            fn.restype = ctypes.c_int
-            _cuda_aware_cache = bool(fn())
-            break
-    return _cuda_aware_cache
 
 
 def _mpi_buffer(t: torch.Tensor):

@@ -1,4 +1,4 @@
-"""The Uno drug-response model (DESIGN §4), as CANDLE's Uno builds it.
+"""The Uno drug-response model (docs/design.md §4), as CANDLE's Uno builds it.
 
 One encoder per feature group (cell expression; drug descriptors; drug fingerprints when
 present), each a stack of Dense + ReLU (+ dropout) layers; the encodings are concatenated

@@ -20,6 +20,7 @@ reports to rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import traceback
@@ -27,14 +28,13 @@ import traceback
 from mpi4py import MPI
 
 from hbl_mpi.runtime.abort import abort_job
-from hbl_mpi.checkpoint import open_checkpointing
 from hbl_mpi.run.context import RunContext
-from hbl_mpi.core.errors import EXIT_FATAL
+from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
 from hbl_mpi.runtime.faults import maybe_crash
 from hbl_mpi.runtime.grad_sync import GroupComm
 from hbl_mpi.run.lifecycle import NodeRunner
 from hbl_mpi.runtime.liveness import RankGone, describe_death
-from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, NodeReport, Release, SendState, Stop,
+from hbl_mpi.runtime.messages import (TAG_CTRL, TAG_REPORT, Assign, Release, SendState, Stop,
                        WorkerFatal)
 from hbl_mpi.tree.policy import Source
 from hbl_mpi.train.flat_state import ModelState, TrainState
@@ -58,7 +58,7 @@ class Worker:
         agree = (lambda epoch: group_comm.allgather(epoch)) if self.group is not None else None
         say = (lambda m: print(f"{m} (rank {topo.rank})", flush=True)) if topo.is_leader else (lambda m: None)
         self.runner = NodeRunner(ctx, self.outgoing,
-                                 checkpoints=open_checkpointing(ctx, write=topo.is_leader, agree=agree, log=say),
+                                 checkpoints=ctx.open_checkpointing(write=topo.is_leader, agree=agree, log=say),
                                  group=self.group, poll=self.poll, rank=topo.rank)
 
     # ---- control messages ------------------------------------------------------
@@ -123,7 +123,7 @@ class Worker:
         finally:
             self._busy = False
         if self.topo.is_leader:
-            report = NodeReport(msg.node, self.topo.group, result.ok, result=result.payload, error=result.error)
+            report = dataclasses.replace(result, group=self.topo.group)
             self.comm.send(report, dest=0, tag=TAG_REPORT)
         self.nodes_finished += 1
         maybe_crash(self.ctx.cfg, self.topo.rank, self.nodes_finished)
@@ -149,7 +149,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
         interrupted = isinstance(e, KeyboardInterrupt)
         msg = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
         if not interrupted:
-            print(f"hbl_mpi: fatal: rank {topo.rank}: {msg}", file=sys.stderr, flush=True)
+            print(fatal_line(msg, rank=topo.rank), file=sys.stderr, flush=True)
         try:
             if not isinstance(e, RankGone):
                 if not interrupted:

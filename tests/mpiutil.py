@@ -73,17 +73,18 @@ def job_pids(marker: str) -> list[int]:
 
 
 def run_mpi_timed(n: int, args: list[str], marker: str, timeout: float = 120, cwd=None,
-                  mpiexec_args: list[str] = ()) -> TimedRun:
+                  mpiexec_args: list[str] = (), lines: list | None = None) -> TimedRun:
     """``mpiexec [mpiexec_args] -n n python args...`` with every output line timestamped.
 
     ``marker`` is a string unique to this job's command line (its --out path): the run
     ends only when no process carrying it remains, so a rank left behind by the launcher
     counts. On timeout every such process is killed (by pid) and TimeoutExpired raised.
+    ``lines``: a list to fill as lines arrive (another thread may wait on an output line).
     """
     cmd = [mpiexec(), *mpiexec_args, "-n", str(n), sys.executable, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(),
                             cwd=cwd)
-    lines: list[tuple[float, str, str]] = []
+    lines = [] if lines is None else lines
 
     def read(stream, name):
         for line in stream:

@@ -9,7 +9,7 @@ line is printed once, by rank 0, not once per rank, and the job ends (a timeout 
 
 Other test files check many of these piecemeal (test_config, test_data, test_cli); this
 is the one list of them all. Ids with the node separator (``.``) or non-ASCII letters are
-*valid* (DESIGN §1-2 puts no limit on id strings; nodes are named by path, never by cell
+*valid* (docs/design.md §1-2 puts no limit on id strings; nodes are named by path, never by cell
 id): those cases must run to completion, and are checked at the end.
 """
 
@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from faultutil import RunsCode
+from conftest import run_main
 from mpiutil import run_mpi, run_py
 
 BASE = """
@@ -291,7 +292,22 @@ def check_rejected(proc, expected: str, before: dict, tmp: Path) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_serial(name, tmp_path, good_h5):
+def test_bad_input_serial(name, tmp_path, good_h5, monkeypatch):
+    """In process (``conftest.run_main``): the same ``main`` as ``python -m hbl_mpi``,
+    without an interpreter and torch start-up per case."""
+    args = setup_case(name, tmp_path, good_h5)
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(["run", *args, "--serial"])
+    check_rejected(proc, CASES[name][3], before, tmp_path)
+    assert proc.stdout == ""
+
+
+@pytest.mark.timeout(60)
+def test_bad_input_serial_as_a_process(tmp_path, good_h5):
+    """One case through ``python -m hbl_mpi`` itself: the in-process cases above see what a
+    user's shell sees."""
+    name = next(iter(CASES))
     args = setup_case(name, tmp_path, good_h5)
     before = snapshot(tmp_path)
     proc = run_py(["-m", "hbl_mpi", "run", *args, "--serial"], timeout=50, cwd=tmp_path)
@@ -311,7 +327,8 @@ MPI_CASES = {
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("name", list(MPI_CASES))
+@pytest.mark.parametrize("name", [n if n in ("malformed TOML", "NaN label") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in MPI_CASES])
 def test_bad_input_mpi_one_message_no_hang(name, tmp_path, good_h5):
     lines, expected = MPI_CASES[name]
     shutil.copy(good_h5, tmp_path / "data.h5")
@@ -353,7 +370,7 @@ def test_ids_with_node_separator_and_unicode_run(tmp_path):
 
 
 def test_labels_outside_their_range_are_read_with_one_warning(tmp_path, good_h5):
-    """AUC is declared in [0, 1] (DESIGN §1): rows beyond it are used, with a warning that
+    """AUC is declared in [0, 1] (docs/design.md §1): rows beyond it are used, with a warning that
     names their count (fitted AUCs slightly above 1 exist in real screens)."""
     data = tmp_path / "data.h5"
     shutil.copy(good_h5, data)

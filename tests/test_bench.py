@@ -24,6 +24,7 @@ def last_json(proc) -> dict:
     return json.loads(lines[-1])
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(60)
 def test_train_bench_tiny():
     rows, batch = 1024, 64
@@ -47,6 +48,7 @@ def test_train_bench_tiny():
         assert v[name]["train_rows"] == 3 * batch and v[name]["samples_per_s"] > 0
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(60)
 def test_fork_bench_tiny():
     res = last_json(run_mpi(3, [str(ROOT / "bench/fork.py"), "--params", "200000", "--reps", "2"], timeout=55))
@@ -62,6 +64,7 @@ def test_fork_bench_needs_three_ranks():
     assert proc.returncode != 0 and "3 ranks" in proc.stderr
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(90)
 def test_schedule_bench_tiny():
     res = last_json(run_mpi(3, [str(ROOT / "bench/schedule.py"), "--n", "2", "--s", "3", "--scale", "0.01"],
@@ -73,6 +76,7 @@ def test_schedule_bench_tiny():
     assert 0 < res["busy_fraction"] <= 1.0
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(60)
 def test_simulate_small_machines(tmp_path):
     png = tmp_path / "load.png"
@@ -127,6 +131,7 @@ def tiny_h5(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(300)
 def test_group_bench_tiny():
     res = last_json(run_py([str(ROOT / "bench/group.py"), "--presets", "tiny", "--reps", "1", "--steps", "3",
@@ -141,6 +146,7 @@ def test_group_bench_tiny():
     assert ours["final_loss"] == pytest.approx(single["final_loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(300)
 def test_file_workflow_bench_tiny(tiny_h5, tmp_path):
     sets = [f"data='{tiny_h5}'", "n=2", "s=2", "strategy='flat:1'", "model='tiny'", "batch_size=64"]
@@ -156,6 +162,7 @@ def test_file_workflow_bench_tiny(tiny_h5, tmp_path):
     assert res["ours_per_node"]["sources"].get("fresh") == 2
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(400)
 def test_startup_bench_tiny(tiny_h5, tmp_path):
     res = last_json(run_py([str(ROOT / "bench/startup.py"), "--data", str(tiny_h5), "--ranks", "3", "--preset", "tiny",
@@ -170,6 +177,7 @@ def test_startup_bench_tiny(tiny_h5, tmp_path):
     assert res["one_table_copy_per_worker"] is True
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(900)
 def test_impact_study_tiny(tmp_path):
     """The point-removal / LDS study end to end at a toy size (no TracIn: dattri is optional)."""
@@ -185,6 +193,7 @@ def test_impact_study_tiny(tmp_path):
     assert res["retrain_row_epochs"] > 0
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(300)
 def test_sibling_noise_tiny(tmp_path):
     """Noise floors per variant; the chaos check's control (no row removed) moves nothing."""
@@ -250,6 +259,7 @@ def test_impact_study_reads_the_targets_paired_against_every_baseline():
                                                        0.2) == {}
 
 
+@pytest.mark.slow  # a benchmark smoke run
 @pytest.mark.timeout(300)
 def test_impact_study_on_a_finished_tree_without_truth(tmp_path):
     """The GDSC path (issue 13 part c): an existing tree, data with no planted cells."""

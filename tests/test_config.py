@@ -1,8 +1,8 @@
-"""Run configuration: TOML + ``--set``, one-line InputErrors, and the declarations the README shows.
+"""Run configuration: TOML + ``--set``, one-line InputErrors, and the declarations docs/configuration.md shows.
 
-(tests/test_readme.py checks that every line of ``readme_key_table()`` appears in the
-README; here: that the README's table is exactly that table, nothing stale added, and
-that the declarations behind it are complete.)
+(tests/test_readme.py checks that every line of ``readme_key_table()`` appears in
+docs/configuration.md; here: that its table is exactly that table, nothing stale added,
+and that the declarations behind it are complete.)
 """
 
 from __future__ import annotations
@@ -182,11 +182,11 @@ def test_validate_accepts_every_default():
     assert cfg.epoch_strategy.table(cfg.s) == [20, 10, 5]  # EXP2, E=20, S=3
 
 
-# ------------------------------------------------------- declarations/README --
+# ----------------------------------------------- declarations/configuration.md --
 
 def test_every_key_is_documented_and_checks_name_real_keys():
     names = [f.name for f in dataclasses.fields(RunConfig)]
-    assert list(DOCS) == names  # same keys, README in declaration order
+    assert list(DOCS) == names  # same keys, the doc's table in declaration order
     assert all(DOCS[k].strip() and "\n" not in DOCS[k] for k in names)
     assert set(CHOICES) <= set(names) and set(MINIMUM) <= set(names)
     defaults = RunConfig()
@@ -195,8 +195,8 @@ def test_every_key_is_documented_and_checks_name_real_keys():
         assert all(c in DOCS[key] for c in choices if key not in ("model", "ckpt_save_best_metric")), key
 
 
-def test_readme_key_table_is_exactly_the_generated_one():
-    readme = (ROOT / "README.md").read_text().splitlines()
+def test_configuration_doc_key_table_is_exactly_the_generated_one():
+    readme = (ROOT / "docs/configuration.md").read_text().splitlines()
     table = readme_key_table().splitlines()
     start = readme.index(table[0])
     block = []
@@ -204,5 +204,5 @@ def test_readme_key_table_is_exactly_the_generated_one():
         if not line.startswith("|"):
             break
         block.append(line)
-    assert block == table, "README key table differs from hbl_mpi.core.config.readme_key_table() (regenerate it)"
+    assert block == table, "docs/configuration.md key table differs from hbl_mpi.core.config.readme_key_table() (regenerate it)"
     assert len(table) == 2 + len(dataclasses.fields(RunConfig))

@@ -5,26 +5,27 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mpiutil import run_py
-from tinyrun import write_3x2_run  # the same tiny tree as test_run_mpi (3 x 2 stages, tiny model)
+from conftest import run_main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(reference_3x2, tmp_path_factory):
+    """This module's folder: other.h5 (other data), r/results.h5 and tiny.h5 (the shared
+    3 x 2 reference run and its data, copied: curate reads them, tests write beside them)."""
+    import shutil
+
     from hbl_mpi.data import synthesize, write_uno
 
     root = tmp_path_factory.mktemp("curate")
-    write_3x2_run(root)  # root/tiny.h5 and root/run.toml
+    (root / "r").mkdir()
+    shutil.copy(reference_3x2.out / "results.h5", root / "r" / "results.h5")
+    shutil.copy(reference_3x2.root / "tiny.h5", root / "tiny.h5")
     write_uno(synthesize("small", seed=9, cells=36, drugs=10), str(root / "other.h5"))
-    proc = run_py(["-m", "hbl_mpi", "run", str(root / "run.toml"), "--serial", "--out", str(root / "r")],
-                  timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
 def curate(root, *args):
-    return run_py(["-m", "hbl_mpi", "curate", str(root / "r" / "results.h5"), "--data", str(root / "tiny.h5"),
-                   *args], timeout=120)
+    return run_main(["curate", root / "r" / "results.h5", "--data", root / "tiny.h5", *args])
 
 
 @pytest.mark.timeout(600)
@@ -75,8 +76,8 @@ def test_bad_k_exits_2_with_one_line(run_dir, args, message):
 @pytest.mark.timeout(600)
 def test_results_from_other_data_are_refused(run_dir):
     out = run_dir / "bad.h5"
-    proc = run_py(["-m", "hbl_mpi", "curate", str(run_dir / "r" / "results.h5"), "--data",
-                   str(run_dir / "other.h5"), "--drop", "2", "--out", str(out)], timeout=120)
+    proc = run_main(["curate", run_dir / "r" / "results.h5", "--data", run_dir / "other.h5", "--drop", "2",
+                     "--out", out])
     assert proc.returncode == 2 and "checksums differ" in proc.stderr and not out.exists()
 
 

@@ -1,20 +1,21 @@
 """Adaptive expansion: the pure rule, the dynamic plan, and the runs it grows.
 
 The rule (``expansion.choose``/``Expander``) is tested on hand-made inputs whose answer is
-known; the plan's growth keeps DESIGN §3's invariants; serial, ``-n 2`` and ``-n 5`` runs
+known; the plan's growth keeps docs/design.md §3's invariants; serial, ``-n 2`` and ``-n 5`` runs
 grow the same tree with the same numbers, equal to the full tree's rows for those nodes;
 ``--restart`` continues an adaptive run to the uninterrupted run's table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import compare
+from compare import assert_same_nodes
 from hbl_mpi.__main__ import main
 from hbl_mpi.core.config import EXPAND_SCORES, RunConfig
 from hbl_mpi.core.epochs import parse_strategy
@@ -39,7 +40,6 @@ threads = 1
 flush_seconds = 0.0
 """
 ADAPTIVE = 'expand = "adaptive"\nexpand_budget = 0.4\n'
-COMPARED = ("val_loss", "val_loss_last", "test_loss", "train_loss")
 SAME = ("epochs_run", "steps", "start_checksum", "inherit_checksum", "status", "expanded_by")
 
 
@@ -165,10 +165,7 @@ def runs(tmp_path_factory):
 
 def _same(a: pd.DataFrame, b: pd.DataFrame, cols=SAME) -> None:
     assert list(a.index) == list(b.index)
-    for c in COMPARED:
-        np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy(), err_msg=c)
-    for c in cols:
-        assert list(a[c]) == list(b[c]), c
+    assert_same_nodes(a, b, extra=tuple(c for c in cols if c not in compare.SAME))
 
 
 def test_adaptive_run_is_a_subtree_of_the_full_run_with_its_numbers(runs):
@@ -201,7 +198,7 @@ def test_full_is_todays_tree(runs):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("ranks", [2, 5])
+@pytest.mark.parametrize("ranks", [2, pytest.param(5, marks=pytest.mark.slow)])
 def test_mpi_grows_the_serial_tree_bit_for_bit(runs, ranks):
     root, ada, _, serial = runs
     out = root / f"mpi{ranks}"

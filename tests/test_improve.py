@@ -1,4 +1,4 @@
-"""IMPROVE benchmark layout (DESIGN §2.4): a small fixture in the exact layout improvelib reads,
+"""IMPROVE benchmark layout (docs/design.md §2.4): a small fixture in the exact layout improvelib reads,
 with its quirks (three gene header rows, an empty header cell, a repeated gene symbol, ids
 present in one file only, duplicated (source, sample, drug) rows, Mordred error strings),
 round-tripped through ``data improve`` and checked against a plain pandas reading of the TSVs.

@@ -44,6 +44,7 @@ def test_cache_is_the_same_data(files):
     assert npz.stat().st_size < h5.stat().st_size / 5  # no duplicated rows
 
 
+@pytest.mark.slow  # default tier: test_cache_is_the_same_data (same tables and checksum)
 @pytest.mark.timeout(300)
 def test_run_on_the_cache_gives_the_same_nodes(files):
     root, h5, npz = files

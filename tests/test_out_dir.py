@@ -139,6 +139,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # default tier: the full-disk flush tests above, in process
 @pytest.mark.timeout(240)
 def test_run_on_full_disk_exits_4_then_restarts(case):
     """ENOSPC from the 4th flush on: exit 4, one line naming the file and what it holds;
@@ -178,6 +179,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # default tier: the full-disk flush tests above, in process
 @pytest.mark.timeout(300)
 def test_run_on_a_real_full_tmpfs(case):
     """An honest full disk: OUT is an 8 MB tmpfs (mounting needs root) that a filler file

@@ -24,12 +24,12 @@ import textwrap
 import threading
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from hbl_mpi.__main__ import main
 from mpiutil import mpi_env, mpiexec, run_py
+from compare import assert_same_nodes
 from tinyrun import write_3x2_run
 
 NODES = [f"1.{a}" for a in (1, 2, 3)] + [f"1.{a}.{b}" for a in (1, 2, 3) for b in (1, 2, 3)]
@@ -42,27 +42,18 @@ class Killed(BaseException):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("restart")
-    cfg = write_3x2_run(root)
-    assert main(["run", str(cfg), "--serial", "--out", str(root / "reference")]) == 0
-    reference = pd.read_hdf(root / "reference" / "results.h5", "nodes").set_index("node")
-    assert sorted(reference.index) == sorted(NODES)
-    return root, cfg, reference
+def setup(reference_3x2, tmp_path_factory):
+    """(a folder of this module's own, the shared 3 x 2 config, its serial node table)."""
+    assert sorted(reference_3x2.nodes.index) == sorted(NODES)
+    return tmp_path_factory.mktemp("restart"), reference_3x2.cfg, reference_3x2.nodes
 
 
 def compare(reference: pd.DataFrame, out) -> pd.DataFrame:
     """The restarted run's table equals the uninterrupted one; returns it (indexed by node)."""
     nodes = pd.read_hdf(os.path.join(out, "results.h5"), "nodes")
     assert nodes["node"].is_unique, nodes["node"].tolist()  # every node exactly once
-    nodes = nodes.set_index("node")
-    assert sorted(nodes.index) == sorted(reference.index)
-    nodes = nodes.loc[reference.index]
+    nodes = assert_same_nodes(reference, nodes.set_index("node"), extra=("best_epoch", "stopped_early"))
     assert (nodes["status"] == "done").all()
-    for col in ("val_loss", "val_loss_last", "test_loss", "train_loss"):
-        np.testing.assert_array_equal(nodes[col].to_numpy(), reference[col].to_numpy(), err_msg=col)
-    for col in ("epochs_run", "best_epoch", "steps", "stopped_early", "start_checksum", "inherit_checksum"):
-        assert list(nodes[col]) == list(reference[col]), col
     history = pd.read_hdf(os.path.join(out, "results.h5"), "history")
     assert not history.duplicated(["node", "epoch"]).any()
     assert len(history) == int(reference["epochs_run"].sum())
@@ -134,6 +125,7 @@ def _launch(cmd, env, out):
     return proc, lines, started
 
 
+@pytest.mark.slow  # default tier: the serial SIGKILL mid-node and interrupted-restart variants below
 @pytest.mark.timeout(240)
 def test_kill9_mpiexec_at_random_times_then_restart(setup, tmp_path):
     root, cfg, reference = setup

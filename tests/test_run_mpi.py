@@ -10,29 +10,16 @@ import pandas as pd
 import pytest
 
 from mpiutil import run_mpi, run_py
-from tinyrun import write_3x2_run
+from compare import assert_same_nodes
 
 TIMING = {"start", "stop", "train_s", "transfer_s", "seconds"}
 """Columns that measure time: they differ between any two runs."""
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mpi_e2e")
-    cfg = write_3x2_run(root)
-    serial = root / "serial"
-    proc = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(serial)], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, cfg, pd.read_hdf(serial / "results.h5", "nodes").set_index("node")
-
-
-def _compare(reference: pd.DataFrame, other: pd.DataFrame) -> None:
-    assert sorted(other.index) == sorted(reference.index)
-    other = other.loc[reference.index]
-    for col in ("val_loss", "val_loss_last", "test_loss", "train_loss"):
-        np.testing.assert_array_equal(other[col].to_numpy(), reference[col].to_numpy(), err_msg=col)
-    for col in ("epochs_run", "steps", "start_checksum", "inherit_checksum", "status"):
-        assert list(other[col]) == list(reference[col]), col
+def tiny_run(reference_3x2, tmp_path_factory):
+    """(a folder of this module's own, the shared config, the serial reference's nodes)."""
+    return tmp_path_factory.mktemp("mpi_e2e"), reference_3x2.cfg, reference_3x2.nodes
 
 
 def _compare_table(reference_path, other_path, key: str, order: list[str]) -> None:
@@ -46,7 +33,7 @@ def _compare_table(reference_path, other_path, key: str, order: list[str]) -> No
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("ranks", [2, 3, 5])
+@pytest.mark.parametrize("ranks", [2, 3, pytest.param(5, marks=pytest.mark.slow)])
 def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     root, cfg, reference = tiny_run
     out = root / f"mpi{ranks}"
@@ -59,10 +46,10 @@ def test_mpi_matches_serial_bit_for_bit(tiny_run, ranks):
     assert nodes["node"].is_unique  # every plan node exactly once
     plan = pd.read_hdf(out / "results.h5", "plan")
     assert set(nodes["node"]) == set(plan["node"])
-    _compare(reference, nodes.set_index("node"))
+    assert_same_nodes(reference, nodes.set_index("node"))
     for key, order in (("history", ["node", "epoch"]), ("cell_val", ["node", "cell"]), ("cell_test", ["node", "cell"]),
                        ("plan", ["node", "cell"]), ("truth", ["cell"])):
-        _compare_table(root / "serial" / "results.h5", out / "results.h5", key, order)
+        _compare_table(cfg.parent / "serial" / "results.h5", out / "results.h5", key, order)
     if ranks > 2:
         assert (nodes["source"] == "group").any(), "no fork went between groups"
     assert "rank 0 CPU" in proc.stdout
@@ -96,10 +83,11 @@ def test_group_of_two_matches_one_rank_within_tolerance(tiny_run, tmp_path):
     assert list(a["steps"]) == list(b["steps"])
 
 
+@pytest.mark.slow  # default tier: the family order tests in test_trainer.py and the 2- and 3-rank bit-for-bit runs
 @pytest.mark.timeout(400)
 def test_family_batch_order_under_mpi_matches_serial(tmp_path):
     """Siblings trained on different ranks share their parent's shuffle: the MPI run still
-    reproduces the serial one bit for bit (the low-noise impact settings, findings §8.8)."""
+    reproduces the serial one bit for bit (the low-noise impact settings, docs/findings/impact.md §8.8)."""
     from tinyrun import write_tiny_run
 
     cfg = write_tiny_run(tmp_path, tree={"n": 3, "s": 2, "strategy": "exp2:3"}, synth={"cells": 36, "drugs": 10},
@@ -108,8 +96,8 @@ def test_family_batch_order_under_mpi_matches_serial(tmp_path):
     assert serial.returncode == 0, serial.stderr[-3000:]
     proc = run_mpi(3, ["-m", "hbl_mpi", "run", str(cfg), "--out", str(tmp_path / "mpi")], timeout=360)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    _compare(pd.read_hdf(tmp_path / "serial" / "results.h5", "nodes").set_index("node"),
-             pd.read_hdf(tmp_path / "mpi" / "results.h5", "nodes").set_index("node"))
+    assert_same_nodes(pd.read_hdf(tmp_path / "serial" / "results.h5", "nodes").set_index("node"),
+                      pd.read_hdf(tmp_path / "mpi" / "results.h5", "nodes").set_index("node"))
     for key, order in (("history", ["node", "epoch"]), ("cell_test", ["node", "cell"])):
         _compare_table(tmp_path / "serial" / "results.h5", tmp_path / "mpi" / "results.h5", key, order)
     default = pd.read_hdf(tmp_path / "serial" / "results.h5", "nodes")

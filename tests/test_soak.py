@@ -61,6 +61,7 @@ def rerun_nodes(out) -> set[str]:
         return set(json.load(f)["rerun"])
 
 
+@pytest.mark.slow  # each fault kind has its own default-tier test in test_faults.py
 @pytest.mark.timeout(900)
 def test_soak_random_faults(tmp_path):
     cfg = write_config(tmp_path)

@@ -38,19 +38,23 @@ def test_sigstopped_worker_ends_the_job_with_exit_4(tmp_path):
     marker = str(tmp_path / "stall_out")
     result, stopped = {}, {}
 
+    lines: list = []
+
     def launch():
         result["run"] = run_mpi_timed(3, ["-m", "hbl_mpi", "run", "run.toml", "--out", marker], marker,
-                                      timeout=240, cwd=tmp_path)
+                                      timeout=240, cwd=tmp_path, lines=lines)
+
+    def both_workers_in_a_node() -> bool:  # the event: two stage-1 nodes are sleeping (fault_slow_nodes)
+        return len({line.split(" epoch")[0] for _, _, line in list(lines) if "fault_slow_nodes: node" in line}) >= 2
 
     thread = threading.Thread(target=launch)
     thread.start()
     try:
         deadline = time.monotonic() + 200
         while time.monotonic() < deadline and thread.is_alive():
-            if os.path.exists(os.path.join(marker, "results.h5")):  # the nodes are handed out
+            if both_workers_in_a_node():  # so rank 1 is inside its first (slow) node
                 workers = [p for p in job_pids(marker) if rank_of(p) == 1]
                 if workers:
-                    time.sleep(1.0)  # rank 1 is inside its first (slow) node
                     os.kill(workers[0], signal.SIGSTOP)
                     stopped["at"] = time.time()
                     stopped["pid"] = workers[0]

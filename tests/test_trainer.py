@@ -1,4 +1,4 @@
-"""The Uno model and the node trainer (DESIGN §4), on small synthetic data with the tiny preset."""
+"""The Uno model and the node trainer (docs/design.md §4), on small synthetic data with the tiny preset."""
 
 from __future__ import annotations
 

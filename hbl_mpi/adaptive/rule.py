@@ -2,7 +2,7 @@
 
 Why: most of the N + N² + … + N^S tree holds only ordinary cells. The suspects are
 visible early (a planted cell's held-out error is already large at stages 1-2, see
-docs/findings.md §2), so a tree that grows only the subtrees holding the most suspicious
+docs/findings/detection.md §2), so a tree that grows only the subtrees holding the most suspicious
 cells reaches single-cell resolution where it matters at a fraction of the compute.
 
 The rule, one round per stage s = F, F+1, …, S-1 (F = ``expand_full_stages``; stages
@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.config import TREE_KEYS  # noqa: F401 (the adaptive tree's keys, defined with the config)
 from hbl_mpi.tree.plan import node_sort_key, stage_of
 
 RULE = "suspects"
-TREE_KEYS = ("expand", "expand_budget", "expand_full_stages", "expand_score", "expand_suspects")
-"""Config keys that shape the adaptive tree: a restart must keep them."""
 FULL_STAGES_REASON = "full_stages"
 
 

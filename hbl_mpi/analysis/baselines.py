@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from hbl_mpi.data.dataset import CELL, Dataset
+from hbl_mpi.core.seeding import generator
+from hbl_mpi.data import load_dataset
+from hbl_mpi.data.dataset import Dataset, cell_feature_matrix
+from hbl_mpi.train.device import resolve_device
 
 
 @dataclass
@@ -46,20 +49,6 @@ class BaselineResult:
 # ---------------------------------------------------------------------------
 # per-cell matrices
 # ---------------------------------------------------------------------------
-def cell_feature_matrix(ds: Dataset) -> np.ndarray:
-    """(cells, features): every cell feature group side by side, each column standardised.
-
-    Constant columns are dropped (they carry nothing and make z-scores undefined).
-    """
-    blocks = [g.values.astype(np.float64) for g in ds.groups_of(CELL)]
-    if not blocks:
-        return np.zeros((ds.n_cells, 0))
-    x = np.concatenate(blocks, axis=1)
-    sd = x.std(axis=0)
-    keep = sd > 0
-    return (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
-
-
 def response_profile_matrix(ds: Dataset, rows: np.ndarray | None = None) -> np.ndarray:
     """(cells, drugs): the cell's mean label per drug minus the drug's mean label; 0 where missing.
 
@@ -142,7 +131,7 @@ def cell_folds(n_cells: int, k: int, seed: int) -> list[np.ndarray]:
 
     if not 2 <= k <= n_cells:
         raise ValueError(f"K-fold needs 2 <= K <= cells ({n_cells}); got K = {k}")
-    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6B666F6C64])).permutation(n_cells)
+    order = generator(seed, 0x6B666F6C64).permutation(n_cells)  # "kfold": its own stream
     return [np.sort(order[a:b]) for a, b in cut(0, n_cells, k)]
 
 
@@ -176,7 +165,6 @@ def out_of_fold(ds: Dataset, cfg, k: int = 5, log=print, fold_seed: int | None =
     saw them (the inherited state: best or last epoch, as the run's ``inherit``).
     ``fold_seed`` (default: the run's seed) draws another cut into folds: repeated K-fold.
     """
-    from hbl_mpi.run.context import resolve_device
     from hbl_mpi.tree.plan import NodeRows, PlanSpec, plan_for
     from hbl_mpi.train.device_tables import DeviceTables
     from hbl_mpi.train.trainer import TrainSpec, train_node
@@ -281,7 +269,6 @@ def run_baselines(data_path: str, config: dict, kfold: int = 5, log=print,
     """
     import torch
 
-    from hbl_mpi.run.context import load_dataset
     from hbl_mpi.tree.plan import PlanSpec, plan_for
 
     cfg = config_from_dict(config)

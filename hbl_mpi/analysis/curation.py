@@ -16,7 +16,7 @@ CURATE_BY = ("impact", "resist", "combined")
 SCORE_COLUMN = {"impact": "impact", "resist": "score", "combined": "combined"}
 """The cell_ranking column each ordering sorts by (``score`` is the resist score)."""
 DEFAULT_CURATE_BY = "resist"
-"""curate's default ordering; chosen by the point-removal study (docs/findings.md §8.3, §8.5): resist
+"""curate's default ordering; chosen by the point-removal study (docs/findings/impact.md §8.3, §8.5): resist
 recovered at least as much of the oracle's gain as combined and impact on every measure."""
 
 
@@ -42,7 +42,7 @@ def _diagnosis_words(row) -> str:
     """The diagnosis, when the ranking carries one (``report_cells.with_diagnosis``), as a clause.
 
     A swap names the likely identity: such a cell and its look-alike resist about equally
-    and the data cannot say which of the two is mislabelled (docs/findings.md §8.6).
+    and the data cannot say which of the two is mislabelled (docs/findings/impact.md §8.6).
     """
     kind = row.get("diagnosis") if hasattr(row, "get") else None
     if not isinstance(kind, str) or kind in ("", "none"):

@@ -2,7 +2,7 @@
 
 Pure policy (numpy/pandas): every function takes plain tables and returns plain tables;
 nothing here trains, reads files or needs MPI. The derivation of each statistic and of
-the thresholds is in docs/findings.md ("Diagnosing a flagged cell").
+the thresholds is in docs/findings/diagnosis.md §9.
 
 Inputs, all from ``results.h5``:
 
@@ -41,6 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
+from hbl_mpi.data.dataset import cell_feature_matrix
+from hbl_mpi.analysis.robust import robust_z
 from hbl_mpi.tree.plan import stage_of
 
 KINDS = ("label_noise", "shift", "swap", "distinct", "none")
@@ -58,7 +61,6 @@ def expression_neighbours(ds, k: int = NEIGHBOURS, chunk: int = 1024) -> pd.Data
     Columns cell, neighbour, rank (1 = nearest), similarity (the correlation). None when
     the data has no cell features or fewer than 2 cells.
     """
-    from hbl_mpi.analysis.baselines import cell_feature_matrix
 
     x = cell_feature_matrix(ds)
     n = len(x)
@@ -296,7 +298,7 @@ def _relative(ev: pd.DataFrame, scale: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rules:
-    """Thresholds of ``diagnose`` (derived in docs/findings.md, fixed before the benchmark)."""
+    """Thresholds of ``diagnose`` (derived in docs/findings/diagnosis.md §9, fixed before the benchmark)."""
 
     flag_z: float = 0.0  # cells whose ranking score's robust z (within the run) is below this are `none`
     swap_gain: float = 0.0  # identity_gain above this ...
@@ -312,14 +314,6 @@ class Rules:
 
 RULES = Rules(flag_z=2.0, swap_gain=1.4, swap_fit=3.0, noise_fit=4.0, noise_corr=0.5, coherence=0.25,
               shift_share=0.5, shift_t=4.0, ref_agree=0.5)
-
-
-def robust_z(x: pd.Series) -> pd.Series:
-    """(x - median) / (1.4826 MAD): how far out a cell's score is among this run's cells."""
-    v = x.replace([np.inf, -np.inf], np.nan)
-    med = v.median()
-    mad = 1.4826 * (v - med).abs().median()
-    return (v - med) / (mad if mad > 0 else 1.0)
 
 
 def _label(flagged: bool, st: dict, rules: Rules) -> np.ndarray:
@@ -371,7 +365,7 @@ def diagnose(grid: Grid, ranking: pd.DataFrame, neighbours: pd.DataFrame | None 
         ref = reference.assign(cell=reference["cell"].astype(str)).set_index("cell")
     rc = drug_centred_residuals(grid)
     nbrs = _neighbour_rows(grid, neighbours, k)
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     D = len(grid.drugs)
     labels, conf, ident = [], [], []
     for i, row in enumerate(ev.to_dict("records")):

@@ -1,4 +1,4 @@
-"""Impact: how much learning from a cell changes the *other* cells' error (docs/findings.md §8).
+"""Impact: how much learning from a cell changes the *other* cells' error (docs/findings/impact.md §8).
 
 Why the tree can measure it: siblings ``p.1 … p.N`` start from the same state (their
 parent's) and share ``train(p)``; child ``p.k`` additionally trains on every validation
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.analysis.robust import MAD_SCALE, robust_z
 from hbl_mpi.tree.plan import ROOT, node_sort_key, parent_of, stage_of
 
-MAD_SCALE = 1.4826
 MIN_NOISE_CONTRASTS = 8
 """A stage's noise floor needs this many contrasts; fewer (stage 1 has N) borrow another stage's."""
 FIT_ITERATIONS = 200
@@ -234,14 +234,14 @@ def run_impact(run) -> ImpactResult | None:
     return cell_impact(run.cell_test, run.plan, run.nodes)
 
 
-def robust_z(x: pd.Series) -> pd.Series:
-    """(x - median) / (1.4826 MAD); a constant series gives zeros."""
-    x = x.replace([np.inf, -np.inf], np.nan).astype("float64")
-    med = x.median()
-    mad = MAD_SCALE * (x - med).abs().median()
-    if not np.isfinite(mad) or mad <= 0:
-        return (x - med).fillna(0.0) * 0.0
-    return ((x - med) / mad).fillna(x.min() if x.notna().any() else 0.0)
+def _filled_z(x: pd.Series) -> pd.Series:
+    """``robust_z`` for a sum of scores: a constant series gives zeros, a missing value the
+    smallest finite value of ``x`` (a cell with no estimate adds nothing notable)."""
+    finite = x.replace([np.inf, -np.inf], np.nan)
+    z = robust_z(x, constant="zero")
+    if not (z.abs() > 0).any():
+        return z.fillna(0.0)
+    return z.fillna(finite.min() if finite.notna().any() else 0.0)
 
 
 def combined_score(resist: pd.Series, impact: pd.Series) -> pd.Series:
@@ -249,11 +249,11 @@ def combined_score(resist: pd.Series, impact: pd.Series) -> pd.Series:
 
     Both axes on one scale (robust z over the cells), summed: a leaf's cells share one
     impact, and the resist score orders them inside the leaf. Which of resist, impact and
-    this sum ``curate`` uses by default was measured (docs/findings.md §8).
+    this sum ``curate`` uses by default was measured (docs/findings/impact.md §8).
     """
     idx = resist.index.union(impact.index)
-    r = robust_z(resist.reindex(idx))
-    i = robust_z(impact.reindex(idx))
+    r = _filled_z(resist.reindex(idx))
+    i = _filled_z(impact.reindex(idx))
     return r.fillna(0.0) + i.fillna(0.0)
 
 

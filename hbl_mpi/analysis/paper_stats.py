@@ -1,6 +1,6 @@
 """The paper's measurements (§3, Figs 8-14, Table 2) as pure functions of the results tables.
 
-Every function takes the ``nodes`` table of one run (DESIGN §6) and returns a small
+Every function takes the ``nodes`` table of one run (docs/design.md §6) and returns a small
 DataFrame; ``by_run`` stacks the same table for several runs (one per epoch strategy)
 with a ``strategy`` column, which is how the report puts strategies side by side. Nothing
 here touches the file system: the tables come from ``results.read_results``.

@@ -1,7 +1,7 @@
 """Rank the cell lines by how much they resist learning, from the tree's per-cell errors.
 
 Why this works: a node validates only on cells that neither it nor any ancestor trained
-on (DESIGN §3), so ``cell_val`` holds, for every cell and every stage, one *held-out*
+on (docs/design.md §3), so ``cell_val`` holds, for every cell and every stage, one *held-out*
 error from a model trained on a growing share of the other cells (stage s trains on
 about 1 - N^-s of them). A cell whose responses contradict what the rest of the data
 teaches (noisy labels, a bias, a misidentified expression profile) keeps a large
@@ -12,7 +12,7 @@ that stage), which removes the stage-to-stage improvement of the models.
 The per-cell / per-stage table is built once (``cell_stage_table``); every candidate
 score in ``METHODS`` is a function of it, so they can be compared on the same runs
 (``compare_methods``; the choice of ``DEFAULT_METHOD`` and the measurements behind it
-are in docs/findings.md). ``detection_metrics`` scores any ranking against the planted
+are in docs/findings/detection.md §2). ``detection_metrics`` scores any ranking against the planted
 ``truth`` (AUROC, average precision, precision@k), overall and per anomaly kind; the
 baselines (``baselines.py``) are scored by the same function.
 """
@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.analysis.paper_stats import with_parent
+from hbl_mpi.analysis.robust import MAD_SCALE
 from hbl_mpi.tree.plan import stage_of
 
-MAD_SCALE = 1.4826  # MAD -> standard deviation for a normal distribution
 EPS = 1e-12
 
 
@@ -139,7 +139,7 @@ METHODS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
     "node_outlier": score_node_outlier,
 }
 DEFAULT_METHOD = "depth_weighted"
-"""Chosen by measurement (docs/findings.md, "Choosing the cell score")."""
+"""Chosen by measurement (docs/findings/detection.md §2, "Choosing the cell score")."""
 
 
 def train_added_blame(plan: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
@@ -148,7 +148,7 @@ def train_added_blame(plan: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
     The paper's reading of an outlier node ("data subsets that decrease the NN
     accuracy"): a node's new training cells are blamed for its increase in val_loss.
     Evidence only (it is not in ``METHODS``): it needs the plan table, and the tree
-    confounds it with the node's own validation cells (see docs/findings.md).
+    confounds it with the node's own validation cells (see docs/findings/detection.md §2).
     """
     lv = with_parent(nodes).set_index("node")["outlier_level"]
     added = plan[plan["role"].astype(str) == "train_added"][["node", "cell"]].copy()

@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass, field
 
 from hbl_mpi.core.atomic import replace_text
-from hbl_mpi.core.config import RunConfig
+from hbl_mpi.core.config import TREE_KEYS, RunConfig
 from hbl_mpi.core.errors import InputError
-from hbl_mpi.tree.plan import node_sort_key, stage_of
+from hbl_mpi.tree.plan import Plan, node_sort_key, stage_of
 from hbl_mpi.store.results import RunTables
 from hbl_mpi.checkpoint.format import info_metadata
+from hbl_mpi.checkpoint.params import CkptParams
 from hbl_mpi.checkpoint.session import CheckpointMismatch, final_state
 from hbl_mpi.checkpoint.store import NodeCheckpoints, restart_check
 
@@ -57,7 +58,6 @@ def run_fingerprint(cfg: RunConfig, data_checksum: str) -> str:
 
 def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) -> None:
     """InputError unless the earlier run trained the same nodes on the same data."""
-    from hbl_mpi.adaptive.rule import TREE_KEYS  # the adaptive tree's shape: a restart keeps it too
 
     old = {**NEW_KEY_DEFAULTS, **previous.config}  # a run from before a key existed ran at its default
     for key in TRAINING_KEYS + TREE_KEYS:
@@ -137,7 +137,8 @@ class RestartInfo:
         return out
 
 
-def plan_restart(ctx, previous: RunTables | None, restart: bool) -> RestartInfo:
+def plan_restart(plan: Plan, params: CkptParams, fingerprint: str, data_checksum: str, inherit: str,
+                 previous: RunTables | None, restart: bool) -> RestartInfo:
     """Decide a restart on rank 0 (reads ckpt-info files, and the final checkpoints of the
     finished parents whose state is needed: each is verified here, so a damaged one makes
     its node run again instead of failing its children).
@@ -147,9 +148,8 @@ def plan_restart(ctx, previous: RunTables | None, restart: bool) -> RestartInfo:
     is no checkpoint of this run at all.
     """
     t0 = time.perf_counter()
-    plan, params, fingerprint = ctx.plan, ctx.ckpt_params, ctx.fingerprint
     info = RestartInfo(restart=restart, mode=params.ckpt_restart_mode, fingerprint=fingerprint,
-                       data_checksum=ctx.data_checksum)
+                       data_checksum=data_checksum)
     if not restart:
         return info
     trained = set(plan.trained_nodes())
@@ -179,7 +179,7 @@ def plan_restart(ctx, previous: RunTables | None, restart: bool) -> RestartInfo:
         why = "no checkpoint"
         if p in stores and p not in info.foreign:
             try:
-                final_state(params, p, fingerprint, ctx.cfg.inherit, expected, runs)
+                final_state(params, p, fingerprint, inherit, expected, runs)
                 info.parents_from_ckpt[p] = expected
                 continue
             except CheckpointMismatch as e:

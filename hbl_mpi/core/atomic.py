@@ -20,7 +20,7 @@ CSVs, data files) goes through :func:`replace_file`, so the rules below hold eve
 * **A full disk is named.** A failure whose cause is ``ENOSPC``/``EDQUOT`` (also through
   HDF5's wrapped errors, which keep only the message), or any failure while the file
   system has less than 1 MiB free (HDF5 can "succeed" on a full disk and leave a short
-  file that only ``verify`` catches), raises :class:`WriteFailed` with ``disk_full=True``; callers turn it into the one-line messages of README's exit codes.
+  file that only ``verify`` catches), raises :class:`WriteFailed` with ``disk_full=True``; callers turn it into the one-line messages of the exit codes (docs/operations.md).
 """
 
 from __future__ import annotations

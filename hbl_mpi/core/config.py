@@ -1,7 +1,7 @@
 """Run configuration: a TOML file plus ``--set key=value`` overrides, validated up front.
 
 Every key is a field of ``RunConfig`` (its type and default); ``DOCS`` gives its line of
-documentation (the README's key table is generated from it, a test keeps them in sync),
+documentation (docs/configuration.md's key table is generated from it, a test keeps them in sync),
 ``CHOICES``/``MINIMUM``/``validate`` its checks. Unknown keys get the nearest valid name
 as a suggestion; every problem is an ``InputError`` (one line, exit 2) raised before any
 rank trains.
@@ -24,7 +24,7 @@ from hbl_mpi.core.errors import InputError
 
 @dataclass
 class RunConfig:
-    """All settings of one run (see README, "Configuration keys")."""
+    """All settings of one run (every key: docs/configuration.md)."""
 
     data: str = ""
     n: int = 4
@@ -55,7 +55,7 @@ class RunConfig:
     flush_seconds: float = 2.0
     progress_every: int = 0
     stall_seconds: float = 0.0
-    # checkpoints (CANDLE names, DESIGN §8)
+    # checkpoints (CANDLE names, docs/design.md §8)
     ckpt_restart_mode: str = "auto"
     ckpt_save_best: bool = True
     ckpt_save_best_metric: str = "val_loss"
@@ -94,7 +94,7 @@ DOCS: dict[str, str] = {
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
     "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings-drugs.md)",
     "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
-    "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings.md §10)",
+    "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings/adaptive.md §10)",
     "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
     "expand_full_stages": "adaptive: stages 1..this are created in full before the rule decides (1 <= value <= s)",
     "expand_score": "adaptive: the cell score that picks the suspects: depth_weighted, deepest_log_ratio, mean_log_ratio, max_log_ratio, min_log_ratio, mean_robust_z or pooled_ratio (ranking.py)",
@@ -104,7 +104,7 @@ DOCS: dict[str, str] = {
     "patience": "early stopping patience in epochs (on val_loss)",
     "min_delta": "smallest val_loss decrease that counts as an improvement",
     "batch_size": "rows per training batch (global batch when group_size > 1)",
-    "batch_order": "`node` (each node shuffles its rows with its own seed) or `family` (siblings filter one shared shuffle of all rows, seeded by their parent: common random numbers, so what differs between siblings is their data; docs/findings.md §8.8)",
+    "batch_order": "`node` (each node shuffles its rows with its own seed) or `family` (siblings filter one shared shuffle of all rows, seeded by their parent: common random numbers, so what differs between siblings is their data; docs/findings/impact.md §8.8)",
     "learning_rate": "Adam learning rate",
     "model": "Uno preset: `small` (CPU: encoders 128-64, top 128-64, no dropout), `paper` (CANDLE's Top21 model: encoders 3x1000, top 5x1000, dropout 0.1; 16.2 M parameters at Top21 widths) or `tiny` (tests)",
     "dropout": "dropout rate overriding the preset's; negative = the preset's value",
@@ -135,6 +135,8 @@ DOCS: dict[str, str] = {
     "fault_crash_kind": "testing: `exit` (os._exit), `signal` (SIGKILL) or `raise` (exception outside a node)",
 }
 
+TREE_KEYS = ("expand", "expand_budget", "expand_full_stages", "expand_score", "expand_suspects")
+"""Config keys that shape the adaptive tree: a restart must keep them."""
 EXPAND_SCORES = ("depth_weighted", "deepest_log_ratio", "mean_log_ratio", "max_log_ratio", "min_log_ratio",
                  "mean_robust_z", "pooled_ratio")
 """``ranking.METHODS`` that need only the per-cell errors (a test keeps the two in step)."""
@@ -292,7 +294,8 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
 
 
 def readme_key_table() -> str:
-    """The README's key table, generated from the declarations (a test keeps them in sync)."""
+    """The key table of docs/configuration.md (in the README until issue 27, hence the name),
+    generated from the declarations (tests/test_config.py keeps them in sync)."""
     defaults = RunConfig()
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for name in _FIELDS:

@@ -20,3 +20,17 @@ class InputError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def fatal_line(message: str, rank: int | None = None) -> str:
+    """The one format of a fatal error's line on stderr: ``hbl_mpi: fatal: [rank R: ]message``.
+
+    Operators grep job logs for it, and tests match it, so every fatal path formats it here.
+    """
+    where = f"rank {rank}: " if rank is not None else ""
+    return f"hbl_mpi: fatal: {where}{message}"
+
+
+def error_line(message: str) -> str:
+    """The one format of an input error's line on stderr (exit 2): ``hbl_mpi: error: message``."""
+    return f"hbl_mpi: error: {message}"

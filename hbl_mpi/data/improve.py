@@ -1,4 +1,4 @@
-"""IMPROVE's cross-study drug-response benchmark layout -> the normalised Dataset (DESIGN §2.4).
+"""IMPROVE's cross-study drug-response benchmark layout -> the normalised Dataset (docs/design.md §2.4).
 
 The IMPROVE project (CCLE, CTRPv2, gCSI, GDSCv1, GDSCv2 in one layout; read by its
 ``improvelib``) keeps a benchmark under one folder. The files read here, and the

@@ -1,4 +1,4 @@
-"""Synthetic drug-response data with planted anomalous cells (DESIGN §2.2).
+"""Synthetic drug-response data with planted anomalous cells (docs/design.md §2.2).
 
 Why this shape: the method under study must find cells that "hurt or resist learning"
 from the per-cell validation error of models that never trained on them. That only
@@ -28,7 +28,7 @@ the one whose clean responses differ most from its own, while its responses stay
 (a misidentified line, profiled as its look-alike). Exchanged profiles (``swap``) and
 label corruptions are learned as the cell's own quirk: a flexible model fits them where
 no other cell lies, and the other cells' error does not move measurably
-(docs/findings.md §8.5). Two near-identical profiles with conflicting responses cannot
+(docs/findings/impact.md §8.5). Two near-identical profiles with conflicting responses cannot
 both be fitted, so a ``misid`` cell harms another cell by construction: its partner, a
 clean cell, whose predictions are pulled towards the impostor's responses. The partner
 stays clean in the truth; ``meta["misid_of"]`` names it.
@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import spawned
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
 
@@ -286,7 +287,7 @@ def _plant_drugs(seed: int, spec: SynthSpec, h: np.ndarray, cell: np.ndarray, dr
 
 
 def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
-    """Generate a deterministic synthetic data set (DESIGN §2.2); see the module docstring.
+    """Generate a deterministic synthetic data set (docs/design.md §2.2); see the module docstring.
 
     ``overrides`` are fields of ``SynthSpec``: cells, drugs, density, rows, cell_features,
     descriptors, fingerprints, latent, tissues, noise, anomaly_fraction, anomaly_kinds,
@@ -294,8 +295,7 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     """
     spec = make_spec(preset, **overrides)
     seed = int(seed)
-    r_cell, r_drug, r_resp, r_pairs, r_noise, r_anom = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+    r_cell, r_drug, r_resp, r_pairs, r_noise, r_anom = spawned(seed, 6)
     C, D, k = spec.cells, spec.drugs, spec.latent
 
     # cells: tissue clusters in latent space -> expression

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.core.seeding import generator
 from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
@@ -41,7 +42,7 @@ FEATURE_NAMES_KEY = "feature_names"
 hold thousands of column names (pandas stores them as node attributes, limit 64 KiB), so
 wide groups are written with blank column names, as the real Top21 file does."""
 LABEL_RANGES = {"AUC": (0.0, 1.0), "Growth": (-100.0, float("inf"))}
-"""The range each label is declared to have (DESIGN §1: AUC in [0, 1]; growth in percent of
+"""The range each label is declared to have (docs/design.md §1: AUC in [0, 1]; growth in percent of
 the control, at least -100 = every cell killed). Rows outside it are read (fitted AUCs
 slightly above 1 exist) with a warning naming their count."""
 VALUE_LIMIT = 1e18
@@ -373,7 +374,7 @@ def _feature_names(store: _Store, inputs: list[_Input], columns: dict[int, list]
 
 
 def read_uno(path: str, *, chunk_bytes: int = CHUNK_BYTES) -> Dataset:
-    """Read a CANDLE Uno HDF5 file, merge its partitions and normalise it (DESIGN §2.1).
+    """Read a CANDLE Uno HDF5 file, merge its partitions and normalise it (docs/design.md §2.1).
 
     Streams each ``x_*`` table in chunks of about ``chunk_bytes``; peak memory is the
     normalised tables, the response table and a few chunks. Cells and drugs are indexed
@@ -598,7 +599,7 @@ def _split(n_rows: int, seed: int, fractions) -> dict[str, np.ndarray]:
         raise InputError(f"fractions {fractions!r}: expected three numbers (train, val, test)") from None
     if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6 or f[0] <= 0:
         raise InputError(f"fractions {fractions!r}: expected three non-negative numbers summing to 1, train > 0")
-    perm = np.random.default_rng(seed).permutation(n_rows)
+    perm = generator(seed).permutation(n_rows)
     n_train = int(round(f[0] * n_rows))
     n_val = int(round(f[1] * n_rows))
     n_train = max(1, min(n_train, n_rows))
@@ -617,7 +618,7 @@ def _x_columns(g: FeatureGroup) -> list[str]:
 
 def write_uno(ds: Dataset, path: str, *, seed: int = 0, fractions=(0.8, 0.1, 0.1),
               chunk_bytes: int = CHUNK_BYTES) -> None:
-    """Write ``ds`` in the Uno HDF5 format (DESIGN §2.1), rows split train/val/test by ``seed``.
+    """Write ``ds`` in the Uno HDF5 format (docs/design.md §2.1), rows split train/val/test by ``seed``.
 
     One ``x_<part>_<k>`` table per feature group (cell groups first), ``y_<part>`` with
     the label, ``Sample``, ``Drug1`` (and ``dose``), the ``model`` key with CANDLE's

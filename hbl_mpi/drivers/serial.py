@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 
-from hbl_mpi.checkpoint import open_checkpointing
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.core.errors import EXIT_PARTIAL
 from hbl_mpi.run.lifecycle import Ledger, NodeRunner, ParentStates
@@ -41,7 +40,7 @@ def run_serial(ctx: RunContext, writer: ResultsWriter, done_before: set[str] | N
     ledger = Ledger(ctx, writer, done_before, log)
     tree = ledger.tree
     held = ParentStates()
-    runner = NodeRunner(ctx, held, checkpoints=open_checkpointing(ctx), rank=0, keep_loaded_parents=True)
+    runner = NodeRunner(ctx, held, checkpoints=ctx.open_checkpointing(), rank=0, keep_loaded_parents=True)
     progress = Progress(len(plan.trained_nodes()), ctx.cfg.progress_every, already_done=len(ledger.done_before))
     wall0 = time.perf_counter()
 

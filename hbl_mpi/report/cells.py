@@ -19,6 +19,7 @@ import pandas as pd
 
 from hbl_mpi.analysis import diagnosis as D
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.report.page import KIND_COLOURS, Section, make_figure, slug
 
 DIAG_COLUMNS = ["diagnosis", "likely_identity", "confidence", "flagged", "score_z", "bias_t", "resid_pred_corr", "identity_gain",
                 "neighbour_coherence", "bias", "bias_share", "response_pred_corr", "identity_fit", "best_fit_ratio",
@@ -170,8 +171,6 @@ def fig_cell(cell: str, dg: Diagnosis, stages: pd.DataFrame, n_named: int = 10):
 def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFrame, top: int = 20) -> list:
     """One report section per flagged cell, the ``top`` highest-ranked of them (each page
     costs a four-panel figure, ~0.5 s of CPU: unflagged cells get none)."""
-    from hbl_mpi.report.build import Section, _slug
-
     d = dg.table.set_index("cell")
     rank = ranking.set_index("cell")
     nb = dg.neighbours
@@ -206,7 +205,7 @@ def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFram
         ev_cols += [c for c in REF_COLUMNS if c in d.columns]
         tables.insert(0, ("evidence", pd.DataFrame([{c: row.get(c, "") for c in ev_cols}])))
         title = f"Cell {cell} (rank {int(rank.loc[cell, 'rank'])}): {row['diagnosis']}"
-        fig = rep.png(f"cell_{_slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
+        fig = rep.png(f"cell_{slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
         out.append(Section(title, sentence(row), fig, tables))
     return out
 
@@ -215,9 +214,7 @@ def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFram
 # cross-screen agreement
 # ---------------------------------------------------------------------------
 def fig_agreement(table: pd.DataFrame, top: int):
-    from hbl_mpi.report.build import KIND_COLOURS, _figure
-
-    fig, axes = _figure(w=7.0, h=4.2)
+    fig, axes = make_figure(w=7.0, h=4.2)
     ax = axes[0, 0]
     t = table.dropna(subset=["screen_agreement"])
     col = {"label_noise": KIND_COLOURS["label_noise"], "shift": KIND_COLOURS["shift"], "swap": KIND_COLOURS["swap"],
@@ -239,8 +236,6 @@ def fig_agreement(table: pd.DataFrame, top: int):
 
 def cross_screen_section(rep, ranking: pd.DataFrame, dg: Diagnosis, scores: dict[str, pd.Series], top: int):
     """Agreement beside the ranking, and each method's rank correlation with disagreement."""
-    from hbl_mpi.report.build import Section
-
     xs = dg.reference
     t = ranking[["rank", "cell", "score"] + [c for c in ("diagnosis",) if c in ranking.columns]].merge(
         xs, on="cell", how="left")
@@ -264,8 +259,6 @@ def cross_screen_section(rep, ranking: pd.DataFrame, dg: Diagnosis, scores: dict
 def diagnosis_sections(inp, rep) -> None:
     """The report's "Cell diagnosis" part (and, with ``--reference``, its cross-screen
     agreement): one of report.py's ``SECTION_BUILDERS``."""
-    from hbl_mpi.report.build import Section
-
     dg, out, cells = inp.diagnosis, inp.ranking, inp.cells
     if dg is None:
         rep.sections.append(Section("Cell diagnosis", "This run has no `cell_pred` table (results written before the "
@@ -280,7 +273,7 @@ def diagnosis_sections(inp, rep) -> None:
     rep.sections.append(Section(
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
-        f"diagnoses: {summary}. Rules and their derivation: docs/findings.md section 9. The diagnosis uses each "
+        f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9. The diagnosis uses each "
         "cell's held-out predictions at its deepest stage (`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
     if dg.reference_path:

@@ -13,7 +13,7 @@ activity area rescaled vs GDSC's AUC), so one study's instances can rank high or
 block. Ranking each instance among its own study's instances removes that study-level
 shift; the study-level effect is reported on its own (``study_table``).
 
-The rule (derivation and chance rates in docs/findings.md, "Cross-study disagreement"):
+The rule (derivation and chance rates in docs/findings/cross-study.md §7):
 an instance's within-study percentile is ``q = (rank - 0.5) / n`` (0 = most suspicious);
 a line measured by ``k >= 2`` studies is **flagged** when its most suspicious instance has
 ``q <= top`` and its least suspicious one ``q >= ordinary`` (defaults 0.1 and 0.5). If
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from hbl_mpi.report.page import Section
 
 SEP = "."
 TOP = 0.1
@@ -173,8 +175,6 @@ def sections(rep, ranking: pd.DataFrame, top: int = 30) -> list:
 
     ``rep`` is the ``report.Report`` being built: the full table goes to ``cross_study.csv``.
     """
-    from hbl_mpi.report.build import Section  # imported here: report.py imports this module
-
     cs = analyse(ranking)
     if cs is None:
         return []

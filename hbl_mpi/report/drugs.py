@@ -19,8 +19,10 @@ from hbl_mpi.analysis import paper_stats as A
 from hbl_mpi.analysis import ranking as R
 from hbl_mpi.analysis.units import common_unit, to_unit, unit_view
 from hbl_mpi.core.errors import InputError
-from hbl_mpi.report.build import (Report, ReportInputs, Section, _cost, _planted, _slug, build, fig_ranking,
-                                  fig_roc, load_runs, paper_sections, run_sections)
+from hbl_mpi.report.build import _cost, _planted, build, paper_sections, run_sections
+from hbl_mpi.report.figures import fig_ranking, fig_roc
+from hbl_mpi.report.inputs import ReportInputs, load_runs
+from hbl_mpi.report.page import Report, Section, slug
 
 UNIT = "drug"
 
@@ -30,7 +32,7 @@ def drug_ranking_sections(inp: ReportInputs, rep: Report) -> None:
     main, truth, top = inp.ranking, inp.truth, inp.top
     if len(inp.runs) > 1:
         for lab, rk in inp.rankings.items():
-            rep.csv(f"drug_ranking_{_slug(lab)}.csv", to_unit(rk, UNIT))
+            rep.csv(f"drug_ranking_{slug(lab)}.csv", to_unit(rk, UNIT))
     rep.csv("drug_ranking.csv", to_unit(main, UNIT))
     shown = main.head(top).copy()
     if truth is not None:

@@ -1,5 +1,5 @@
 """The report's impact part: two axes per cell (resist, impact), a quadrant figure and the
-most harmful / most beneficial cells with their evidence (impact.py, docs/findings.md §8).
+most harmful / most beneficial cells with their evidence (impact.py, docs/findings/impact.md §8).
 
 Kept apart from report.py so the section can change without touching the paper's
 figures; it is one of report.py's ``SECTION_BUILDERS``, and reads the estimate and the
@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from hbl_mpi.report.page import KIND_COLOURS, Section, make_figure
 
 EVIDENCE = ["cell", "impact", "impact_sd", "impact_z", "impact_node", "impact_group_cells", "score", "rank",
             "combined"]
 
 
 def fig_quadrant(ranking: pd.DataFrame, truth: pd.DataFrame | None):
-    from hbl_mpi.report.build import KIND_COLOURS, _figure
-
-    fig, axes = _figure(w=7.5, h=5.2)
+    fig, axes = make_figure(w=7.5, h=5.2)
     ax = axes[0, 0]
     kinds = dict(zip(truth["cell"], truth["kind"])) if truth is not None else {}
     t = ranking.replace([np.inf, -np.inf], np.nan).dropna(subset=["score", "impact"])
@@ -43,8 +42,6 @@ def fig_quadrant(ranking: pd.DataFrame, truth: pd.DataFrame | None):
 def impact_sections(inp, rep, top: int = 15) -> None:
     """The impact section: the quadrant figure, the most harmful and most beneficial cells
     with their evidence, and ``impact_contrasts.csv``."""
-    from hbl_mpi.report.build import Section
-
     result, out, truth = inp.impact, inp.ranking, inp.truth
     if result is None:
         rep.sections.append(Section(
@@ -68,14 +65,14 @@ def impact_sections(inp, rep, top: int = 15) -> None:
         f"stage's sibling contrasts: {floors}, MSE per group); `impact_z` = impact / sd. `score` stays the resist "
         "score; `combined` = robust z of resist + robust z of impact. Per-family contrasts: "
         "impact_contrasts.csv. How far to trust it: on synthetic data with planted cells that measurably harm "
-        "the others (docs/findings.md §8.6, §8.9: five data sets, up to 32 retraining seeds each), dropping "
-        "the highest-impact cells helped no more than dropping random ones, while dropping the top resist "
-        "cells recovered 65-98 % (76 % on average) of the gain of dropping exactly the planted cells (on the "
-        "clean cells that no ranking dropped); `curate` therefore drops by resist unless told otherwise. A single "
-        "cell's harm to the others is of the size of the contrasts' noise floor, part of which is the training's "
-        "own chaos (§8.8): `batch_order = \"family\"` with `patience` >= the epoch budget and "
-        "`inherit = \"last\"` lowers the floors 1.2-2.7x, but did not make the impact ranking better. Read "
-        "impact beside the resist score and the diagnosis, not alone.",
+        "the others (five data sets, up to 32 retraining seeds each), dropping the highest-impact cells helped "
+        "no more than dropping random ones, while dropping the top resist cells recovered most of the gain of "
+        "dropping exactly the planted cells (on the clean cells that no ranking dropped); `curate` therefore "
+        "drops by resist unless told otherwise. A single cell's harm to the others is of the size of the "
+        "contrasts' noise floor, part of which is the training's own chaos: `batch_order = \"family\"` with "
+        "`patience` >= the epoch budget and `inherit = \"last\"` lowers the floors, but did not make the "
+        "impact ranking better. The measurements: docs/findings/impact.md §8.6, §8.8, §8.9 (and the claims "
+        "table of docs/findings.md). Read impact beside the resist score and the diagnosis, not alone.",
         rep.png("fig_impact_quadrant.png", fig_quadrant(out, truth)),
         [(f"the {len(harmful)} most harmful cells (highest impact)", harmful),
          (f"the {len(helpful)} most beneficial cells (lowest impact)", helpful)]))

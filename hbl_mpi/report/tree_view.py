@@ -13,6 +13,7 @@ import re
 
 import pandas as pd
 
+from hbl_mpi.report.page import Section
 from hbl_mpi.tree.plan import components, parent_of
 
 _REASON = re.compile(r"^(?P<rule>[^:]+):(?P<score>[^=]+)=(?P<value>\S+) cell=(?P<cell>\S+) parent=(?P<parent>\S+)$")
@@ -82,7 +83,7 @@ def fig_tree(nodes: pd.DataFrame, n: int, s: int, planted_nodes: set[str] | None
     return fig
 
 
-def sections(rep, runs, Section) -> list:
+def sections(rep, runs) -> list:
     """The report's "Expanded tree" section for each adaptive run among ``runs``."""
     out = []
     for r in runs:

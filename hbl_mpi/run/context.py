@@ -7,7 +7,6 @@ what makes the MPI runtime reproduce the serial driver bit for bit on CPU.
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -19,44 +18,20 @@ import pandas as pd
 import torch
 
 from hbl_mpi import __version__
-from hbl_mpi.checkpoint import Checkpointing, CkptParams, RestartInfo, run_fingerprint
+from hbl_mpi.checkpoint import (Checkpointing, CkptParams, RestartInfo, open_checkpointing,
+                                parent_state_from_checkpoint, plan_restart, run_fingerprint)
 from hbl_mpi.core.config import RunConfig
-from hbl_mpi.data import read_data
+from hbl_mpi.data import load_dataset
 from hbl_mpi.data.dataset import Dataset
 from hbl_mpi.analysis.diagnosis import expression_neighbours
 from hbl_mpi.core.epochs import EpochStrategy
-from hbl_mpi.core.errors import InputError
 from hbl_mpi.adaptive.rule import Expander
 from hbl_mpi.tree.plan import Plan, PlanSpec, plan_for
 from hbl_mpi.train.flat_state import ModelState, TrainState
+from hbl_mpi.train.device import resolve_device
 from hbl_mpi.train.device_tables import DeviceTables
 from hbl_mpi.train.trainer import NodeOutcome, TrainSpec, train_node
 from hbl_mpi.uno import build_model, initial_state as seeded_state
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device = 'cuda' but torch sees no CUDA device (use device = 'cpu' or 'auto')")
-    return torch.device(name)
-
-
-def default_threads(ranks_on_host: int) -> int:
-    """The rank's share of the host's cores (at least 1).
-
-    When a launcher pinned this rank to a subset of the cores (``jsrun -c 7 -b rs``,
-    ``srun --cpus-per-task``), that subset already is the rank's share; otherwise the
-    host's cores are divided among the ranks on it.
-    """
-    total = os.cpu_count() or 1
-    try:
-        mine = len(os.sched_getaffinity(0))
-    except AttributeError:
-        mine = total
-    if mine < total:
-        return max(1, mine)
-    return max(1, total // max(1, ranks_on_host))
 
 
 def versions() -> dict[str, str]:
@@ -72,12 +47,6 @@ def versions() -> dict[str, str]:
     except Exception:  # MPI not initialisable: the serial driver still runs
         out["mpi"] = "unavailable"
     return out
-
-
-def load_dataset(path: str) -> Dataset:
-    if not os.path.exists(path):
-        raise InputError(f"data file {path!r} does not exist")
-    return read_data(path)
 
 
 @dataclass
@@ -154,6 +123,22 @@ class RunContext:
     def new_train_state(self) -> TrainState:
         model = build_model(self.dataset, self.cfg.model, self.cfg.resolved_dropout())
         return TrainState(model, self.cfg.learning_rate, self.device)
+
+    def open_checkpointing(self, *, write: bool = True, agree=None, log=None) -> Checkpointing | None:
+        """This process's checkpointing (None: the run neither writes nor reads any)."""
+        read = self.run_info is not None and self.run_info.reads_checkpoints
+        return open_checkpointing(self.ckpt_params, self.fingerprint, read=read, write=write, agree=agree, log=log)
+
+    def parent_from_checkpoint(self, parent: str) -> ModelState:
+        """A finished parent's state from its final checkpoint, on this rank's device."""
+        expected = self.run_info.parents_from_ckpt.get(parent, "") if self.run_info is not None else ""
+        state = parent_state_from_checkpoint(self.ckpt_params, self.fingerprint, self.cfg.inherit, expected, parent)
+        return state.to(self.device)
+
+    def plan_restart(self, previous, restart: bool) -> RestartInfo:
+        """Rank 0's restart decision for this run (``checkpoint.plan_restart``)."""
+        return plan_restart(self.plan, self.ckpt_params, self.fingerprint, self.data_checksum, self.cfg.inherit,
+                            previous, restart)
 
     # ---- per node -----------------------------------------------------------
     def nodes(self) -> list[str]:

@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from hbl_mpi.checkpoint import Checkpointing, parent_state_from_checkpoint
+from hbl_mpi.checkpoint import Checkpointing
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.adaptive.growth import Growth
 from hbl_mpi.runtime.liveness import RankGone
+from hbl_mpi.runtime.messages import NodeReport
 from hbl_mpi.tree.plan import parent_of
 from hbl_mpi.tree.policy import Source, TreeState
 from hbl_mpi.store.results import ResultsWriter, node_row, node_tables, payload
@@ -40,19 +41,6 @@ class StateHolder(Protocol):
     def hold(self, node: str, state: ModelState) -> None: ...
 
     def get(self, node: str) -> ModelState: ...
-
-
-@dataclass
-class NodeResult:
-    """A trained (``ok``) or failed node, as plain data: what a worker reports to rank 0.
-
-    ``payload`` is ``results.payload`` (row fields, history, per-cell validation error).
-    """
-
-    node: str
-    ok: bool
-    payload: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
 
 
 class ParentStates:
@@ -116,7 +104,7 @@ class NodeRunner:
                 raise RuntimeError(f"node {node}: source {source.value} needs a receive")
             state = receive(self.train_state)
         elif source is Source.CHECKPOINT:
-            state = parent_state_from_checkpoint(self.ctx, parent)
+            state = self.ctx.parent_from_checkpoint(parent)
             if self.keep_loaded_parents:
                 self.holder.hold(parent, state)
         else:
@@ -124,7 +112,7 @@ class NodeRunner:
         return state, time.perf_counter() - t0
 
     def run(self, node: str, source: Source,
-            receive: Callable[[TrainState], ModelState] | None = None) -> NodeResult:
+            receive: Callable[[TrainState], ModelState] | None = None) -> NodeReport:
         """Train ``node``; a failure of the node is returned (the run goes on), a dead rank
         (``RankGone``) is raised: it is not the node's fault, the job ends."""
         try:
@@ -134,12 +122,12 @@ class NodeRunner:
         except RankGone:
             raise
         except Exception as e:  # contained: the node fails, the run goes on
-            return NodeResult(node, False, error=f"{type(e).__name__}: {e}")
+            return NodeReport(node, False, error=f"{type(e).__name__}: {e}")
         if self.ctx.holds_state(node):
             self.holder.hold(node, outcome.inherit_state)
         result = payload(outcome, transfer_s)
         result["row"]["rank"] = self.rank
-        return NodeResult(node, True, result)
+        return NodeReport(node, True, result)
 
     def close(self) -> None:
         """The queued checkpoint writes reach the disk (before the run reports)."""
@@ -173,7 +161,7 @@ class Ledger:
         self.tree.mark_running(node)
         return self.now()
 
-    def finish(self, result: NodeResult, *, group: int, rank: int, start: float, source: Source,
+    def finish(self, result: NodeReport, *, group: int, rank: int, start: float, source: Source,
                where: str = "") -> float:
         """Record a node's result: a done row, or a failed row and a skipped row for every
         descendant that needed it. Returns the stop time."""

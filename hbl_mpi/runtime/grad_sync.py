@@ -40,7 +40,7 @@ keep ``Reduction.ALLREDUCE`` (DDP's path): on a GPU Adam is one fused kernel and
 sharding pays there has not been measured (no GPU here).
 
 GPU tensors go to MPI directly when the MPI library is CUDA-aware
-(``transfer.cuda_aware``), else through one pinned host buffer per bucket (copied out
+(``runtime.cuda_mpi.cuda_aware``), else through one pinned host buffer per bucket (copied out
 after the bucket's gradients are complete on the stream, copied back after the wait):
 ``Staging``. The same rule serves ``GroupComm.allreduce_`` (the epoch's loss and
 per-cell sums), so a GPU group on an MPI library that is not CUDA-aware works.
@@ -58,7 +58,8 @@ from torch.optim.adam import adam as torch_adam
 from mpi4py import MPI
 
 from hbl_mpi.train.flat_state import TrainState
-from hbl_mpi.transfer import Backoff, cuda_aware
+from hbl_mpi.runtime.backoff import Backoff
+from hbl_mpi.runtime.cuda_mpi import cuda_aware
 
 FIRST_BUCKET_BYTES = 1 << 20
 """The first bucket is small (DDP: 1 MB) so its allreduce starts early in backward."""

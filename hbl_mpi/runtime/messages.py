@@ -52,13 +52,19 @@ class Stop:
 
 @dataclass
 class NodeReport:
-    """A node finished (``ok``) or failed, sent by the group's leader."""
+    """A trained (``ok``) or failed node, as plain data: the one record of a node's outcome.
+
+    The node's runner returns it (``lifecycle.NodeRunner.run``), a worker's group leader
+    sends it to rank 0 with its ``group`` filled in, and the ledger records it; the serial
+    driver records it directly (``group`` 0). ``payload`` is ``results.payload`` (row
+    fields, history, per-cell tables); ``error`` the failure's one line.
+    """
 
     node: str
-    group: int
     ok: bool
-    result: dict[str, Any] = field(default_factory=dict)  # plain data: results.payload
+    payload: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    group: int = 0
 
 
 @dataclass

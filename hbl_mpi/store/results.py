@@ -1,4 +1,4 @@
-"""``OUT/results.h5``: the run's tables, their schema, the one writer and the one reader (DESIGN §6).
+"""``OUT/results.h5``: the run's tables, their schema, the one writer and the one reader (docs/design.md §6).
 
 **Schema.** :data:`SCHEMA` names every table, its columns and their dtypes, and which of
 them a results file must have. The writer casts to it; :func:`read_results` checks it and
@@ -148,7 +148,7 @@ NODES = Table("nodes", (
     Column("resumed_from", "int64"),
     Column("expanded_by", "str", only_if_given=True),  # adaptive runs: why the node was created
 ), required=True)
-"""One row per trained node (DESIGN §6)."""
+"""One row per trained node (docs/design.md §6)."""
 
 HISTORY = Table("history", (
     Column("node", "str", required=True), Column("epoch", "int64"), Column("loss", "float64"),
@@ -163,7 +163,7 @@ CELL_VAL = Table("cell_val", (
 """Each node's validation error per cell (its held-out cells)."""
 
 CELL_TEST = Table("cell_test", CELL_VAL.columns)
-"""Each node's error per cell on the common holdout rows (DESIGN §6; older files lack it)."""
+"""Each node's error per cell on the common holdout rows (docs/design.md §6; older files lack it)."""
 
 DRUG_VAL = Table("drug_val", (
     Column("node", "str", required=True), Column("drug", "str", required=True), Column("n_rows", "int64"),

@@ -22,7 +22,6 @@ epoch loss, so they all raise together (no rank is left waiting in a collective)
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from hbl_mpi.core.seeding import derive_seed, generator
 from hbl_mpi.tree.plan import NodeRows, parent_of
 from hbl_mpi.train.flat_state import ModelState, TrainState, clone_flat
 from hbl_mpi.train.device_tables import DeviceTables
@@ -138,12 +138,6 @@ class NodeOutcome:
     # partition = "drugs": (drug index, n_rows, mse) per held-out drug / on the holdout rows
     drug_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     drug_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-
-def derive_seed(seed: int, node: str, epoch: int = 0) -> int:
-    """A 63-bit seed from (plan seed, node, epoch): stable across processes and Python versions."""
-    h = hashlib.sha256(f"{seed}/{node}/{epoch}".encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
 
 
 def _shard(rows: np.ndarray, group: Group | None) -> np.ndarray:
@@ -351,7 +345,9 @@ def train_node(
                 poll()
         if sync is not None:
             sync.gather_state()  # a sharded group's Adam moments: whole before anything reads them
-        if spec.slow_seconds > 0:
+        if spec.slow_seconds > 0:  # a testing aid; its line is the event tests wait for
+            print(f"[hbl_mpi] fault_slow_nodes: node {spec.node} epoch {epoch}: sleeping {spec.slow_seconds:g} s",
+                  flush=True)
             _sleep_serving(spec.slow_seconds, poll)
         loss_sum, n = _reduce([float(total.item()), float(len(_shard(order, group)))], group)
         loss = loss_sum / n
@@ -414,16 +410,16 @@ def epoch_order(train_rows: np.ndarray, n_rows: int, spec: TrainSpec, epoch: int
     then see their shared rows in the same order and nearly the same batches (shifted by
     the rows one holds out and another does not) with one mask stream: common random
     numbers, so the difference between two siblings is their data rather than their luck,
-    which is what the impact estimator's family contrasts measure (docs/findings.md §8.8).
+    which is what the impact estimator's family contrasts measure (docs/findings/impact.md §8.8).
     """
     if spec.batch_order == "family":
         es = derive_seed(spec.seed, f"family:{parent_of(spec.node)}", epoch)
-        perm = np.random.default_rng(es).permutation(n_rows)
+        perm = generator(es).permutation(n_rows)
         mine = np.zeros(n_rows, dtype=bool)
         mine[train_rows] = True
         return es, perm[mine[perm]]
     es = derive_seed(spec.seed, spec.node, epoch)
-    return es, train_rows[np.random.default_rng(es).permutation(len(train_rows))]
+    return es, train_rows[generator(es).permutation(len(train_rows))]
 
 
 def steps_per_epoch(n_rows: int, batch: int) -> int:

@@ -1,4 +1,4 @@
-"""DESIGN §3's invariants of a plan, checked node by node (``plan --check`` and the tests).
+"""docs/design.md §3's invariants of a plan, checked node by node (``plan --check`` and the tests).
 
 Kept apart from ``plan.py``: building a plan never needs them, and they are set operations
 per node (slow on a large tree), run only when asked for.
@@ -14,7 +14,7 @@ from hbl_mpi.tree.plan import ROOT, Plan, cut, parent_of, stage_of
 
 
 def check_invariants(plan: Plan) -> None:
-    """Assert DESIGN §3's invariants on the partition unit (cells, or drugs for ``drugs``);
+    """Assert docs/design.md §3's invariants on the partition unit (cells, or drugs for ``drugs``);
     raises AssertionError naming the first violation."""
     n_units = len(plan.unit_ids())
     for name, node in plan.nodes.items():

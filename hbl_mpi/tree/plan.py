@@ -1,4 +1,4 @@
-"""The sublearning plan (DESIGN §3): which cells each node validates on and trains on.
+"""The sublearning plan (docs/design.md §3): which cells each node validates on and trains on.
 
 The cells are put in one global order (sorted ids, shuffled by the plan seed unless
 ``order = ordered``). The root's validation set is that whole list; a node's list is cut
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hbl_mpi.core.seeding import spawned
 from hbl_mpi.core.errors import InputError
 
 SEP = "."
@@ -195,7 +196,7 @@ class Plan:
             p = parent_of(p)
         return out
 
-    # ---- adaptive expansion (DESIGN §3): a created subset of the full tree ------
+    # ---- adaptive expansion (docs/design.md §3): a created subset of the full tree ------
     @property
     def adaptive(self) -> bool:
         return self.candidates is not None
@@ -386,7 +387,7 @@ def _global_order(ids: np.ndarray, order: str, rng: np.random.Generator) -> np.n
 
 
 def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Plan:
-    """Build the plan of DESIGN §3. Raises InputError for impossible settings."""
+    """Build the plan of docs/design.md §3. Raises InputError for impossible settings."""
     cell_ids = np.asarray(cell_ids, dtype=object)
     drug_ids = np.asarray(drug_ids, dtype=object)
     cell_index = np.asarray(cell_index, dtype=np.int64)
@@ -414,8 +415,7 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
     if crossed and spec.n > len(drug_ids):
         raise InputError(f"n = {spec.n} is larger than the number of drugs ({len(drug_ids)})")
 
-    ss = np.random.SeedSequence(spec.seed)
-    rng_cells, rng_drugs, rng_holdout = (np.random.default_rng(s) for s in ss.spawn(3))
+    rng_cells, rng_drugs, rng_holdout = spawned(spec.seed, 3)
     cell_order = _global_order(cell_ids, spec.order, rng_cells)
     drug_order = _global_order(drug_ids, spec.order, rng_drugs)
 

@@ -5,7 +5,7 @@ The scheduler's *mechanism* (messages, buffers, MPI) lives in ``scheduler.py`` a
 node tree plus one function, ``place``, so the policy can be tested, simulated
 (``bench/simulate.py`` drives this exact code at Summit scale) and changed alone.
 
-Rules (DESIGN §5):
+Rules (docs/design.md §5):
 1. locality first: a free group that holds a parent's state takes a ready child of that
    parent (zero transfer; the "fork in place");
 2. otherwise the ready node with the largest remaining subtree goes first (it has the
