@@ -128,23 +128,24 @@ def test_the_drug_ranking_puts_the_bad_drug_first_and_names_drugs():
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def drug_run(tmp_path_factory):
-    """A tiny drugs run (N = 3, S = 2, 12 nodes) over 36 cells and 24 drugs, 3 of them planted."""
+    """A tiny drugs run (N = 3, S = 2, 12 nodes) over 36 cells and 24 drugs, 3 of them
+    planted, trained serially in process, and its report."""
+    from hbl_mpi.__main__ import main
+
     root = tmp_path_factory.mktemp("drugs")
     cfg = write_tiny_run(root, tree={"n": 3, "s": 2, "strategy": "exp2:3"},
                          synth={"cells": 36, "drugs": 24, "drug_anomaly_fraction": 0.125},
                          extra={"partition": "drugs"})
-    proc = run_py(["-m", "hbl_mpi", "run", str(cfg), "--serial", "--out", str(root / "serial")], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["run", str(cfg), "--serial", "--out", str(root / "serial")]) == 0
+    assert main(["report", str(root / "serial" / "results.h5"), "--out", str(root / "report")]) == 0
     return root, cfg
 
 
-def test_a_drugs_run_writes_per_drug_tables_and_a_drug_report(drug_run, tmp_path):
-    from hbl_mpi.__main__ import main
+def test_a_drugs_run_writes_per_drug_tables_and_a_drug_report(drug_run):
     from hbl_mpi.store.results import read_results
 
     root, _ = drug_run
-    res = root / "serial" / "results.h5"
-    run = read_results(str(res))
+    run = read_results(str(root / "serial" / "results.h5"))
     assert run.unit == "drug" and len(run.cell_val) == 0 and run.cell_pred is None
     assert len(run.drug_truth) == 3 and run.truth is not None  # both units' truths, split
     stage1 = run.drug_val[run.drug_val["node"].str.count(r"\.") == 1]
@@ -154,36 +155,32 @@ def test_a_drugs_run_writes_per_drug_tables_and_a_drug_report(drug_run, tmp_path
     assert (stage1["n_rows"] > 0).all() and len(run.drug_test) > 0
     # the holdout errors per drug: each node has one row per drug with holdout rows
     assert (run.drug_test.groupby("node").size() == run.drug_test["drug"].nunique()).all()
-    out = tmp_path / "rep"
-    assert main(["report", str(res), "--out", str(out)]) == 0
+    out = root / "report"
     ranking = pd.read_csv(out / "drug_ranking.csv")
     assert len(ranking) == 24 and ranking["rank"].tolist() == list(range(1, 25))
     assert not (out / "cell_ranking.csv").exists()
     text = (out / "report.md").read_text()
-    assert "Drug ranking" in text and "Diagnosis" in text and "Not available for a drugs-partition run" in text
+    assert "Drug ranking" in text and "Not available for a drugs-partition run" in text
     det = pd.read_csv(out / "detection.csv")
     assert det.loc[det["kind"] == "all", "positives"].item() == 3
-    assert main(["report", str(res), "--baselines", "--out", str(tmp_path / "b")]) == 2
 
 
-def test_drug_ranking_has_cell_rankings_columns_with_drug_for_cell(drug_run, tmp_path):
-    from hbl_mpi.__main__ import main
-
-    root, _ = drug_run
-    cells_cfg = write_tiny_run(tmp_path, tree={"n": 3, "s": 2, "strategy": "exp2:3"}, synth={"cells": 36, "drugs": 24})
-    proc = run_py(["-m", "hbl_mpi", "run", str(cells_cfg), "--serial", "--out", str(tmp_path / "cells"),
-                   "--set", "s=1"], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert main(["report", str(tmp_path / "cells" / "results.h5"), "--cells", "0", "--out", str(tmp_path / "c")]) == 0
-    assert main(["report", str(root / "serial" / "results.h5"), "--out", str(tmp_path / "d")]) == 0
+def test_drug_ranking_has_cell_rankings_columns_with_drug_for_cell(drug_run, reference_3x2, tmp_path):
+    from conftest import run_main
     from hbl_mpi.report.cells import DIAG_COLUMNS, REF_COLUMNS
 
+    root, _ = drug_run
+    cells_results = reference_3x2.out / "results.h5"
+    assert run_main(["report", cells_results, "--cells", "0", "--out", tmp_path / "c"]).returncode == 0
     cell_cols = pd.read_csv(tmp_path / "c" / "cell_ranking.csv", nrows=1).columns
-    drug_cols = pd.read_csv(tmp_path / "d" / "drug_ranking.csv", nrows=1).columns
+    drug_cols = pd.read_csv(root / "report" / "drug_ranking.csv", nrows=1).columns
     diagnosis = set(DIAG_COLUMNS + REF_COLUMNS)  # per cell only: a drugs run has no diagnosis
     assert list(drug_cols) == [c.replace("cell", "drug") for c in cell_cols if c not in diagnosis]
-    assert main(["report", str(tmp_path / "cells" / "results.h5"), str(root / "serial" / "results.h5"),
-                 "--out", str(tmp_path / "mixed")]) == 2
+    drugs_results = root / "serial" / "results.h5"
+    for args in ([cells_results, drugs_results], [drugs_results, "--baselines"]):  # mixed units; cell baselines
+        res = run_main(["report", *args, "--out", tmp_path / "x"])
+        assert res.returncode == 2 and "drug" in res.stderr, res.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_curate_drop_on_a_drugs_run_drops_drugs(drug_run, tmp_path):
