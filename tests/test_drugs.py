@@ -50,6 +50,8 @@ def test_drugs_plan_cuts_drugs_keeps_all_cells_and_the_same_holdout():
         assert set().union(*parts) == set(plan.val_units(p).tolist())
     roles = plan.to_frame()["role"].unique().tolist()
     assert sorted(roles) == ["train_added_drug", "val_drug"]
+    summary = plan.stage_summary()  # what `plan` prints: 30 drugs cut in 3, then in 3 again
+    assert [st["mean_val_drugs"] for st in summary] == pytest.approx([10.0, 30 / 9]) and summary[0]["mean_val_cells"] == 40
 
 
 # ---------------------------------------------------------------------------- synthetic drugs
@@ -196,6 +198,20 @@ def test_curate_drop_on_a_drugs_run_drops_drugs(drug_run, tmp_path):
     before, after = read_uno(str(data)), read_uno(str(out))
     assert after.n_cells == before.n_cells and after.n_drugs == before.n_drugs - 3
     assert set(before.drug_ids) - set(after.drug_ids) == set(dropped["drug"])
+
+
+def test_a_finished_drugs_run_restarts_with_its_drug_tables(drug_run, tmp_path):
+    """--restart carries the per-drug tables of finished nodes over (nothing is retrained)."""
+    import shutil
+
+    from hbl_mpi.__main__ import main
+
+    root, cfg = drug_run
+    shutil.copytree(root / "serial", tmp_path / "again", ignore=shutil.ignore_patterns(".lock"))
+    assert main(["run", str(cfg), "--serial", "--restart", "--out", str(tmp_path / "again")]) == 0
+    for key in ("nodes", "drug_val", "drug_test", "truth"):
+        a, b = (pd.read_hdf(d / "results.h5", key) for d in (root / "serial", tmp_path / "again"))
+        pd.testing.assert_frame_equal(b.reset_index(drop=True), a.reset_index(drop=True), obj=key)
 
 
 @pytest.mark.timeout(400)

@@ -98,11 +98,13 @@ def format_summary(plan, build_s: float) -> list[str]:
         f"holdout_fraction={spec.holdout_fraction:g}",
         f"data: {len(plan.cell_ids):,} cells, {len(plan.drug_ids):,} drugs, {len(plan.holdout):,} rows "
         f"({int(plan.holdout.sum()):,} holdout test rows, in no node's train or val)",
-        f"{'stage':>5} {'nodes':>7} {'mean val cells':>15} {'mean train cells':>17} {'mean val rows':>14}",
+        f"{'stage':>5} {'nodes':>7} {'mean val cells':>15} {'mean train cells':>17} {'mean val rows':>14}"
+        + (f" {'mean val drugs':>15}" if spec.partition != "cells" else ""),
     ]
     for st in plan.stage_summary():
         lines.append(f"{st['stage']:>5} {st['nodes']:>7,} {st['mean_val_cells']:>15.2f} "
-                     f"{st['mean_train_cells']:>17.2f} {st['mean_val_rows']:>14.1f}")
+                     f"{st['mean_train_cells']:>17.2f} {st['mean_val_rows']:>14.1f}"
+                     + (f" {st['mean_val_drugs']:>15.2f}" if "mean_val_drugs" in st else ""))
     lines.append(f"total {len(plan):,} nodes (root not counted); built in {build_s:.3f} s")
     return lines
 

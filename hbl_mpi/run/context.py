@@ -79,7 +79,10 @@ class RunContext:
         return cls(cfg, ds, plan, resolve_device(cfg.device))
 
     def static_tables(self) -> dict[str, pd.DataFrame]:
-        """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours."""
+        """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours
+        (for the cell diagnosis: none for a drugs-partition run, which has no diagnosis)."""
+        if self.plan.unit == "drug":
+            return {}
         nb = expression_neighbours(self.dataset)
         return {} if nb is None else {"cell_neighbours": nb}
 

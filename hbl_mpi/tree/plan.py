@@ -335,6 +335,9 @@ class Plan:
                 "mean_val_cells": float(np.mean(val)), "mean_train_cells": float(np.mean(train)),
                 "mean_val_rows": float(np.mean([self.nodes[n].n_val_rows for n in names])),
             })
+            if crossed:  # the drugs each node holds out (cells+drugs, drugs)
+                spans = [self.nodes[n].drugs for n in names]
+                out[-1]["mean_val_drugs"] = float(np.mean([hi - lo for lo, hi in spans]))
         return out
 
     def records(self):
