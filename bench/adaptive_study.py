@@ -34,7 +34,9 @@ import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import benchkit  # noqa: E402
 from hbl_mpi.analysis.baselines import config_from_dict, kfold_residuals, out_of_fold  # noqa: E402
 from hbl_mpi.adaptive.growth import adaptive_plan, regrow  # noqa: E402
 from hbl_mpi.tree.plan import PlanSpec, plan_for  # noqa: E402
@@ -199,7 +201,15 @@ def summary(paths: list[str], plot: str | None) -> dict:
     return {"summary": [{"data": os.path.basename(r["data"]), "rows": r["rows"]} for r in runs]}
 
 
-def main() -> None:
+#: what to run before the study: a finished full tree and its data (docs/findings/adaptive.md §10's commands)
+RUN_FIRST = ("needs a finished full tree and its data: run `python -m hbl_mpi data synth --seed 7101 --cells 1024 "
+             "--drugs 32 --out data.h5` and `mpiexec -n 3 python -m hbl_mpi run --set data=data.h5 --set n=4 "
+             "--set s=5 --set strategy=EXP2 --out full` first (docs/findings/adaptive.md §10), then give --results "
+             "full/results.h5 --data data.h5")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments it says which tree to train first (the study reads one)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", help="a full tree's results.h5")
     ap.add_argument("--data", help="its data file")
@@ -211,7 +221,16 @@ def main() -> None:
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--summary", nargs="*", help="study JSON files to tabulate")
     ap.add_argument("--plot", help="with --summary: PNG of AP and P@k against row-epochs")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    for path in (*(args.summary or ()), args.results, args.data):
+        if path and not os.path.exists(path):
+            benchkit.need_first(__file__, f"{path} does not exist; " + RUN_FIRST)
+    if not args.summary and not (args.results and args.data):
+        benchkit.need_first(__file__, RUN_FIRST)
     if args.summary:
         res = summary(args.summary, args.plot)
         print(json.dumps({"files": len(args.summary)}))

@@ -28,7 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchkit  # noqa: E402
 from hbl_mpi.__main__ import main  # noqa: E402
 
 
@@ -118,9 +120,12 @@ def restart_time(args, root: Path) -> dict:
             "checkpoint_parent_load_s": float(nodes.loc[ck, "transfer_s"].max()) if ck.any() else 0.0}
 
 
-def cli() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: demo/small.h5 (made when missing), small model, a 2 x 2 tree
+    with 4 epochs per node, 3 reps, scratch folder ``<temp dir>/hbl_ckpt_overhead``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="demo/small.h5")
+    p.add_argument("--data", default=benchkit.DEMO_DATA, help="Uno HDF5 file (default demo/small.h5, made when "
+                   "missing)")
     p.add_argument("--preset", default="small")
     p.add_argument("--n", type=int, default=2)
     p.add_argument("--s", type=int, default=2)
@@ -130,16 +135,24 @@ def cli() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--stop-node", default="1.2", help="restart measurement: node to stop in")
     p.add_argument("--stop-epoch", type=int, default=2)
-    p.add_argument("--root", default="/tmp/hbl_ckpt_bench")
+    p.add_argument("--root", default=benchkit.default_work("ckpt_overhead"),
+                   help="scratch folder (default: <temp dir>/hbl_ckpt_overhead)")
     p.add_argument("--skip-overhead", action="store_true")
-    args = p.parse_args()
+    return p
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     root = Path(args.root) / args.preset
+    benchkit.say(__file__, f"work folder {root}, data {args.data}")
+    args.data = benchkit.ensure_demo_data(args.data, __file__)
     root.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args)}
     if not args.skip_overhead:
         result["overhead"] = overhead(args, root)
     result["restart"] = restart_time(args, root)
     print(json.dumps(result, indent=1))
+    print(json.dumps(result))  # the last line: one JSON object, as every bench script ends
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
-from hbl_mpi.report.build import markdown_table
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchkit  # noqa: E402  (also puts the checkout first on sys.path)
+from hbl_mpi.report.build import markdown_table  # noqa: E402
 
 LOCK = "/tmp/hbl_heavy.lock"
 
@@ -115,7 +117,7 @@ def study_one(args) -> None:
     if not complete(results) or args.rerun:
         with heavy_lock(not args.no_lock):
             t0 = time.perf_counter()
-            subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(args.ranks), sys.executable, "-m", "hbl_mpi", "run", cfg_path,
+            subprocess.run([benchkit.mpiexec_path() or "mpiexec", "-n", str(args.ranks), sys.executable, "-m", "hbl_mpi", "run", cfg_path,
                             "--overwrite"], check=True, stdout=subprocess.DEVNULL)
             print(f"[study] {args.name}: tree trained in {time.perf_counter() - t0:.0f} s", flush=True)
     if not complete(results):
@@ -159,7 +161,8 @@ def md(w: pd.DataFrame) -> str:
 def summary(args) -> None:
     files = sorted(glob.glob(os.path.join(args.work, "*", "metrics.csv")))
     if not files:
-        sys.exit(f"no metrics.csv under {args.work}")
+        benchkit.need_first(__file__, f"no metrics.csv under {args.work}: run `python bench/detection_study.py "
+                                      f"--work {args.work} --name NAME --seed SEED` for each data set first")
     m = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     if args.only:
         m = m[m["dataset"].isin(args.only.split(","))]
@@ -177,10 +180,13 @@ def summary(args) -> None:
     print(md(kind))
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: data set ``d0`` (synthetic seed 0, the demo's tree settings,
+    3 ranks) under ``<temp dir>/hbl_detection_study``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True)
-    p.add_argument("--name")
+    p.add_argument("--work", default=benchkit.default_work("detection_study"),
+                   help="folder of the data sets (default: <temp dir>/hbl_detection_study)")
+    p.add_argument("--name", help="data set name (default: d<SEED>)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--plan-seed", dest="plan_seed", type=int, default=None, help="run seed (default: --seed)")
     p.add_argument("--synth", nargs="*", default=[], help="data synth overrides, key=value")
@@ -191,12 +197,16 @@ def main() -> None:
     p.add_argument("--no-lock", dest="no_lock", action="store_true")
     p.add_argument("--summary", action="store_true")
     p.add_argument("--only", help="with --summary: comma-separated data set names")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.summary:
         summary(args)
     else:
-        if not args.name:
-            p.error("--name is required")
+        args.name = args.name or f"d{args.seed}"
+        benchkit.say(__file__, f"data set {args.name} (seed {args.seed}) in {os.path.join(args.work, args.name)}")
         study_one(args)
 
 

@@ -28,7 +28,12 @@ import time
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchkit  # noqa: E402  (also puts the checkout first on sys.path)
+
 ERROR_KINDS = ("label_noise", "shift", "swap")
+#: docs/findings/diagnosis.md's seeds for this benchmark (its command: --seeds 9301 9302 9303)
+DEFAULT_SEEDS = [9301, 9302, 9303]
 
 
 def train(work: str, seed: int, ranks: int, synth: list[str], rerun: bool) -> tuple[str, str]:
@@ -43,7 +48,7 @@ def train(work: str, seed: int, ranks: int, synth: list[str], rerun: bool) -> tu
         here = os.path.dirname(os.path.abspath(__file__))
         cfg = os.path.join(here, "..", "jobs", "demo.toml")
         t0 = time.perf_counter()
-        mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+        mpiexec = benchkit.mpiexec_path() or "mpiexec"
         subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", "hbl_mpi", "run", cfg,
                         "--set", f'data="{os.path.abspath(data)}"', "--set", f"seed={seed}",
                         "--out", os.path.join(d, "run"), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
@@ -107,15 +112,25 @@ def study(results: str, data: str) -> tuple[dict, pd.DataFrame]:
     return score(diag, ranking, run.truth, swap_partners(data)), diag.merge(ranking[["cell", "rank"]], on="cell")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: seeds 9301 9302 9303 (docs/findings/diagnosis.md's), 3 ranks, under
+    ``<temp dir>/hbl_diagnosis_study`` (trees already there are reused)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--work", default=benchkit.default_work("diagnosis_study"),
+                   help="folder of the data sets and trees (default: <temp dir>/hbl_diagnosis_study)")
+    p.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS,
+                   help="synthetic data and run seeds (default: 9301 9302 9303)")
     p.add_argument("--ranks", type=int, default=3)
     p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` flags, e.g. --cells 400")
     p.add_argument("--rerun", action="store_true")
     p.add_argument("--show", action="store_true", help="print the planted and top cells' evidence")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    benchkit.say(__file__, f"seeds {' '.join(map(str, args.seeds))} in {args.work} (one tree per seed, "
+                           f"{args.ranks} ranks)")
     out, pooled = {}, {"planted_in_top_k": 0, "named_right": 0, "swaps_in_top_k": 0, "partner_right_top_k": 0,
                        "clean_cells": 0, "clean_as_error": 0}
     for seed in args.seeds:

@@ -45,8 +45,11 @@ import time
 T_LAUNCH = time.time()  # as early as possible: the node's process start ends here (+ imports)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.join(HERE, "..")
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import benchkit  # noqa: E402
+
 PHASES = ("process_start", "data_read", "state_load", "training", "state_save", "exit")
 
 
@@ -164,28 +167,42 @@ def _stats(values: list[float]) -> dict:
     return {"total_s": sum(values), "median_s": statistics.median(values), "max_s": max(values)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: jobs/demo.toml (84 nodes, demo/small.h5, made when missing),
+    4 ranks, scratch folder ``<temp dir>/hbl_file_workflow``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.path.join(ROOT, "jobs", "demo.toml"), help="run config (default jobs/demo.toml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     ap.add_argument("--ranks", type=int, default=4, help="MPI ranks of hbl_mpi run; the file workflow gets "
                     "RANKS - 1 concurrent node processes and this dispatcher (default 4)")
-    ap.add_argument("--work", default="/tmp/hbl_file_workflow", help="scratch folder (replaced)")
+    ap.add_argument("--work", default=benchkit.default_work("file_workflow"),
+                    help="scratch folder (replaced; default: <temp dir>/hbl_file_workflow)")
     ap.add_argument("--node", help=argparse.SUPPRESS)
     ap.add_argument("--launched", type=float, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     args.work = os.path.abspath(args.work)
     if args.node:
         return node_main(args)
     if args.ranks < 2:
         ap.error("--ranks must be >= 2 (rank 0 schedules)")
+    from hbl_mpi.core.errors import InputError
     from hbl_mpi.data import read_uno
     from hbl_mpi.tree.plan import PlanSpec, plan_for
 
+    benchkit.say(__file__, f"work folder {args.work} (replaced), config {args.config} {' '.join(args.set)}".rstrip())
+    try:
+        cfg = _config(args)
+    except InputError as e:
+        benchkit.need_first(__file__, str(e))
+    benchkit.ensure_demo_data(cfg.data, __file__)
     if os.path.exists(args.work):
         shutil.rmtree(args.work)
     os.makedirs(args.work)
-    cfg = _config(args)
     plan = plan_for(read_uno(cfg.data), PlanSpec.from_config(cfg))
     n_nodes = len(plan.trained_nodes())
 

@@ -33,9 +33,14 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hbl_mpi.train.flat_state import ModelState, flat_buffer  # noqa: E402
 from hbl_mpi.transfer import OutgoingStates, recv_state_into, wait_all  # noqa: E402
+
+import benchkit  # noqa: E402
+
+RANKS = 3  # rank 1 holds the parent, rank 2 trains the child, rank 0 collects
 
 
 def paper_param_count(widths: list[int]) -> int:
@@ -45,17 +50,23 @@ def paper_param_count(widths: list[int]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: the paper preset at Top21 widths, median of 5."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=0, help="parameter count (default: paper preset)")
     ap.add_argument("--widths", default="942,5270", help="feature widths for the paper preset (default: Top21, 16.2 M parameters)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="more repetitions (big machines)")
     ap.add_argument("--dir", default=None, help="folder for the file-based variant (default: tmp)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    benchkit.mpiexec_self(__file__, RANKS)  # plain `python bench/fork.py`: run the documented 3-rank job
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    if size != 3:
+    if size != RANKS:
         if rank == 0:
             print("bench/fork.py needs exactly 3 ranks: mpiexec -n 3 python bench/fork.py", file=sys.stderr)
         sys.exit(2)

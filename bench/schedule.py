@@ -30,6 +30,7 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hbl_mpi.core.config import RunConfig  # noqa: E402
 from hbl_mpi.run.context import RunContext  # noqa: E402
@@ -41,6 +42,10 @@ from hbl_mpi.scheduler import Scheduler  # noqa: E402
 from hbl_mpi.train.flat_state import ModelState  # noqa: E402
 from hbl_mpi.runtime.topology import build_topology  # noqa: E402
 from hbl_mpi.worker import Worker  # noqa: E402
+
+import benchkit  # noqa: E402
+
+RANKS = 4  # rank 0 schedules, 3 workers (BENCHMARKS.md's figures)
 
 STATE_FLOATS = 3 * 1000  # a small held state: the forks are real, their size is not the point
 
@@ -81,9 +86,9 @@ class SyntheticWorker(Worker):
         if self.ctx.has_children(msg.node):
             self.outgoing.hold(msg.node, ModelState(torch.zeros(STATE_FLOATS), STATE_FLOATS // 3, 0))
         row = {"epochs_run": 0, "train_s": t}
-        self.comm.send(NodeReport(msg.node, self.topo.group, True,
-                                  result={"row": row, "history": [],
-                                          "tables": {"cell_val": (np.zeros(0, np.int64),) * 3}}),
+        self.comm.send(NodeReport(msg.node, True, payload={"row": row, "history": [],
+                                                           "tables": {"cell_val": (np.zeros(0, np.int64),) * 3}},
+                                  group=self.topo.group),
                        dest=0, tag=TAG_REPORT)
 
 
@@ -141,14 +146,20 @@ def lower_bound(names: list[str], scale: float, workers: int) -> tuple[float, fl
     return max(crit, total / workers), crit, total
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: the 1,364-node tree (N = 4, S = 5), task scale 0.1 s."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--s", type=int, default=5)
     ap.add_argument("--scale", type=float, default=0.1,
                     help="synthetic task seconds scale (mean task ~ scale; real nodes take seconds to hours)")
     ap.add_argument("--full", action="store_true")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    benchkit.mpiexec_self(__file__, RANKS)  # plain `python bench/schedule.py`: the documented 4-rank job
     if args.full:
         args.scale = 0.5
     comm = MPI.COMM_WORLD

@@ -40,6 +40,13 @@ import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import benchkit  # noqa: E402
+
+#: with no arguments: docs/findings/impact.md §8.8's seed and its four variants
+DEFAULT_SEED = 401
+DEFAULT_VARIANTS = ["base:", "crn:batch_order=family", "fixed:patience=99,inherit=last",
+                    "crnfixed:batch_order=family,patience=99,inherit=last"]
 
 BASE_CONFIG = {"n": 4, "s": 3, "strategy": "EXP2", "epochs": 12, "patience": 3, "batch_size": 256,
                "learning_rate": 0.001, "model": "small", "inherit": "best", "threads": 1}
@@ -185,22 +192,41 @@ def chaos(work: str, data: str, seed: int, sets: dict, node: str, removals: list
     return out
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (``parse_args`` fills in the variants); with no arguments: seed 401 and the four
+    variants of docs/findings/impact.md §8.8 (base, crn, fixed, crnfixed), under ``<temp dir>/hbl_sibling_noise``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True)
+    p.add_argument("--work", default=benchkit.default_work("sibling_noise"),
+                   help="the study's folder (default: <temp dir>/hbl_sibling_noise)")
     p.add_argument("--data", help="data file; default: WORK/data.h5 made by `data synth` with --seed/--cells/--drugs")
-    p.add_argument("--seed", type=int, required=True, help="data and plan seed")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"data and plan seed (default {DEFAULT_SEED})")
     p.add_argument("--cells", type=int, default=240)
     p.add_argument("--drugs", type=int, default=96)
     p.add_argument("--synth", nargs="*", default=[], help="extra `data synth` arguments")
-    p.add_argument("--variant", action="append", required=True, metavar="NAME:key=value,...")
+    p.add_argument("--variant", action="append", metavar="NAME:key=value,...",
+                   help="repeatable; default: " + " ".join(DEFAULT_VARIANTS))
     p.add_argument("--chaos", type=int, nargs="+", metavar="M",
                    help="instead of trees: remove M random training rows of --chaos-node (first variant's settings)")
     p.add_argument("--chaos-node", default="1.1.1")
     p.add_argument("--draws", type=int, default=6)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="key=value",
                    help="a config key for every variant's tree (e.g. s=3)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, the default variants filled in when no --variant is given (an ``append`` action's
+    default list would be extended by the given ones, not replaced)."""
+    args = parser().parse_args(argv)
+    args.variant = args.variant or list(DEFAULT_VARIANTS)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    benchkit.say(__file__, f"seed {args.seed} in {args.work}: " + (
+        f"chaos check of node {args.chaos_node}" if args.chaos else
+        f"{len(args.variant)} variant(s), one tree each: {' '.join(args.variant)}"))
     os.makedirs(args.work, exist_ok=True)
     data = args.data or os.path.join(args.work, "data.h5")
     if not os.path.exists(data):

@@ -237,7 +237,8 @@ def max_concurrency(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: 128 .. 4,608 Summit nodes x 6 GPUs, S = 5, EXP2 (seconds)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", default="128,256,512,1024,2048,4608", help="Summit node counts")
     ap.add_argument("--gpus-per-node", type=int, default=6)
@@ -257,7 +258,12 @@ def main() -> None:
                     help="multiply every task's duration (e.g. 0.01: tasks 100x shorter, to find where rank 0 saturates)")
     ap.add_argument("--plot", default=None, help="write the busy-GPU curve of the largest run here")
     ap.add_argument("--full", action="store_true", help="also simulate S = 6 and 7 trees")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.record:
         rec = record(args.record)
         print(f"recorded {MEASURED}: {rec['done']} nodes; mean epochs by stage "

@@ -51,6 +51,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchkit  # noqa: E402
 
 TOP21_ROWS = 529_940
 TOP21_CELLS = 1_000  # hbl_mpi.data.synth PRESETS["top21"], docs/design.md §2.1 (~1,000 cells)
@@ -268,7 +271,8 @@ def full_shape_bytes(widths: tuple[int, int]) -> dict:
             "per_row_trainer_bytes": per_row_trainer, "per_row_duplicated_bytes": per_row_dup}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; with no arguments: small model, 20,000 rows, batch 256, 1 thread (< 2 min)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000, help="response rows held in memory (default 20,000)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps per epoch (default: 100; paper preset 10)")
@@ -280,7 +284,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help=f"all {TOP21_ROWS:,} rows (~13 GB duplicated), more steps")
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.full:
         args.rows, args.steps = TOP21_ROWS, args.steps or 200
     if not args.steps:
@@ -291,6 +300,8 @@ def main() -> None:
         print(json.dumps(one_variant(args)))
         return
 
+    benchkit.say(__file__, f"{len(VARIANTS)} variants ({', '.join(VARIANTS)}), each in a fresh process: model "
+                           f"{args.preset}, {args.rows:,} rows, {args.steps} steps x {args.epochs} timed epochs")
     res: dict[str, dict] = {}
     for v in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--rows", str(args.rows),

@@ -255,7 +255,7 @@ def test_sections_come_from_the_builders_and_a_new_part_is_one_more(tmp_path):
                       "Fig. 9: epochs trained", "Fig. 10: val_loss percentiles",
                       "Table 2: the best final-stage trajectory", "Fig. 11: val_loss increases",
                       "Fig. 12: increase delta", "Fig. 13: outlier level", "Fig. 14: busy workers", "Cell ranking",
-                      "Impact on the other cells", "Cell diagnosis", "Detection of the planted cells", "Extra"]
+                      "Groups the suspects share", "Impact on the other cells", "Cell diagnosis", "Detection of the planted cells", "Extra"]
     ranking = pd.read_csv(io.BytesIO(rep.files["cell_ranking.csv"]))
     extra_csv = pd.read_csv(io.BytesIO(rep.files["extra.csv"]))
     pd.testing.assert_frame_equal(extra_csv, ranking.head(3))
@@ -316,7 +316,7 @@ def test_report_diagnoses_cells_and_holds_them_against_a_reference(tmp_path):
     for col in ("diagnosis", "likely_identity", "confidence", "bias_t", "resid_pred_corr", "identity_gain",
                 "neighbour_coherence", "screen_agreement"):
         assert col in rk.columns
-    assert set(rk["diagnosis"]) <= {"label_noise", "shift", "swap", "distinct", "none"}
+    assert set(rk["diagnosis"]) <= {"label_noise", "shift", "swap", "distinct", "none", "replicate_disagreement"}
     assert rk.set_index("cell").loc["C11", "diagnosis"] == "shift"
     html = (out / "report.html").read_text()
     assert "Cross-screen agreement" in html and html.count("<h2 id=") >= 5 + 12

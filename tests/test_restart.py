@@ -42,10 +42,11 @@ class Killed(BaseException):
 
 
 @pytest.fixture(scope="module")
-def setup(reference_3x2, tmp_path_factory):
-    """(a folder of this module's own, the shared 3 x 2 config, its serial node table)."""
+def setup(reference_3x2):
+    """(the shared 3 x 2 run's folder: read-only, tests copy from it; its config; its
+    serial node table). The finished serial run is ``root / "serial"``."""
     assert sorted(reference_3x2.nodes.index) == sorted(NODES)
-    return tmp_path_factory.mktemp("restart"), reference_3x2.cfg, reference_3x2.nodes
+    return reference_3x2.root, reference_3x2.cfg, reference_3x2.nodes
 
 
 def compare(reference: pd.DataFrame, out) -> pd.DataFrame:
@@ -274,7 +275,7 @@ def test_restart_without_checkpoints_reruns_needed_parents(setup, tmp_path, caps
     """No checkpoints: finished nodes whose state an unfinished child needs run again."""
     root, cfg, reference = setup
     out = tmp_path / "out"
-    shutil.copytree(root / "reference", out)
+    shutil.copytree(root / "serial", out)
     from hbl_mpi.store.results import read_results
 
     _rewrite_results(out, read_results(str(out / "results.h5")), {"1.1", "1.1.1", "1.1.2", "1.1.3", "1.2"})
@@ -330,7 +331,7 @@ def test_restart_compares_the_data_by_content(setup, tmp_path, capsys, monkeypat
     assert 'data = "../d.h5"' in text
     (work / "cfgs" / "run.toml").write_text(text)
     out = tmp_path / "out"
-    shutil.copytree(root / "reference", out)  # a finished run (made with the absolute path)
+    shutil.copytree(root / "serial", out)  # a finished run (made with the absolute path)
     monkeypatch.chdir(work)
     for spelling in (["cfgs/run.toml"], ["cfgs/run.toml", "--set", "data='./d.h5'"],
                      ["cfgs/run.toml", "--set", f"data='{work / 'd.h5'}'"]):
@@ -357,7 +358,7 @@ def test_restart_compares_the_data_by_content(setup, tmp_path, capsys, monkeypat
 def test_required_without_checkpoint_exits_2(setup, tmp_path, capsys):
     root, cfg, _ = setup
     out = tmp_path / "out"
-    shutil.copytree(root / "reference", out)  # results but no checkpoints
+    shutil.copytree(root / "serial", out)  # results but no checkpoints
     before = os.stat(out / "results.h5").st_mtime_ns
     capsys.readouterr()
     code = main(["run", str(cfg), "--serial", "--out", str(out), "--restart",

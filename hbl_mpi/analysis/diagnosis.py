@@ -46,8 +46,10 @@ from hbl_mpi.data.dataset import cell_feature_matrix
 from hbl_mpi.analysis.robust import robust_z
 from hbl_mpi.tree.plan import stage_of
 
-KINDS = ("label_noise", "shift", "swap", "distinct", "none")
-ERROR_KINDS = ("label_noise", "shift", "swap")
+KINDS = ("label_noise", "shift", "swap", "replicate_disagreement", "distinct", "distinct_group", "none")
+ERROR_KINDS = ("label_noise", "shift", "swap", "replicate_disagreement")
+"""``distinct_group`` (the cell's metadata group errs as it does) is set by ``group_diagnosis.py``;
+``replicate_disagreement`` (a second screen disagrees, and the model sides with it) by ``_with_reference``."""
 NEIGHBOURS = 10
 EPS = 1e-12
 
@@ -351,7 +353,7 @@ def diagnose(grid: Grid, ranking: pd.DataFrame, neighbours: pd.DataFrame | None 
     given, an error kind whose responses the other screen reproduces (agreement >=
     ``ref_agree``, and the model fits the reference no better than this screen) becomes
     ``distinct``, and a flagged cell left `none`/`distinct` whose screens disagree while the
-    model agrees with the reference better is ``label_noise``. Confidence = share of
+    model agrees with the reference better is ``replicate_disagreement``. Confidence = share of
     ``rules.bootstrap`` resamples of the cell's drugs (with replacement) giving the label.
     """
     ev = cell_evidence(grid, neighbours, k)
@@ -412,7 +414,7 @@ def _with_reference(lab: str, flagged: bool, ref: pd.Series, rules: Rules) -> st
     if lab in ("label_noise", "shift") and agree >= rules.ref_agree and not model_prefers_ref:
         return "distinct"
     if lab in ("none", "distinct") and agree < rules.ref_agree / 2 and model_prefers_ref:
-        return "label_noise"
+        return "replicate_disagreement"
     return lab
 
 

@@ -10,9 +10,10 @@ score, :func:`unit_view` presents a drugs run in the cell-shaped form those func
 (nothing is recomputed: only names change), and :func:`to_unit` renames the id column
 back on the way out, so every file and table a user sees says ``drug``.
 
-Diagnosis is not part of the view: its kinds (label noise, shift, swap, distinct) are
-read from cell expression and from each held-out cell's predictions on every drug
-(``cell_pred``), which have no per-drug counterpart; a drugs run has no diagnosis.
+Diagnosis and the metadata enrichment are not part of the view: the diagnosis kinds
+(label noise, shift, swap, distinct) are read from cell expression and from each held-out
+cell's predictions on every drug (``cell_pred``), and the metadata describes cells; none
+has a per-drug counterpart, so the view carries none of them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def unit_view(run: RunTables) -> RunTables:
         plan = plan.assign(role=plan["role"].astype(str).replace(PLAN_ROLES))
     return replace(run, cell_val=_as_cell(run.unit_val, run.unit), cell_test=_as_cell(run.unit_test, run.unit),
                    truth=_as_cell(run.unit_truth, run.unit), plan=plan, cell_pred=None, cell_neighbours=None,
-                   drug_val=None, drug_test=None, drug_truth=None)
+                   cell_metadata=None, drug_val=None, drug_test=None, drug_truth=None)
 
 
 def to_unit(df: pd.DataFrame, unit: str) -> pd.DataFrame:

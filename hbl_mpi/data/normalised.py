@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
 
@@ -40,6 +41,7 @@ def write_normalised(ds: Dataset, path: str) -> None:
         "groups": [{"name": g.name, "entity": g.entity, "columns": [str(c) for c in g.columns]} for g in ds.groups],
         "truth": None if ds.truth is None else {c: ds.truth[c].astype(str).tolist() for c in ds.truth.columns},
         "meta": json.loads(json.dumps(ds.meta, default=str)),
+        "cell_metadata": None if ds.cell_metadata is None else metadata.to_records(ds.cell_metadata),
     }
     if ds.drug_truth is not None:  # only then: files without planted drugs stay what they were
         header["drug_truth"] = {c: ds.drug_truth[c].astype(str).tolist() for c in ds.drug_truth.columns}
@@ -85,6 +87,10 @@ def read_normalised(path: str) -> Dataset:
                 drug_truth=None if drug_truth is None else pd.DataFrame(
                     {c: np.asarray(v, dtype=object) for c, v in drug_truth.items()}),
             )
+            if header.get("cell_metadata") is not None:
+                ds.cell_metadata = metadata.read_hdf_table(
+                    metadata.from_records(header["cell_metadata"], f"data file {path!r}: cell metadata"),
+                    ds.cell_ids, f"data file {path!r}: cell metadata")
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from hbl_mpi.core.seeding import generator
 from hbl_mpi.core.atomic import replace_file
+from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
@@ -487,6 +488,9 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
     keep, n_identical = _deduplicate(path, codes[CELL], codes[DRUG], dose, resp.label, cell_ids, drug_ids)
 
     truth, drug_truth = _read_truth(store, set(cell_ids), set(drug_ids)) if "truth" in store.keys else (None, None)
+    cell_meta = None
+    if metadata.KEY in store.keys:  # checked like a user's CSV: a hand-made file gets the same one-line errors
+        cell_meta = metadata.read_hdf_table(store.select(metadata.KEY), cell_ids, f"data file {path!r}: key {metadata.KEY!r}")
     source = str(model_attrs.get("hbl_source", "") or f"uno:{os.path.basename(path)}")
     meta = {"path": path, "partition_rows": {p: b - a for p, (a, b) in resp.offsets.items()},
             "identical_duplicates": n_identical}
@@ -502,7 +506,7 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
         cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
         cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
         dose=None if dose is None else sel(dose), label_name=resp.label_name, truth=truth,
-        source=source, meta=meta, drug_truth=drug_truth,
+        source=source, meta=meta, cell_metadata=cell_meta, drug_truth=drug_truth,
     )
 
 
@@ -700,6 +704,8 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                 store.put("truth", t, format="table")
             elif ds.drug_truth is not None:  # planted drugs: the table says each row's unit
                 store.put("truth", combine_truth(ds.truth, ds.drug_truth), format="table")
+            if ds.cell_metadata is not None:
+                metadata.write_hdf(store, ds.cell_metadata)
 
 
 def read_uno_responses(path: str) -> pd.DataFrame:

@@ -23,10 +23,12 @@ import pandas as pd
 
 from hbl_mpi.analysis import paper_stats as A
 from hbl_mpi.analysis import ranking as R
+from hbl_mpi.analysis.enrichment import sentence as enrichment_sentence
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.report import cross_study
 from hbl_mpi.report import figures as F
 from hbl_mpi.report.cells import cell_page_sections, diagnosis_sections
+from hbl_mpi.report.enrichment import enrichment_sections
 from hbl_mpi.report.impact import impact_sections
 from hbl_mpi.report.inputs import ReportInputs, _data_path, load_runs
 from hbl_mpi.report.page import Report, Section, slug
@@ -250,12 +252,13 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
                                           "row_epochs", "seconds"]]
             tables.append(("detection of the planted cells (kind = all; per kind below)", d))
             text += f" The data has {len(truth)} planted anomalous cells."
+    text += (" " + enrichment_sentence(rep.summary.get("enrichment"))).rstrip()
     rep.sections.insert(0, Section("Summary", text, None, tables))
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, impact_sections, diagnosis_sections, cross_study_part,
-    tree_view_part, detection_sections, cell_page_sections, summary_sections)
+    run_sections, paper_sections, ranking_sections, enrichment_sections, impact_sections, diagnosis_sections,
+    cross_study_part, tree_view_part, detection_sections, cell_page_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""
 
@@ -263,7 +266,7 @@ results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
           method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
           cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS,
-          runs: list | None = None) -> Report:
+          enrich_k: tuple[int, ...] = (20, 50), runs: list | None = None) -> Report:
     """Read the runs and compute every table and figure (nothing is written here).
 
     ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
@@ -278,7 +281,7 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
         if not os.path.isfile(data_path):
             raise InputError(f"data file {data_path!r} for the baselines does not exist")
     inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
-                       log=log, reference=reference, cells=cells)
+                       log=log, reference=reference, cells=cells, enrich_k=tuple(enrich_k))
     names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
     rep = Report("hbl_mpi report", f"Runs: {names}.")
     for builder in builders:

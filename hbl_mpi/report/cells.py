@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from hbl_mpi.analysis import diagnosis as D
+from hbl_mpi.analysis import group_diagnosis as G
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.report.page import KIND_COLOURS, Section, make_figure, slug
 
 DIAG_COLUMNS = ["diagnosis", "likely_identity", "confidence", "flagged", "score_z", "bias_t", "resid_pred_corr", "identity_gain",
                 "neighbour_coherence", "bias", "bias_share", "response_pred_corr", "identity_fit", "best_fit_ratio",
                 "best_fit_cell",
-                "n_drugs", "diag_node"]
+                "n_drugs", "diag_node"] + G.EVIDENCE
 REF_COLUMNS = ["screen_agreement", "shared_drugs", "screen_offset", "model_this_corr", "model_ref_corr",
                "model_this_mse", "model_ref_mse"]
 
@@ -39,6 +40,8 @@ class Diagnosis:
     neighbours: pd.DataFrame | None
     reference: pd.DataFrame | None = None  # cross_screen output
     reference_path: str = ""
+    metadata: pd.DataFrame | None = None  # the cells' metadata (tissue, study...), when the data had it
+    group_seconds: float = 0.0  # what the group rule (group_diagnosis.py) cost
 
 
 def load_reference(path: str) -> pd.DataFrame:
@@ -51,10 +54,16 @@ def load_reference(path: str) -> pd.DataFrame:
 
 
 def diagnose_run(run, ranking: pd.DataFrame, reference: pd.DataFrame | None = None,
-                 rules: D.Rules = D.RULES, full: bool = False):
+                 rules: D.Rules = D.RULES, full: bool = False, metadata: pd.DataFrame | None = None,
+                 group_threshold: float = G.GROUP_SHARE):
     """Diagnose every ranked cell of one run (``results.RunTables``); None when the run has
     no ``cell_pred`` table (results written before the diagnosis existed, or data with doses).
+    ``metadata`` (default: the run's own) adds the group rule (``distinct_group``).
     ``full`` returns the ``Diagnosis`` (grid, inputs) instead of the table alone."""
+    import time
+
+    if metadata is None:
+        metadata = getattr(run, "cell_metadata", None)
     cp = run.cell_pred
     if cp is None or not len(cp):
         return None
@@ -66,9 +75,12 @@ def diagnose_run(run, ranking: pd.DataFrame, reference: pd.DataFrame | None = No
         this = this[this["node"].astype(str).isin(set(grid.node))]
         xs = D.cross_screen(this[["cell", "drug", "label"]], reference, grid)
     table = D.diagnose(grid, ranking, nb, rules, xs)
+    t0 = time.perf_counter()
+    table = G.apply_group_rule(table, grid, metadata, group_threshold, bootstrap=rules.bootstrap)
+    seconds = time.perf_counter() - t0
     if not full:
         return table
-    return Diagnosis(table, grid, cp, nb, xs)
+    return Diagnosis(table, grid, cp, nb, xs, metadata=metadata, group_seconds=seconds)
 
 
 def with_diagnosis(ranking: pd.DataFrame, diag: pd.DataFrame | None) -> pd.DataFrame:
@@ -104,6 +116,15 @@ def sentence(row: pd.Series) -> str:
         s = (f"Distinct biology: the model errs the same way on its expression neighbours (coherence "
              f"{row['neighbour_coherence']:.2f}), so this is a kind of cell line the model has not learned, not an "
              f"error of this line{c}.")
+    elif kind == "distinct_group":
+        s = (f"Distinct group: the other {int(row['group_size']) - 1} cells with {row['group_column']} = "
+             f"{row['group_value']} err the same way (their mean drug-centred residual profile explains "
+             f"{row['group_share']:.0%} of its squared residual; cosine {row['group_coherence']:.2f}), so this is "
+             f"the group's biology or assay, not an error of this line: model the group rather than drop the cell{c}.")
+    elif kind == "replicate_disagreement":
+        s = ("Replicate disagreement: the second screen's responses for this line disagree with this screen's, "
+             "and the held-out predictions side with the second screen: this screen's measurements of the line "
+             f"are suspect{c}.")
     elif row.get("flagged", False):
         s = "No diagnosis: its error is high but matches no error signature (it may be hard, not wrong)."
     else:
@@ -203,10 +224,26 @@ def cell_sections(rep, dg: Diagnosis, ranking: pd.DataFrame, stages: pd.DataFram
         ev_cols = ["score", "diagnosis", "confidence", "likely_identity", "bias_t", "resid_pred_corr",
                    "identity_gain", "neighbour_coherence", "bias_share", "identity_fit", "best_fit_ratio"]
         ev_cols += [c for c in REF_COLUMNS if c in d.columns]
+        ev_cols += [c for c in G.EVIDENCE if c in d.columns]
         tables.insert(0, ("evidence", pd.DataFrame([{c: row.get(c, "") for c in ev_cols}])))
+        tables += _metadata_tables(dg.metadata, ranking, cell)
         title = f"Cell {cell} (rank {int(rank.loc[cell, 'rank'])}): {row['diagnosis']}"
         fig = rep.png(f"cell_{slug(cell)}.png", fig_cell(cell, dg, stages), dpi=90)
         out.append(Section(title, sentence(row), fig, tables))
+    return out
+
+
+def _metadata_tables(meta: pd.DataFrame | None, ranking: pd.DataFrame, cell: str) -> list:
+    """The cell's metadata and how each of its groups ranks (its page's last two tables)."""
+    if meta is None:
+        return []
+    row = meta[meta["cell"].astype(str) == cell]
+    if not len(row):
+        return [("cell metadata", pd.DataFrame([{"cell": cell, "metadata": "none for this cell"}]))]
+    groups = G.group_profile(meta, ranking, cell)
+    out = [("cell metadata", row.reset_index(drop=True))]
+    if len(groups):
+        out.append(("how its groups behave: size, median rank of their cells, how many are in the top 50", groups))
     return out
 
 
@@ -218,7 +255,7 @@ def fig_agreement(table: pd.DataFrame, top: int):
     ax = axes[0, 0]
     t = table.dropna(subset=["screen_agreement"])
     col = {"label_noise": KIND_COLOURS["label_noise"], "shift": KIND_COLOURS["shift"], "swap": KIND_COLOURS["swap"],
-           "distinct": "#2ca02c"}
+           "distinct": "#2ca02c", "distinct_group": "#bcbd22", "replicate_disagreement": "#8c564b"}
     ax.scatter(t["rank"], t["screen_agreement"], s=6, color="#9e9e9e", alpha=0.6, label="all cells")
     for kind, c in col.items():
         s = t[(t["diagnosis"] == kind) & (t["rank"] <= top)]
@@ -273,8 +310,9 @@ def diagnosis_sections(inp, rep) -> None:
     rep.sections.append(Section(
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
-        f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9. The diagnosis uses each "
-        "cell's held-out predictions at its deepest stage (`diag_node`).", None,
+        f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9; `distinct_group` (the "
+        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in docs/findings-real-data.md. "
+        "The diagnosis uses each cell's held-out predictions at its deepest stage (`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
     if dg.reference_path:
         by = out.set_index("cell")
@@ -284,6 +322,7 @@ def diagnosis_sections(inp, rep) -> None:
         sc.update({b.name: b.score for b in inp.baseline_results})
         rep.sections.append(cross_screen_section(rep, out, dg, sc, cells))
     rep.summary["diagnosis"] = dg.table
+    rep.summary["group_diagnosis_seconds"] = dg.group_seconds
 
 
 def cell_page_sections(inp, rep) -> None:

@@ -58,7 +58,8 @@ def drug_diagnosis_section(inp: ReportInputs, rep: Report) -> None:
         "Not available for a drugs-partition run. The diagnosis kinds (label noise, shift, swap, distinct) "
         "are read from each held-out cell's predictions on every drug and from the cells' expression "
         "neighbours; a held-out drug has neither counterpart in these results. The drug ranking above and "
-        "its `mse_ratio` say how far a drug's responses are from what the other drugs teach."))
+        "its `mse_ratio` say how far a drug's responses are from what the other drugs teach. The "
+        "metadata enrichment (`enrichment.csv`) is not made either: the metadata describes cells."))
 
 
 def drug_detection_sections(inp: ReportInputs, rep: Report) -> None:

@@ -39,6 +39,7 @@ class ReportInputs:
     log: Callable[..., object] = print
     reference: str | None = None  # a second screen (Uno file) to hold the ranking against
     cells: int = 20  # top cells given a diagnosis page
+    enrich_k: tuple[int, ...] = (20, 50)  # the top-k sizes of the metadata group tests (enrichment.py)
 
     @property
     def labels(self) -> list[str]:
@@ -48,6 +49,11 @@ class ReportInputs:
     def same_data(self) -> list[RunTables]:
         """The runs made on the first run's data (by checksum): their rankings may be averaged."""
         return [r for r in self.runs if r.data_checksum == self.runs[0].data_checksum]
+
+    @cached_property
+    def cell_metadata(self) -> pd.DataFrame | None:
+        """The cells' metadata (tissue, study...), when the data had it (``data/metadata.py``)."""
+        return next((r.cell_metadata for r in self.same_data if r.cell_metadata is not None), None)
 
     @cached_property
     def truth(self) -> pd.DataFrame | None:
@@ -79,7 +85,7 @@ class ReportInputs:
     def diagnosis(self) -> Diagnosis | None:
         """What is wrong with each ranked cell (None: the run has no ``cell_pred`` table)."""
         ref = load_reference(self.reference) if self.reference else None
-        dg = diagnose_run(self.runs[0], self.scored, ref, full=True)
+        dg = diagnose_run(self.runs[0], self.scored, ref, full=True, metadata=self.cell_metadata)
         if dg is not None:
             dg.reference_path = self.reference or ""
         return dg

@@ -80,11 +80,13 @@ class RunContext:
 
     def static_tables(self) -> dict[str, pd.DataFrame]:
         """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours
-        (for the cell diagnosis: none for a drugs-partition run, which has no diagnosis)."""
-        if self.plan.unit == "drug":
-            return {}
-        nb = expression_neighbours(self.dataset)
-        return {} if nb is None else {"cell_neighbours": nb}
+        (for the cell diagnosis; not for a drugs-partition run, which has none) and the cell
+        metadata (the data file's, or the config's ``cell_metadata``) for the report."""
+        nb = None if self.plan.unit == "drug" else expression_neighbours(self.dataset)
+        out = {} if nb is None else {"cell_neighbours": nb}
+        if self.dataset.cell_metadata is not None:
+            out["cell_metadata"] = self.dataset.cell_metadata
+        return out
 
     # ---- lazily built, per rank ---------------------------------------------
     @property

@@ -203,8 +203,12 @@ CELL_NEIGHBOURS = Table("cell_neighbours", (
 ))
 """Each cell's nearest cells by expression, written once per run (``diagnosis.expression_neighbours``)."""
 
+CELL_METADATA = Table("cell_metadata", (Column("cell", "str", required=True),))
+"""What is known of each cell besides its data (tissue, growth, study...: ``data/metadata.py``), one string
+column per field, "" = missing; written once per run when the data has it, read by the report."""
+
 SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, CELL_PRED, PLAN, TRUTH,
-                                                 CELL_NEIGHBOURS, DRUG_VAL, DRUG_TEST)}
+                                                 CELL_NEIGHBOURS, CELL_METADATA, DRUG_VAL, DRUG_TEST)}
 """Every table of results.h5 by name, in the order the writer writes them."""
 
 PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred", "drug_val", "drug_test")
@@ -242,6 +246,7 @@ class RunTables:
     drug_val: pd.DataFrame | None = None  # partition = "drugs" only
     drug_test: pd.DataFrame | None = None
     drug_truth: pd.DataFrame | None = None  # the planted drugs (drug, kind)
+    cell_metadata: pd.DataFrame | None = None  # None: the data had none (or the file predates the table)
     versions: dict = field(default_factory=dict)
     data_checksum: str = ""
     path: str = ""
@@ -343,7 +348,15 @@ def read_results(path: str) -> RunTables:
                      cell_test=typed.get("cell_test"), cell_pred=typed.get("cell_pred"),
                      cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=truth,
                      drug_val=typed.get("drug_val"), drug_test=typed.get("drug_test"), drug_truth=drug_truth,
-                     versions=versions, data_checksum=checksum, path=path, label=label)
+                     cell_metadata=_metadata(typed.get("cell_metadata")), versions=versions,
+                     data_checksum=checksum, path=path, label=label)
+
+
+def _metadata(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The metadata table with every column as strings ("" = missing), as ``data/metadata.py`` holds it."""
+    if df is None:
+        return None
+    return pd.DataFrame({str(c): df[c].astype(object).where(df[c].notna(), "").astype(str) for c in df.columns})
 
 
 def run_attributes(attrs) -> tuple[dict, dict, str]:
