@@ -41,8 +41,9 @@ def unit_view(run: RunTables) -> RunTables:
     plan = run.plan
     if plan is not None:
         plan = plan.assign(role=plan["role"].astype(str).replace(PLAN_ROLES))
-    return replace(run, cell_val=_as_cell(run.unit_val, run.unit), cell_test=_as_cell(run.unit_test, run.unit),
-                   truth=_as_cell(run.unit_truth, run.unit), plan=plan, cell_pred=None, cell_neighbours=None,
+    drug_val = run.drug_val if run.drug_val is not None else pd.DataFrame(columns=["node", "drug", "n_rows", "mse"])
+    return replace(run, cell_val=_as_cell(drug_val, "drug"), cell_test=_as_cell(run.drug_test, "drug"),
+                   truth=_as_cell(run.drug_truth, "drug"), plan=plan, cell_pred=None, cell_neighbours=None,
                    cell_metadata=None, drug_val=None, drug_test=None, drug_truth=None)
 
 

@@ -169,15 +169,11 @@ DRUG_VAL = Table("drug_val", (
     Column("node", "str", required=True), Column("drug", "str", required=True), Column("n_rows", "int64"),
     Column("mse", "float64", required=True),
 ))
-"""``partition = "drugs"``: each node's validation error per held-out drug (the drugs' ``cell_val``)."""
+"""``partition = "drugs"``: each node's validation error per held-out drug (the drugs' ``cell_val``;
+such a run writes an empty ``cell_val``, which every file has)."""
 
 DRUG_TEST = Table("drug_test", DRUG_VAL.columns)
 """``partition = "drugs"``: each node's error per drug on the common holdout rows (``cell_test``'s twin)."""
-
-UNIT_TABLES: dict[str, tuple[str, str]] = {"cell": ("cell_val", "cell_test"), "drug": ("drug_val", "drug_test")}
-"""The partition unit (``plan.Plan.unit``) -> its (validation, holdout) per-unit tables; the
-id column of each is named after the unit. A cells run writes the ``cell_*`` tables, a
-drugs run the ``drug_*`` ones (and an empty ``cell_val``, which every file has)."""
 
 PLAN = Table("plan", (
     Column("node", "str", required=True), Column("parent", "str"), Column("stage", "int64"),
@@ -273,22 +269,6 @@ class RunTables:
     def unit(self) -> str:
         """The partition unit the run held out: "drug" for ``partition = "drugs"``, else "cell"."""
         return "drug" if self.config.get("partition") == "drugs" else "cell"
-
-    @property
-    def unit_val(self) -> pd.DataFrame:
-        """The per-unit validation errors (node, <unit>, n_rows, mse): ``cell_val`` or ``drug_val``."""
-        df = getattr(self, UNIT_TABLES[self.unit][0])
-        return df if df is not None else pd.DataFrame(columns=["node", self.unit, "n_rows", "mse"])
-
-    @property
-    def unit_test(self) -> pd.DataFrame | None:
-        """The per-unit holdout errors: ``cell_test`` or ``drug_test`` (None: not in the file)."""
-        return getattr(self, UNIT_TABLES[self.unit][1])
-
-    @property
-    def unit_truth(self) -> pd.DataFrame | None:
-        """The planted anomalies of the partition unit (<unit>, kind), when the data has them."""
-        return self.drug_truth if self.unit == "drug" else self.truth
 
     @property
     def group_size(self) -> int:
