@@ -8,12 +8,16 @@ Each subcommand lives in ``hbl_mpi.commands.<name>`` with ``configure(parser)`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from hbl_mpi import __version__
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+"""Why a write fails when the output path is wrong (read-only folder or file system): exit 2."""
 
 COMMANDS = {
     "data": "build, convert and inspect drug-response HDF5 files (synth, gdsc, inspect)",
@@ -25,8 +29,23 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the package's error line: ``hbl_mpi: error: <message>``, exit 2.
+
+    argparse prints the usage and then ``python -m hbl_mpi run: error: ...`` (several lines,
+    another prefix); every other bad input is one line starting ``hbl_mpi: error:``, which
+    scripts grep for. Subparsers are built from the parent's class, so this one override
+    covers every command and action (issue 28 item 8). ``--help`` still prints the usage.
+    """
+
+    def error(self, message: str):
+        command = " ".join(self.prog.split()[3:])  # "python -m hbl_mpi data synth" -> "data synth"
+        where = f" {command}:" if command else ""
+        self.exit(EXIT_INPUT, error_line(f"{where.strip()} {' '.join(message.split())} (see --help)".strip()) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m hbl_mpi",
         description="High-bypass learning: a tree of drug-response models trained over MPI.",
     )
@@ -50,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(str(e)), file=sys.stderr)
         return EXIT_INPUT
     except WriteFailed as e:  # the file it names was left as it was (atomic.py)
+        if not e.disk_full and getattr(e.cause, "errno", None) in _UNWRITABLE:  # the user's path, not the disk
+            print(error_line(f"cannot write {e.path!r}: {e.cause.strerror}; choose a writable output path"),
+                  file=sys.stderr)
+            return EXIT_INPUT
         print(fatal_line(f"{e.strerror}; the previous file (if any) is unchanged: "
                          "free space and run the command again"), file=sys.stderr)
         return EXIT_FATAL

@@ -80,3 +80,50 @@ def test_disk_full_seen_through_wrapped_messages():
         assert is_disk_full(wrapped)
     assert is_disk_full(RuntimeError("H5Dwrite: No space left on device"))
     assert not is_disk_full(ValueError("bad value"))
+
+
+def test_temporary_file_creation_failure_is_a_write_failure(tmp_path, monkeypatch):
+    """Issue 28 item 7: ``mkstemp`` ran outside the wrapper, so no free inode (ENOSPC) or a
+    read-only folder was a bare OSError: a traceback (exit 1), or ``fatal: rank 0: OSError``
+    for a run, instead of the documented disk-full line."""
+    import tempfile
+
+    def no_inode(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_inode)
+    with pytest.raises(WriteFailed) as info:
+        replace_bytes(str(tmp_path / "f"), b"x")
+    assert info.value.disk_full and info.value.path == str(tmp_path / "f")
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(WriteFailed) as info:
+        replace_bytes(str(tmp_path / "f"), b"x")
+    assert not info.value.disk_full and info.value.cause.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("err, code, phrase", [
+    (errno.ENOSPC, 4, "disk full while writing"),
+    (errno.EROFS, 2, "Read-only file system; choose a writable output path"),
+    (errno.EACCES, 2, "Permission denied; choose a writable output path"),
+])
+def test_commands_name_an_unwritable_output_in_one_line(tmp_path, monkeypatch, capsys, err, code, phrase):
+    """``data synth`` (as ``curate`` and ``normalise``) into a folder where no file can be
+    created: one line, exit 4 for a full disk (README's exit codes), 2 for a path the user must change."""
+    import tempfile
+
+    from hbl_mpi.__main__ import main
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(tempfile, "mkstemp", fail)
+    out = tmp_path / "d.h5"
+    assert main(["data", "synth", "--cells", "6", "--drugs", "3", "--out", str(out)]) == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and phrase in lines[0], lines
+    assert lines[0].startswith("hbl_mpi: " + ("fatal: " if code == 4 else "error: "))
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -380,3 +380,141 @@ def test_labels_outside_their_range_are_read_with_one_warning(tmp_path, good_h5)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hbl_mpi: warning: ") and "2 AUC label(s) outside [0, 1]" \
         in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- issue 28: in-process cases
+#
+# The same promise (exit 2, one stderr line ``hbl_mpi: error: ...``, nothing written), checked
+# by calling ``hbl_mpi.__main__.main`` in this process: no interpreter or torch start-up per
+# case. Each entry: name -> (setup(tmp, good_h5) -> argv, expected phrase).
+
+
+def _run_case(lines: str, extra=()):
+    def setup(tmp: Path, good: Path) -> list[str]:
+        shutil.copy(good, tmp / "data.h5")
+        (tmp / "run.toml").write_text(config_text(lines))
+        return ["run", "run.toml", "--serial", "--out", "out", *extra]
+    return setup
+
+
+def _raw_config(text: str, extra=()):
+    def setup(tmp: Path, good: Path) -> list[str]:
+        shutil.copy(good, tmp / "data.h5")
+        (tmp / "run.toml").write_text(text)
+        return ["run", "run.toml", "--serial", "--out", "out", *extra]
+    return setup
+
+
+def _config_is_a_directory(tmp: Path, good: Path) -> list[str]:
+    (tmp / "cfgdir").mkdir()
+    return ["run", "cfgdir", "--serial"]
+
+
+def _config_is_a_fifo(tmp: Path, good: Path) -> list[str]:
+    os.mkfifo(tmp / "run.toml")
+    return ["run", "run.toml", "--serial"]
+
+
+def _npz_case(edit, lines: str = ""):
+    """A run on the normalised cache of the good file, after ``edit(arrays, header)``."""
+    def setup(tmp: Path, good: Path) -> list[str]:
+        import json
+
+        from hbl_mpi.data import read_uno, write_normalised
+
+        npz = tmp / "data.npz"
+        write_normalised(read_uno(str(good)), str(npz))
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(str(arrays["header"]))
+        edit(arrays, header)
+        arrays["header"] = np.array(json.dumps(header))
+        with open(npz, "wb") as f:
+            np.savez(f, **arrays)
+        (tmp / "run.toml").write_text(config_text(lines, data="data.npz"))
+        return ["run", "run.toml", "--serial", "--out", "out"]
+    return setup
+
+
+def _npz_dup_cell(a, h):
+    a["cell_ids"] = a["cell_ids"].copy()
+    a["cell_ids"][1] = a["cell_ids"][0]
+
+
+def _npz_label(value):
+    def edit(a, h):
+        a["label"] = a["label"].copy()
+        a["label"][2] = value
+    return edit
+
+
+def _npz_no_cells(a, h):
+    keep = [i for i, g in enumerate(h["groups"]) if g["entity"] != "cell"]
+    groups = {f"group{j}": a[f"group{i}"] for j, i in enumerate(keep)}
+    for k in [k for k in a if k.startswith("group")]:
+        del a[k]
+    a.update(groups)
+    h["groups"] = [h["groups"][i] for i in keep]
+
+
+def _npz_dup_row(a, h):
+    for k in ("cell_index", "drug_index"):
+        a[k] = np.r_[a[k], a[k][:1]]
+    a["label"] = np.r_[a["label"], a["label"][:1] + np.float32(0.5)].astype(np.float32)
+
+
+INPROCESS_CASES = {
+    # issue 28 item 5: the .npz cache passes the HDF5 reader's validator
+    ".npz: duplicated cell ids": (_npz_case(_npz_dup_cell), "cell id(s) appear more than once"),
+    ".npz: (cell, drug) twice with different labels": (_npz_case(_npz_dup_row),
+                                                      "keys appear more than once with different labels"),
+    ".npz: no cell feature group": (_npz_case(_npz_no_cells), "no cell feature group"),
+    ".npz: NaN label": (_npz_case(_npz_label(np.nan)), "NaN/inf AUC label(s)"),
+    ".npz: 1e30 label": (_npz_case(_npz_label(1e30)), "AUC label(s) beyond ±1e+18"),
+    "strategy flat with 23 digits": (_run_case('strategy = "flat:99999999999999999999999"'),
+                                     "strategy 'flat:99999999999999999999999': epochs must be <= 10000"),
+    "epochs = 10^9 for EXP2": (_run_case('strategy = "EXP2"\nepochs = 1000000000'),
+                               "config key 'epochs' must be <= 10000"),
+    "threads = 100000000": (_run_case("threads = 100000000"), "config key 'threads' must be <= 1024"),
+    "threads = 1e8": (_run_case("threads = 1e8"), "config key 'threads' must be int, got float"),
+    "--set threads=100000000": (_run_case("", ["--set", "threads=100000000"]), "config key 'threads' must be <= 1024"),
+    "batch_size beyond int32": (_run_case("batch_size = 9999999999999"), "config key 'batch_size' must be <="),
+    "patience 10^12": (_run_case("patience = 1000000000000"), "config key 'patience' must be <= 10000"),
+    "stall_seconds of a century": (_run_case("stall_seconds = 3.2e9"), "config key 'stall_seconds' must be <="),
+    "deeply nested TOML": (_raw_config('data = "data.h5"\nx = ' + "[" * 5000 + "]" * 5000 + "\n"),
+                           "values nested too deeply"),
+    "deeply nested --set": (_run_case("", ["--set", "n=" + "[" * 5000 + "]" * 5000]), "value nested too deeply"),
+    "config over 32 KiB as JSON (HDF5 attribute limit)": (
+        _run_case('ckpt_directory = "' + "c" * 70_000 + '"'),
+        "bytes as JSON, more than the 32,768 that results.h5 can record (largest key: 'ckpt_directory')"),
+    "thousands of fault nodes": (
+        _run_case("fault_fail_nodes = [" + ", ".join(f'"1.{i}"' for i in range(9000)) + "]"),
+        "more than the 32,768 that results.h5 can record (largest key: 'fault_fail_nodes')"),
+    "data synth with 10^11 cells": (lambda tmp, good: ["data", "synth", "--cells", "100000000000", "--out", "x.h5"],
+                                    "cells = 100000000000: need <= 1,000,000"),
+    "data synth of a terabyte": (lambda tmp, good: ["data", "synth", "--cells", "1000000", "--drugs", "100000",
+                                                    "--out", "x.h5"], "GiB; at most 64 GiB"),
+    "data synth with noise 1e308": (lambda tmp, good: ["data", "synth", "--noise", "1e308", "--out", "x.h5"],
+                                    "noise = 1e+308: need <= 10"),
+    "config is a directory": (_config_is_a_directory, "'cfgdir' is a directory; give the config file"),
+    "config is a FIFO": (_config_is_a_fifo, "'run.toml' is not a regular file"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(INPROCESS_CASES))
+def test_bad_input_in_process(name, tmp_path, good_h5, monkeypatch, capsys):
+    from hbl_mpi.__main__ import main
+
+    setup, expected = INPROCESS_CASES[name]
+    argv = setup(tmp_path, good_h5)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path) if not any(p.is_fifo() for p in tmp_path.iterdir()) else None
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("hbl_mpi: error: "), err[-3000:]
+    assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
+    if before is not None:
+        assert snapshot(tmp_path) == before, "a rejected command wrote something"

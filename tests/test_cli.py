@@ -53,6 +53,9 @@ def test_each_subcommand_has_help(name, capsys):
     ([], 2, "COMMAND"),
     (["frobnicate"], 2, "invalid choice"),
     (["plan", "--n", "three"], 2, "invalid int value"),
+    (["data", "synth", "--seed", "x", "--out", "a.h5"], 2, "data synth: argument --seed: invalid int value"),
+    (["report"], 2, "report: the following arguments are required"),
+    (["run", "--no-such-flag"], 2, "unrecognized arguments: --no-such-flag"),
 ])
 def test_version_and_usage_errors(argv, code, fragment, capsys):
     with pytest.raises(SystemExit) as info:
@@ -60,6 +63,9 @@ def test_version_and_usage_errors(argv, code, fragment, capsys):
     assert info.value.code == code
     captured = capsys.readouterr()
     assert fragment in (captured.out if code == 0 else captured.err)
+    if code == 2:  # issue 28 item 8: one line, the package's prefix, as every other input error
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hbl_mpi: error: "), captured.err
 
 
 def test_help_imports_no_heavy_module():

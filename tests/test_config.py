@@ -170,7 +170,7 @@ def test_bad_values_are_input_errors(override, fragment):
 
 def test_missing_or_unreadable_file_and_missing_data(tmp_path):
     assert "does not exist" in one_line_error(load_config, str(tmp_path / "none.toml"))
-    assert "does not exist" in one_line_error(load_config, str(tmp_path))  # a directory is no config
+    assert "is a directory; give the config file" in one_line_error(load_config, str(tmp_path))  # issue 28 item 8
     assert "'data' is missing" in one_line_error(load_config, write(tmp_path, "n = 3\n"))
     bad = tmp_path / "latin1.toml"
     bad.write_bytes(b'data = "caf\xe9.h5"\n')

@@ -91,6 +91,22 @@ def test_truth_with_drugs_round_trips_marked_by_unit(tmp_path):
     assert sub.n_rows == int((back.drug_ids[back.drug_index] != ds.drug_truth["drug"][0]).sum())
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(unit=["cell", "plate"], drug=["", "x"]), "units cell or drug"),
+    (dict(unit=["cell", "drug"], drug=["", "SYN.D9999"]), r"names 1 drug\(s\) not in the data"),
+    (dict(unit=["cell", "drug"]), "needs a drug column"),
+])
+def test_a_bad_unit_marked_truth_is_one_input_error(tmp_path, bad, message):
+    ds = synthesize("small", seed=5, cells=30, drugs=20, anomaly_fraction=0.05)
+    path = str(tmp_path / "d.h5")
+    write_uno(ds, path)
+    t = pd.DataFrame({"cell": [ds.truth["cell"][0], ""], "kind": ["shift", "wrong_assay"], **bad})
+    with pd.HDFStore(path, mode="a") as store:
+        store.put("truth", t.astype(object), format="table", track_times=False)
+    with pytest.raises(InputError, match=message):
+        read_uno(path)
+
+
 def test_synth_cli_rejects_unknown_drug_kinds(tmp_path, capsys):
     from hbl_mpi.__main__ import main
 

@@ -164,6 +164,9 @@ def test_cli_ccle_label_recorded_and_inspected(tmp_path, capsys):
     (lambda d: pd.DataFrame({"CELL": ["A"], "AUC": [0.1]}).to_csv(os.path.join(d, "GDSC2_AUC.csv")),
      "no column(s) CELL_LINE_NAME, DRUG_NAME"),
     (lambda d: open(os.path.join(d, "key.genes.txt"), "w").write("TP53\nEGFR\n"), "has 4 values"),
+    # issue 28 item 8: a finite label beyond float32 training's range is named as such, not "NaN/inf"
+    (lambda d: pd.DataFrame([GDSC2[0], ("a673", "DrugA", 1e308)] + GDSC2[2:], columns=["CELL_LINE_NAME", "DRUG_NAME", "AUC"])
+     .to_csv(os.path.join(d, "GDSC2_AUC.csv"), index=False), "GDSC data (gdsc2): 1 label(s) beyond ±1e+18"),
 ])
 def test_broken_package_files_are_input_errors(tmp_path, damage, expected):
     d = make_dir(tmp_path / "dd")

@@ -163,6 +163,13 @@ def test_gene_columns_fallbacks():
     assert gene_columns(cols) == ["GE_A|E1", "GE_2", "GE_E3", "GE_A|E4"]
 
 
+def _edit_responses(root, fn):
+    path = os.path.join(root, "y_data", "response.tsv")
+    fn(pd.read_csv(path, sep="\t", dtype={"improve_sample_id": str, "improve_chem_id": str})).to_csv(
+        path, sep="\t", index=False)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("damage, argv_extra, expected", [
     (lambda r: os.remove(os.path.join(r, "y_data", "response.tsv")), [], "response.tsv' does not exist"),
     (lambda r: None, ["--source", "CTRPv2"], "IMPROVE source 'CTRPv2' is not in"),
@@ -175,6 +182,21 @@ def test_gene_columns_fallbacks():
                 ("drug_mordred.tsv", "drug_ecfp4_nbits512.tsv", "drug_SMILES.tsv")], [], "no drug features"),
     (lambda r: pd.DataFrame({"improve_chem_id": ["Drug_1", "Drug_1"], "ABC": [1.0, 2.0]}).to_csv(
         os.path.join(r, "x_data", "drug_mordred.tsv"), sep="\t", index=False), [], "twice with different values"),
+    # issue 28 items 7 and 8
+    (lambda r: _edit_responses(r, lambda df: df.iloc[:0]), ["--source", "all"], "has a header but no rows"),
+    (lambda r: _edit_responses(r, lambda df: df.assign(improve_sample_id=["NA"] + list(df.improve_sample_id[1:]))),
+     [], "1 row(s) with an empty or NA improve_sample_id (first lines: 2)"),
+    (lambda r: _edit_responses(r, lambda df: df.assign(improve_chem_id=list(df.improve_chem_id[:2]) + [""]
+                                                       + list(df.improve_chem_id[3:]))),
+     [], "1 row(s) with an empty or NA improve_chem_id (first lines: 4)"),
+    (lambda r: _edit_responses(r, lambda df: df.assign(auc="high")), [], "label column 'auc' holds no number"),
+    (lambda r: _edit_responses(r, lambda df: df.assign(auc=[1e308] + list(df.auc[1:]))), [],
+     "IMPROVE data (CCLE): 1 auc label(s) beyond ±1e+18"),
+    (lambda r: (os.remove(os.path.join(r, "x_data", "drug_mordred.tsv")),
+                os.mkdir(os.path.join(r, "x_data", "drug_mordred.tsv"))), [], "drug_mordred.tsv' is not a regular file"),
+    (lambda r: os.mkfifo(os.path.join(r, "x_data", "drug_ecfp4_nbits512.tsv.new")) or os.replace(
+        os.path.join(r, "x_data", "drug_ecfp4_nbits512.tsv.new"), os.path.join(r, "x_data", "drug_ecfp4_nbits512.tsv")),
+     [], "drug_ecfp4_nbits512.tsv' is not a regular file"),
 ])
 def test_bad_inputs_exit_2_one_line(tmp_path, capsys, damage, argv_extra, expected):
     root, _ = make_layout(tmp_path / "csa")

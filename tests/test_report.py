@@ -3,12 +3,14 @@
 import argparse
 import io
 import os
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from hbl_mpi.report import build as REP
+from hbl_mpi.report.page import slug as _slug
 from hbl_mpi.analysis import ranking as R
 from hbl_mpi.commands import report as cmd
 from hbl_mpi.core.errors import InputError
@@ -88,7 +90,7 @@ def test_report_two_strategies(tmp_path, capsys):
               "fig11_increase_fraction.png", "fig12_increase_delta.png", "fig13_outlier_level.png",
               "fig14_busy_workers.png", "fig_cell_ranking.png", "fig_detection_roc.png", "stage_table.csv",
               "table2_best_trajectory.csv", "cell_ranking.csv", "detection.csv", "ranking_methods.csv",
-              "report.md", "report.html", "cell_ranking_EXP2.csv", "cell_ranking_F_10.csv"]:
+              "report.md", "report.html", "cell_ranking_EXP2.csv", f"cell_ranking_{_slug('F-10')}.csv"]:
         assert f in files, f
     assert not [f for f in files if ".tmp" in f]
     for f in files:
@@ -333,3 +335,12 @@ def test_reference_must_exist(tmp_path):
     a = fake_run(tmp_path / "a.h5", "EXP2", seed=1)
     with pytest.raises(InputError, match="--reference"):
         cmd.run(args_for([a, "--out", str(tmp_path / "r"), "--reference", str(tmp_path / "nope.h5")]))
+
+
+def test_file_names_of_cells_are_one_per_id():
+    """Issue 28 item 8: per-cell figures of ``HCC-1187`` and ``HCC_1187`` were one file."""
+    ids = ["HCC-1187", "HCC_1187", "HCC 1187", "HCC.1187", "hcc_1187", "x" * 300, "x" * 301, "", "_", "细胞"]
+    names = [_slug(c) for c in ids]
+    assert len(set(names)) == len(ids), names
+    assert _slug("HCC_1187") == "HCC_1187" and _slug("C11") == "C11"  # safe ids keep their name
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,100}", n) for n in names), names

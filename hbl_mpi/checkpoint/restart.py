@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +31,7 @@ from hbl_mpi.core.atomic import replace_text
 from hbl_mpi.core.config import TREE_KEYS, RunConfig
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.tree.plan import Plan, node_sort_key, stage_of
+from hbl_mpi.store.provenance import check_same_data
 from hbl_mpi.store.results import RunTables
 from hbl_mpi.checkpoint.format import info_metadata
 from hbl_mpi.checkpoint.params import CkptParams
@@ -64,15 +64,9 @@ def check_compatible(previous: RunTables, cfg: RunConfig, data_checksum: str) ->
         if key in old and old[key] != getattr(cfg, key):
             raise InputError(f"--restart: config key {key!r} was {old[key]!r} in the previous run, now "
                              f"{getattr(cfg, key)!r}; restart with the same settings or another --out")
-    if previous.data_checksum:
-        if previous.data_checksum != data_checksum:
-            raise InputError(f"--restart: data {cfg.data!r} holds other data than the previous run's "
-                             f"{old.get('data', '?')!r} (checksum {data_checksum}, was "
-                             f"{previous.data_checksum}); restart with the same data or another --out")
-    elif "data" in old and os.path.realpath(str(old["data"])) != os.path.realpath(cfg.data):
-        # a results file without the data's checksum: the resolved paths must agree
-        raise InputError(f"--restart: config key 'data' was {old['data']!r} in the previous run, now "
-                         f"{cfg.data!r}; restart with the same settings or another --out")
+    check_same_data(previous.data_checksum, str(old.get("data", "")), cfg.data, data_checksum, who="--restart",
+                    results=getattr(previous, "path", "") or "results.h5", remedy="restart with the same data or another --out",
+                    paths_must_agree=True)
 
 
 @dataclass

@@ -7,11 +7,16 @@ impact, reason). The ordering (``--by``) is impact, resist (the ranking's score)
 combination; the default was chosen by the point-removal study (docs/findings/impact.md §8.6, §8.9).
 Everything is checked before anything is written: K in 1 .. cells - 1, the results made
 from this very data (data checksum), the impact table present when the ordering needs it.
+Results that record no data checksum (older versions) are refused: the curated file would
+be a copy of whatever data sits at the path, cut by another data set's ranking; ``--force``
+curates them anyway, with a warning. A partial run (fewer cells ranked than the data has)
+is curated with a warning naming both counts.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 
 def configure(p) -> None:
@@ -25,6 +30,8 @@ def configure(p) -> None:
     p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
                    help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings/impact.md §8)")
     p.add_argument("--out", required=True, help="output Uno-format .h5 file")
+    p.add_argument("--force", action="store_true",
+                   help="curate results that record no data checksum (older versions; a warning names the risk)")
 
 
 def csv_path(out: str, mode: str) -> str:
@@ -43,6 +50,7 @@ def run(args) -> int:
     from hbl_mpi.analysis.ranking import rank_cells
     from hbl_mpi.analysis.units import to_unit, unit_view
     from hbl_mpi.report.cells import diagnose_run, with_diagnosis
+    from hbl_mpi.store.provenance import check_same_data
     from hbl_mpi.store.results import read_results
 
     mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
@@ -57,8 +65,11 @@ def run(args) -> int:
     unit = full.unit  # a drugs-partition run curates drugs
     run_ = unit_view(full)
     ds = load_dataset(args.data)
-    if run_.data_checksum and ds.checksum() != run_.data_checksum:
-        raise InputError(f"{args.results!r} was not made from {args.data!r} (data checksums differ)")
+    if not run_.data_checksum and not args.force:
+        raise InputError(f"curate: {args.results!r} records no data checksum (written by an older version): it cannot "
+                         f"be verified that {args.data!r} is the data it ranked; add --force to curate anyway")
+    check_same_data(run_.data_checksum, str(run_.config.get("data") or ""), args.data, ds.checksum, who="curate",
+                    results=args.results, remedy="give the data file the run trained on")
     ranking = rank_cells(run_.cell_val, run_.nodes, plan=run_.plan)
     if args.by != "resist":
         result = run_impact(run_)
@@ -70,6 +81,12 @@ def run(args) -> int:
     n = len(ranking)
     if k >= n:
         raise InputError(f"--{mode} K must be < the number of ranked {unit}s ({n}); got {k}")
+    n_units = ds.n_drugs if unit == "drug" else ds.n_cells
+    if n < n_units:  # a partial run (exit 3, or stopped): "K of n" would read as K of the whole data
+        unranked = n_units - n
+        print(f"hbl_mpi: warning: {args.results!r} ranks {n} of the data's {n_units} {unit}s (a partial run?); "
+              f"the {unranked} unranked {unit}s are " + ("kept unjudged" if mode == "drop" else "left out"),
+              file=sys.stderr, flush=True)
     sel = curate_selection(ranking, args.by, k, mode)
     chosen = set(sel["cell"])
     ids = ds.drug_ids if unit == "drug" else ds.cell_ids
@@ -83,7 +100,7 @@ def run(args) -> int:
     except WriteFailed as e:
         raise InputError(f"cannot write {e.path!r}{': disk full' if e.disk_full else ''}") from None
     left = sub.n_drugs if unit == "drug" else sub.n_cells
-    print(f"[hbl_mpi] curate: {mode} {k} of {n} {unit}s by {args.by}: {left} {unit}s, {sub.n_rows} rows "
-          f"-> {out}")
+    print(f"[hbl_mpi] curate: {mode} {k} of {n} ranked {unit}s ({n_units} in the data) by {args.by}: {left} {unit}s, "
+          f"{sub.n_rows} rows -> {out}")
     print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} {unit}s -> {table}")
     return 0

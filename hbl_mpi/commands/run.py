@@ -23,7 +23,7 @@ import sys
 import time
 
 from hbl_mpi.runtime.abort import abort_job
-from hbl_mpi.core.atomic import WriteFailed, replace_text
+from hbl_mpi.core.atomic import WriteFailed, remove_stale_temporaries, replace_text
 from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
 
 
@@ -160,6 +160,10 @@ def _write_failed(e, out: str, writer) -> str:
     return write_failed_line(e, out, writer)
 
 
+OUT_FILES = ("results.h5", "run_stats.json", "restart.json")
+"""The files a run writes in OUT through ``atomic.replace_file`` (their stale temporaries are removed)."""
+
+
 def _lock_out(ctx, args):
     """Take OUT's lock (``outlock.py``), then make sure OUT is still what prepare() saw:
     a run that ended while this one read its data may have written results.h5 since."""
@@ -171,6 +175,11 @@ def _lock_out(ctx, args):
         lock.release()
         raise InputError(f"{results_path(ctx.cfg.out)!r} changed while this run was starting (another run on "
                          "the same --out?): start again")
+    # with the lock held no writer of ours is alive: a temporary file of a flush killed part-way is stale
+    removed, freed = remove_stale_temporaries(ctx.cfg.out, OUT_FILES)
+    if removed:
+        print(f"[hbl_mpi] removed {removed} temporary file(s) ({freed / 1e6:,.1f} MB) that an interrupted write "
+              f"left in {ctx.cfg.out}", flush=True)
     return lock
 
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 import tempfile
-from typing import Callable
+from typing import Callable, Iterable
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
@@ -89,8 +91,11 @@ def replace_file(path: str, write: Callable[[str], object], *,
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    try:  # inside the wrapper: a read-only folder or no free inode is a WriteFailed, never a traceback
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(base), suffix=".tmp", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise WriteFailed(path, e, is_disk_full(e) or _nearly_full(folder)) from e
     try:
         try:
             os.chmod(tmp, mode & ~_umask())
@@ -112,6 +117,45 @@ def replace_file(path: str, write: Callable[[str], object], *,
             pass
         raise
     fsync_dir(folder)
+
+
+def temporary_prefix(path: str) -> str:
+    """The start of the temporary names ``replace_file`` uses for ``path`` (``.results.h5.``)."""
+    return f".{os.path.basename(path)}."
+
+
+_TEMP_TAIL = re.compile(r"^[a-z0-9_]{8}\.tmp$")  # tempfile's random part (8 of [a-z0-9_]), then .tmp
+
+
+def remove_stale_temporaries(folder: str, names: Iterable[str]) -> tuple[int, int]:
+    """Remove the temporary files ``replace_file`` left in ``folder`` for the files ``names``.
+
+    A writer killed between ``mkstemp`` and ``os.replace`` (SIGKILL, a node's wall-clock
+    limit) leaves ``.results.h5.k3j9x_2a.tmp`` beside the file: as large as the file
+    itself, and never removed (issue 28 item 8). Call only while holding the folder's lock
+    (no live writer of ours). Only our names are touched, and only regular files and
+    symlinks (the link, never its target). Returns (files removed, bytes freed).
+    """
+    prefixes = [temporary_prefix(n) for n in names]
+    removed = freed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0, 0
+    for entry in entries:
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        if prefix is None or not _TEMP_TAIL.match(entry.name[len(prefix):]):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed += 1
+        freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return removed, freed
 
 
 FULL_BELOW = 1 << 20

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import tomllib
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hbl_mpi.core.epochs import parse_strategy
+from hbl_mpi.core.epochs import MAX_EPOCHS, parse_strategy
 from hbl_mpi.core.errors import InputError
 
 
@@ -167,9 +168,31 @@ MINIMUM: dict[str, float] = {
     "expand_full_stages": 1, "expand_suspects": 0,
 }
 
+MAX_THREADS = 1024
+"""Most torch threads per rank: beyond a host's cores threads only contend, and libgomp
+dies allocating 1e8 of them (issue 28 item 7) with a message that names no key."""
 MAXIMUM: dict[str, float] = {
+    # Every numeric key has a ceiling (issue 28 item 6): a value beyond it is a slip (an extra
+    # digit, a pasted number) that otherwise overflows int64 tables, allocates without end or
+    # waits for ever. Bounds that depend on the data (n <= cells) are checked with the data.
     "seed": 2**64 - 1,  # torch.manual_seed and numpy's generators take 64-bit seeds
+    "n": 1_000_000,  # children per node; the data bounds it again by its cells
+    "epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "ckpt_skip_epochs": MAX_EPOCHS, "ckpt_save_interval": MAX_EPOCHS,
+    "ckpt_keep_limit": MAX_EPOCHS,
+    "batch_size": 2**31 - 1,  # rows of one batch: an int32 index
+    "group_size": MAX_THREADS, "threads": MAX_THREADS,
+    "min_delta": 1e18,  # a loss beyond the data's value limit (validate.VALUE_LIMIT) squared is inf anyway
+    "learning_rate": 1e3,
+    "flush_seconds": 86_400.0, "stall_seconds": 30 * 86_400.0, "fault_slow_seconds": 86_400.0,
+    "progress_every": 2**31 - 1, "expand_suspects": 2**31 - 1,
+    "fault_crash_rank": 2**31 - 1, "fault_crash_after": 2**31 - 1,
 }
+
+CONFIG_JSON_LIMIT = 32 * 1024
+"""Most bytes of the config as JSON: results.h5 keeps it in an attribute of its ``nodes``
+table, and HDF5 holds a node's attributes in a 64 KiB header (beside the versions, the
+checksum and pandas' own). A larger config (thousands of fault nodes, a pasted string)
+ended a finished run with exit 4 and 29 lines of HDF5 errors (issue 28 item 8)."""
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, type] = {
@@ -221,6 +244,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise InputError(f"--set {text[:40]!r}...: value nested too deeply") from None
     if _TYPES.get(key) is str and not isinstance(value, str):
         value = raw  # a string key takes the text as written: `--set out=2024`, `--set data=true`
     if _TYPES.get(key) is list and not isinstance(value, (list, str)):
@@ -255,6 +280,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
     parse_strategy(cfg.strategy, cfg.epochs)
+    size = len(json.dumps(cfg.as_dict(), sort_keys=True, default=str).encode())
+    if size > CONFIG_JSON_LIMIT:
+        big = max(_FIELDS, key=lambda k: len(json.dumps(getattr(cfg, k), default=str)))
+        raise InputError(f"the config is {size:,} bytes as JSON, more than the {CONFIG_JSON_LIMIT:,} that results.h5 "
+                         f"can record (largest key: {big!r})")
     if not cfg.data:
         raise InputError("config key 'data' is missing: the path of the input HDF5 file")
     return cfg
@@ -266,13 +296,19 @@ def load_config(path: str | None, overrides: list[str] = (), out: str | None = N
     base = Path(".")
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if p.is_dir():
+            raise InputError(f"config file {path!r} is a directory; give the config file (a .toml file) inside it")
+        if not p.exists():
             raise InputError(f"config file {path!r} does not exist")
+        if not p.is_file():
+            raise InputError(f"config file {path!r} is not a regular file")
         try:
             with open(p, "rb") as f:
                 raw = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"config file {path!r} is not valid TOML: {e}") from None
+        except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] of a few thousand
+            raise InputError(f"config file {path!r} is not valid TOML: values nested too deeply") from None
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"config file {path!r} cannot be read: {e}") from None
         base = p.parent

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from hbl_mpi.core.errors import InputError
 
 KINDS = ("flat", "line", "sqrt", "exp2")
+MAX_EPOCHS = 10_000
+"""Largest epoch budget E: a node of the paper trains 20 epochs, early stopping ends most
+sooner. Beyond int64 the budget wrapped (``flat:99999999999999999999999`` recorded
+``epochs_planned = -9.2e18``); any E near that is a typing slip (issue 28 item 6)."""
 NAMED = {"F-20": ("flat", 20), "F-10": ("flat", 10), "LINE": ("line", None),
          "SQRT": ("sqrt", None), "EXP2": ("exp2", None)}
 
@@ -57,6 +61,8 @@ def parse_strategy(text: str, epochs: int = 20) -> EpochStrategy:
         # LINE/SQRT/EXP2 (and bare kinds) take E from `epochs`: E = 0 would plan 0-epoch nodes
         if int(epochs) < 1:
             raise InputError(f"strategy {t!r} takes E from epochs, which must be >= 1; got {epochs}")
+        if int(epochs) > MAX_EPOCHS:
+            raise InputError(f"strategy {t!r} takes E from epochs, which must be <= {MAX_EPOCHS}; got {epochs}")
         return int(epochs)
 
     if up in NAMED:
@@ -72,6 +78,8 @@ def parse_strategy(text: str, epochs: int = 20) -> EpochStrategy:
                 raise InputError(f"strategy {t!r}: epochs after ':' must be an integer") from None
             if base < 1:
                 raise InputError(f"strategy {t!r}: epochs must be >= 1")
+            if base > MAX_EPOCHS:
+                raise InputError(f"strategy {t!r}: epochs must be <= {MAX_EPOCHS}")
             return EpochStrategy(kind, base)
     if t.lower() in KINDS:
         return EpochStrategy(t.lower(), from_epochs())

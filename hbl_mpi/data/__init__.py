@@ -19,7 +19,18 @@ from hbl_mpi.data.uno_h5 import read_uno, write_uno
 
 
 def read_data(path: str):
-    """The ``Dataset`` in ``path``: a normalised ``.npz`` cache or a CANDLE Uno HDF5 file."""
+    """The ``Dataset`` in ``path``: a normalised ``.npz`` cache or a CANDLE Uno HDF5 file.
+
+    Either reader ends in ``validate.validate_dataset``, so both forms are checked alike.
+    A path that is not a regular file (a directory, a FIFO: telling zip from HDF5 would
+    block on it) is refused before either opens it.
+    """
+    import os
+
+    from hbl_mpi.core.errors import InputError
+
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(f"data file {path!r} is not a regular file")
     return read_normalised(path) if is_normalised_file(path) else read_uno(path)
 
 

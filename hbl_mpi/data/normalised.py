@@ -22,6 +22,7 @@ from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.validate import validate_dataset
 
 FORMAT = "hbl_mpi.normalised/1"
 
@@ -95,21 +96,5 @@ def read_normalised(path: str) -> Dataset:
         raise
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise InputError(f"data file {path!r}: cannot read the normalised data set ({type(e).__name__}: {e})") from None
-    _check(ds, path)
+    validate_dataset(ds, f"data file {path!r}")  # the one validator the HDF5 reader uses too
     return ds
-
-
-def _check(ds: Dataset, path: str) -> None:
-    """What a damaged or hand-made cache could get wrong, as one-line errors."""
-    n = ds.n_rows
-    for name in ("cell_index", "drug_index", "label") + (("dose",) if ds.dose is not None else ()):
-        if len(getattr(ds, name)) != n:
-            raise InputError(f"data file {path!r}: {name} has {len(getattr(ds, name)):,} rows, label has {n:,}")
-    for idx, count, who in ((ds.cell_index, ds.n_cells, "cell"), (ds.drug_index, ds.n_drugs, "drug")):
-        if n and (idx.min() < 0 or idx.max() >= count):
-            raise InputError(f"data file {path!r}: a {who} index is outside 0..{count - 1}")
-    for g in ds.groups:
-        rows = ds.n_cells if g.entity == "cell" else ds.n_drugs
-        if g.values.shape != (rows, len(g.columns)):
-            raise InputError(f"data file {path!r}: feature group {g.name!r} has shape {g.values.shape}, "
-                             f"expected ({rows}, {len(g.columns)})")

@@ -121,7 +121,26 @@ class SynthSpec:
             bad(f"drug_anomaly_fraction = {self.drug_anomaly_fraction}: need 0 <= fraction <= 0.5")
         if not 0 <= self.misid_noise <= 1:
             bad(f"misid_noise = {self.misid_noise}: need 0 <= misid_noise <= 1 (standardised gene units)")
+        # ceilings (issue 28: bounds on every number): beyond them a slip allocated terabytes
+        # (a MemoryError traceback) or overflowed the noise into inf
+        for name, hi in SIZE_LIMITS.items():
+            if getattr(self, name) is not None and getattr(self, name) > hi:
+                bad(f"{name} = {getattr(self, name)}: need <= {hi:,}")
+        if self.noise > 10:
+            bad(f"noise = {self.noise}: need <= 10 (AUC units; labels lie in [0, 1])")
+        rows = self.rows if self.rows is not None else self.density * self.cells * self.drugs
+        nbytes = 4 * (self.cells * self.cell_features + self.drugs * (self.descriptors + self.fingerprints)
+                      + 4 * rows)
+        if nbytes > MAX_BYTES:
+            bad(f"the data would take about {nbytes / 2**30:,.0f} GiB; at most {MAX_BYTES / 2**30:g} GiB")
         return self
+
+
+SIZE_LIMITS = {"cells": 1_000_000, "drugs": 1_000_000, "cell_features": 100_000, "descriptors": 100_000,
+               "fingerprints": 100_000, "latent": 1_000, "tissues": 100_000}
+"""Largest sizes of a synthetic data set (Top21 has 1,000 cells x 800 drugs, 942 + 5,270 columns)."""
+MAX_BYTES = 64 * 2**30
+"""Largest normalised size (features + responses) a synthetic data set may take in memory."""
 
 
 PRESETS: dict[str, SynthSpec] = {

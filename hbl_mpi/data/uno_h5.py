@@ -32,6 +32,8 @@ from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
+from hbl_mpi.data.validate import SHOW as _SHOW, VALUE_LIMIT, check_truth, duplicate_keys, validate_dataset
+from hbl_mpi.data.validate import first as _first
 
 PARTITIONS = ("train", "val", "test")
 LABELS = ("AUC", "Growth")
@@ -46,22 +48,11 @@ LABEL_RANGES = {"AUC": (0.0, 1.0), "Growth": (-100.0, float("inf"))}
 """The range each label is declared to have (docs/design.md §1: AUC in [0, 1]; growth in percent of
 the control, at least -100 = every cell killed). Rows outside it are read (fitted AUCs
 slightly above 1 exist) with a warning naming their count."""
-VALUE_LIMIT = 1e18
-"""Largest |value| of a label, dose or feature: training computes in float32, whose range
-ends at 3.4e38, and a squared error of a value beyond 1e18 (or a product of features of
-that size with weights) overflows it into inf/NaN losses. Beyond it: an error, exit 2."""
 CHUNK_BYTES = 128 << 20
 _MAX_NAME_PICKLE = 30_000  # bytes of pickled column names that still fit in a node attribute
-_SHOW = 3  # offending ids named in an error message
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _first(ids, n: int = _SHOW) -> str:
-    ids = list(ids)
-    s = ", ".join(str(i) for i in ids[:n])
-    return s + (", ..." if len(ids) > n else "")
 
 
 def _one_line(e: BaseException) -> str:
@@ -485,9 +476,10 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
             if inp.entity == entity:
                 groups.append(FeatureGroup(inp.type, entity, names[inp.index], tables[inp.index].values))
 
-    keep, n_identical = _deduplicate(path, codes[CELL], codes[DRUG], dose, resp.label, cell_ids, drug_ids)
+    keep, n_identical = duplicate_keys(f"data file {path!r}", codes[CELL], codes[DRUG], dose, resp.label, cell_ids,
+                                       drug_ids)
 
-    truth, drug_truth = _read_truth(store, set(cell_ids), set(drug_ids)) if "truth" in store.keys else (None, None)
+    truth, drug_truth = _read_truth(store) if "truth" in store.keys else (None, None)
     cell_meta = None
     if metadata.KEY in store.keys:  # checked like a user's CSV: a hand-made file gets the same one-line errors
         cell_meta = metadata.read_hdf_table(store.select(metadata.KEY), cell_ids, f"data file {path!r}: key {metadata.KEY!r}")
@@ -502,96 +494,44 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
     sel = (lambda a: a) if keep is None else (lambda a: a[keep])
     for line in resp.notes:
         print(line, file=sys.stderr, flush=True)
-    return Dataset(
+    ds = Dataset(
         cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
         cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
         dose=None if dose is None else sel(dose), label_name=resp.label_name, truth=truth,
         source=source, meta=meta, cell_metadata=cell_meta, drug_truth=drug_truth,
     )
+    validate_dataset(ds, f"data file {path!r}")  # the checks the .npz reader makes too
+    return ds
 
 
-def _deduplicate(path, cell, drug, dose, label, cell_ids, drug_ids):
-    """Rows with the same (cell, drug[, dose]): identical labels are kept once, others are an error."""
-    keys = [drug, cell] if dose is None else [dose, drug, cell]
-    order = np.lexsort(keys)
-    same = (cell[order][1:] == cell[order][:-1]) & (drug[order][1:] == drug[order][:-1])
-    if dose is not None:
-        same &= dose[order][1:] == dose[order][:-1]
-    if not same.any():
-        return None, 0
-    dup_later = order[1:][same]  # each row equal in key to its predecessor in sorted order
-    dup_prev = order[:-1][same]
-    differ = label[dup_later] != label[dup_prev]
-    if differ.any():
-        i = np.flatnonzero(differ)
-        pairs = {(int(cell[dup_later[j]]), int(drug[dup_later[j]])) for j in i}
-        j = i[0]
-        a, b = dup_prev[j], dup_later[j]
-        what = "(cell, drug, dose)" if dose is not None else "(cell, drug)"
-        raise InputError(f"data file {path!r}: {len(pairs):,} {what} keys appear more than once with different labels "
-                         f"(first: {cell_ids[cell[a]]}/{drug_ids[drug[a]]}: {label[a]:.6g} vs {label[b]:.6g})")
-    # keep the first occurrence in file order within every run of equal keys
-    run_start = np.r_[True, ~same]
-    run_id = np.cumsum(run_start) - 1
-    first_in_file = np.full(run_id[-1] + 1, np.iinfo(np.int64).max)
-    np.minimum.at(first_in_file, run_id, order)
-    keep = np.zeros(len(label), dtype=bool)
-    keep[first_in_file] = True
-    return np.flatnonzero(keep), int(len(label) - keep.sum())
-
-
-def _read_truth(store: _Store, cells: set, drugs: set) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """(planted cells: cell, kind; planted drugs: drug, kind) from the ``truth`` key; a
-    ``unit`` column marks drug rows (``dataset.combine_truth``)."""
-    path = store.path
+def _read_truth(store: _Store) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The planted anomalies as strings: (cells: cell, kind; drugs: drug, kind), the drugs'
+    rows marked by a ``unit`` column (``dataset.combine_truth``); ``validate_dataset`` checks them."""
     t = store.select("truth")
     if not {"cell", "kind"} <= set(t.columns):
-        raise InputError(f"data file {path!r}: key 'truth' needs columns cell, kind (has {_first(t.columns, 8)})")
-    if "unit" in t.columns:
-        bad = sorted(set(t["unit"].astype(str)) - {CELL, DRUG})
-        if bad or "drug" not in t.columns:
-            raise InputError(f"data file {path!r}: key 'truth' has a unit column, so it needs a drug column and "
-                             f"units cell or drug (found {_first(bad) if bad else 'no drug column'})")
-    t_cells, t_drugs = split_truth(t)
-    out = []
-    for who, part, known in (("cell", t_cells, cells), ("drug", t_drugs, drugs)):
-        if part is None:
-            out.append(None)
-            continue
-        part = pd.DataFrame({who: part[who].astype(str).to_numpy(dtype=object),
-                             "kind": part["kind"].astype(str).to_numpy(dtype=object)})
-        unknown = sorted(set(part[who]) - known)
-        if unknown:
-            raise InputError(f"data file {path!r}: truth names {len(unknown)} {who}(s) not in the data (first: "
-                             f"{_first(unknown)})")
-        dups = part[who][part[who].duplicated()].tolist()
-        if dups:
-            raise InputError(f"data file {path!r}: truth lists {len(dups)} {who}(s) twice (first: {_first(dups)})")
-        out.append(part.reset_index(drop=True))
-    return out[0], out[1]
+        raise InputError(f"data file {store.path!r}: key 'truth' needs columns cell, kind (has {_first(t.columns, 8)})")
+    if "unit" in t.columns and ("drug" not in t.columns or not set(t["unit"].astype(str)) <= {CELL, DRUG}):
+        raise InputError(f"data file {store.path!r}: key 'truth' has a unit column, so it needs a drug column and "
+                         f"units cell or drug (has units {_first(sorted(set(t['unit'].astype(str))))})")
+    cells, drugs = split_truth(t)
+    return tuple(None if part is None else pd.DataFrame({c: part[c].astype(str).to_numpy(dtype=object)
+                                                         for c in part.columns})
+                 for part in (cells, drugs))
 
 
 # ----------------------------------------------------------------------------- writing
 
 
 def _check_dataset(ds: Dataset) -> None:
+    """What the Uno format needs beyond ``validate_dataset`` (the readers' one validator)."""
     if ds.n_rows == 0:
         raise InputError("cannot write a data set with no response rows")
     for g in ds.groups:
         if g.entity not in (CELL, DRUG) or not g.name.startswith(g.entity + "."):
             raise InputError(f"feature group {g.name!r} ({g.entity}): names must be '<cell|drug>.<kind>'")
-        n = ds.n_cells if g.entity == CELL else ds.n_drugs
-        if g.values.shape != (n, len(g.columns)):
-            raise InputError(f"feature group {g.name!r}: values have shape {g.values.shape}, expected "
-                             f"({n}, {len(g.columns)})")
         if len(set(g.columns)) != len(g.columns):
             raise InputError(f"feature group {g.name!r}: column names are not unique")
-        if not np.isfinite(g.values).all():
-            raise InputError(f"feature group {g.name!r} has NaN/inf values")
-    if not ds.groups_of(CELL) or not ds.groups_of(DRUG):
-        raise InputError("a data set needs at least one cell and one drug feature group")
-    if not np.isfinite(ds.label).all():
-        raise InputError("labels contain NaN/inf")
+    validate_dataset(ds, "cannot write the data set")
     if ds.label_name not in LABELS:
         raise InputError(f"label name {ds.label_name!r}: expected one of {LABELS}")
 

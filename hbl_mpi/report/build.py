@@ -275,13 +275,20 @@ def build(paths: list[str], *, baselines: bool = False, data: str | None = None,
     runs = load_runs(paths) if runs is None else runs
     if reference is not None and not os.path.isfile(reference):
         raise InputError(f"--reference {reference!r} does not exist")
-    data_path = None
-    if baselines:  # checked before any work: bad input costs nothing
+    data_path, dataset = None, None
+    if baselines or data is not None:  # checked before any work: bad input costs nothing
         data_path = data or _data_path(runs[0])
         if not os.path.isfile(data_path):
             raise InputError(f"data file {data_path!r} for the baselines does not exist")
+        from hbl_mpi.run.context import load_dataset
+        from hbl_mpi.store.provenance import check_same_data
+
+        dataset = load_dataset(data_path)
+        # the baselines are scored beside the first run's data group (ReportInputs.same_data)
+        check_same_data(runs[0].data_checksum, str(runs[0].config.get("data") or ""), data_path, dataset.checksum,
+                        who="report", results=runs[0].path, remedy="pass --data with the data file the run trained on")
     inp = ReportInputs(runs, method=method, top=top, baselines=baselines, data_path=data_path, kfold=kfold,
-                       log=log, reference=reference, cells=cells, enrich_k=tuple(enrich_k))
+                       log=log, reference=reference, cells=cells, dataset=dataset, enrich_k=tuple(enrich_k))
     names = ", ".join(f"`{r.label}` ({r.path})" for r in runs)
     rep = Report("hbl_mpi report", f"Runs: {names}.")
     for builder in builders:

@@ -35,6 +35,7 @@ class ReportInputs:
     top: int = 30
     baselines: bool = False
     data_path: str | None = None  # the baselines' data file (checked before any work)
+    dataset: object | None = None  # its Dataset, read once and checked against the run's data checksum
     kfold: int = 5
     log: Callable[..., object] = print
     reference: str | None = None  # a second screen (Uno file) to hold the ranking against
@@ -103,7 +104,8 @@ class ReportInputs:
             return []
         from hbl_mpi.analysis.baselines import run_baselines
 
-        return run_baselines(self.data_path, self.runs[0].config, kfold=self.kfold, log=self.log)
+        return run_baselines(self.data_path, self.runs[0].config, kfold=self.kfold, log=self.log,
+                             dataset=self.dataset)
 
 
 def load_runs(paths: list[str]) -> list[RunTables]:

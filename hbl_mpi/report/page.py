@@ -7,6 +7,7 @@ build sections sit below the module that assembles them: no import circle.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -73,4 +74,14 @@ def add_legend(ax, **kw) -> None:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "run"
+    """A file-name part for ``text`` (a cell id, a run label), one per text.
+
+    Letters and digits are kept and every other run of characters becomes ``_``; when that
+    changed the text, ``-`` and 10 hex digits of its SHA-1 are appended. ``HCC-1187`` and
+    ``HCC_1187`` were both ``HCC_1187`` (two cells, one figure: issue 28 item 8); a text that
+    needs no change never contains ``-``, so it cannot meet a hashed name either.
+    """
+    base = re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:80] or "x"
+    if base == text:
+        return base
+    return f"{base}-{hashlib.sha1(str(text).encode()).hexdigest()[:10]}"

@@ -91,11 +91,16 @@ class Table:
         return df
 
     def read(self, df: pd.DataFrame) -> pd.DataFrame:
-        """A table as read from a file: the schema's columns it has cast to their read dtype."""
+        """A table as read from a file: the schema's columns cast to their read dtype; an
+        optional column the file lacks is added as the writer fills a gap (NaN, -1, False,
+        ""), so that no reader meets a KeyError on a file the reader accepted (issue 28 item 7)."""
         out = df.copy()
         for c in self.columns:
             if c.name in out.columns:
                 out[c.name] = _cast(out[c.name], c.read_as or c.dtype, fill=False)
+            elif not c.only_if_given:
+                gap = pd.Series([None] * len(out), index=out.index, dtype=object)
+                out[c.name] = _cast(gap, c.read_as or c.dtype, fill=True)
         return out
 
 
@@ -322,6 +327,10 @@ def read_results(path: str) -> RunTables:
     typed = {name: SCHEMA[name].read(nodes if name == "nodes" else df) for name, df in tables.items()}
     if typed["nodes"]["stage"].dtype != "int64":
         raise InputError(f"{path!r}: table 'nodes' has missing or non-numeric stages")
+    twice = typed["nodes"]["node"][typed["nodes"]["node"].duplicated()].unique()
+    if len(twice):  # the writer keeps one row per node: a hand-made or merged file; a restart would carry both
+        shown = ", ".join(map(str, twice[:3])) + (", ..." if len(twice) > 3 else "")
+        raise InputError(f"{path!r}: table 'nodes' has {len(twice)} node(s) with more than one row (first: {shown})")
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
     truth, drug_truth = split_truth(typed.get("truth"))
     return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
