@@ -279,7 +279,7 @@ def _plant_drugs(seed: int, spec: SynthSpec, h: np.ndarray, cell: np.ndarray, dr
     if spec.drug_anomaly_fraction <= 0:
         return {}
     n = max(n, 1)
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(7)[6])
+    rng = spawned(seed, 7)[6]
     kinds = [spec.drug_anomaly_kinds[i % len(spec.drug_anomaly_kinds)] for i in range(n)]
     chosen = rng.choice(spec.drugs, size=n, replace=False)
     kind_of = dict(zip(chosen.tolist(), kinds))
