@@ -21,7 +21,7 @@ from hbl_mpi.data.dataset import combine_truth, split_truth
 from hbl_mpi.store.results import RunTables
 from hbl_mpi.tree.invariants import check_invariants
 from hbl_mpi.tree.plan import ROOT, PlanSpec, plan_for
-from mpiutil import run_mpi, run_py
+from mpiutil import run_mpi
 from tinyrun import write_tiny_run
 
 pytestmark = pytest.mark.timeout(120)
