@@ -82,3 +82,35 @@ def curate_selection(ranking: pd.DataFrame, by: str, k: int, mode: str) -> pd.Da
         if c not in sel:
             sel[c] = np.nan
     return sel[cols].reset_index(drop=True)
+
+
+def group_selection(meta: pd.DataFrame | None, cell_ids, spec: str) -> pd.DataFrame:
+    """The cells of ``spec`` = ``COLUMN=VALUE`` (``curate --drop-group``): columns cell, column,
+    value, reason. ``VALUE`` ``NA`` also takes the cells with no value (tree/groups.py's rule).
+    InputError (one line) for a malformed spec, no metadata, an unknown column, a value no
+    cell has, or a group that is every cell (nothing would be left)."""
+    import pandas as pd
+
+    from hbl_mpi.core.errors import InputError
+    from hbl_mpi.tree.groups import cell_labels
+
+    column, sep, value = str(spec).partition("=")
+    column, value = column.strip(), value.strip()
+    if not sep or not column or not value:
+        raise InputError(f"--drop-group {spec!r}: expected COLUMN=VALUE")
+    if meta is None:
+        raise InputError("--drop-group: the data has no cell metadata (attach it with `data annotate`)")
+    cols = [str(c) for c in meta.columns if c != "cell"]
+    if column not in cols:
+        raise InputError(f"--drop-group: no cell metadata column {column!r} (columns: {', '.join(cols)})")
+    labels = cell_labels(meta, cell_ids, column)
+    hit = labels == value
+    if not hit.any():
+        values = sorted(set(labels.tolist()))
+        raise InputError(f"--drop-group: no cell has {column} = {value!r} (values: {', '.join(values[:10])}"
+                         f"{', ...' if len(values) > 10 else ''})")
+    if hit.all():
+        raise InputError(f"--drop-group: every cell has {column} = {value!r}; nothing would be left")
+    cells = [str(c) for c, h in zip(cell_ids, hit) if h]
+    return pd.DataFrame({"cell": cells, "column": column, "value": value,
+                         "reason": f"metadata group {column} = {value}"})

@@ -42,8 +42,8 @@ from hbl_mpi.checkpoint.store import NodeCheckpoints, restart_check
 #: with other values cannot be continued. ``threads``/``device`` change only rounding.
 TRAINING_KEYS = ("n", "s", "order", "seed", "partition", "holdout_fraction", "model", "strategy",
                  "epochs", "inherit", "patience", "min_delta", "batch_size", "learning_rate", "dropout",
-                 "batch_order")
-NEW_KEY_DEFAULTS = {"batch_order": "node"}
+                 "batch_order", "groups")
+NEW_KEY_DEFAULTS = {"batch_order": "node", "groups": ""}
 """Training keys added after runs were fingerprinted: at their default they stay out of the
 fingerprint, so a run of an older version restarts as before."""
 

@@ -7,6 +7,13 @@ impact, reason). The ordering (``--by``) is impact, resist (the ranking's score)
 combination; the default was chosen by the point-removal study (docs/findings/impact.md §8.6, §8.9).
 Everything is checked before anything is written: K in 1 .. cells - 1, the results made
 from this very data (data checksum), the impact table present when the ordering needs it.
+
+``curate --data DATA.h5 --drop-group COLUMN=VALUE --out OUT.h5`` (RESULTS optional) writes
+the data without one metadata group (the cells whose ``COLUMN`` is ``VALUE``; ``NA`` = the
+cells with no value), e.g. a group that ``group_impact.csv`` flags; ``OUT.dropped.csv``
+lists them. The metadata is the data file's own, else the results' ``cell_metadata``.
+``--out`` may never name an input.
+
 Results that record no data checksum (older versions) are refused: the curated file would
 be a copy of whatever data sits at the path, cut by another data set's ranking; ``--force``
 curates them anyway, with a warning. A partial run (fewer cells ranked than the data has)
@@ -22,11 +29,15 @@ import sys
 def configure(p) -> None:
     from hbl_mpi.analysis.curation import CURATE_BY, DEFAULT_CURATE_BY
 
-    p.add_argument("results", help="results.h5 written by `run` on DATA")
+    p.add_argument("results", nargs="?", help="results.h5 written by `run` on DATA (not needed by --drop-group)")
     p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells (drugs: a drugs-partition run)")
-    mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells (drugs: a drugs-partition run)")
+    mode.add_argument("--drop", type=int, metavar="K",
+                      help="leave out the K most harmful cells (drugs: a drugs-partition run)")
+    mode.add_argument("--keep", type=int, metavar="K",
+                      help="keep only the K most beneficial cells (drugs: a drugs-partition run)")
+    mode.add_argument("--drop-group", dest="drop_group", metavar="COLUMN=VALUE",
+                      help="leave out the cells of one cell-metadata group (NA: the cells with no value)")
     p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
                    help=f"ordering of the cells (default {DEFAULT_CURATE_BY}: measured, docs/findings/impact.md §8)")
     p.add_argument("--out", required=True, help="output Uno-format .h5 file")
@@ -53,14 +64,14 @@ def run(args) -> int:
     from hbl_mpi.store.provenance import check_same_data
     from hbl_mpi.store.results import read_results
 
+    if getattr(args, "drop_group", None) is not None:
+        return _drop_group(args)
+    if args.results is None:
+        raise InputError("curate --drop/--keep needs RESULTS (the results.h5 of a run on DATA)")
     mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
     if k < 1:
         raise InputError(f"--{mode} K must be >= 1; got {k}")
-    out = os.path.abspath(args.out)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
-    if os.path.isdir(out):
-        raise InputError(f"--out {args.out!r} is a directory")
+    out = _check_out(args)
     full = read_results(args.results)
     unit = full.unit  # a drugs-partition run curates drugs
     run_ = unit_view(full)
@@ -103,4 +114,53 @@ def run(args) -> int:
     print(f"[hbl_mpi] curate: {mode} {k} of {n} ranked {unit}s ({n_units} in the data) by {args.by}: {left} {unit}s, "
           f"{sub.n_rows} rows -> {out}")
     print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} {unit}s -> {table}")
+    return 0
+
+
+def _check_out(args) -> str:
+    """The absolute --out, refused when its folder is missing or it names an input or a folder."""
+    from hbl_mpi.core.errors import InputError
+
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
+    if os.path.isdir(out):
+        raise InputError(f"--out {args.out!r} is a directory")
+    for name in ("data", "results"):
+        given = getattr(args, name, None)
+        if given and os.path.realpath(given) == os.path.realpath(out):
+            raise InputError(f"--out {args.out!r} is the input {name} file; write the curated data elsewhere")
+    return out
+
+
+def _drop_group(args) -> int:
+    """``--drop-group COLUMN=VALUE``: the data without that group, and OUT.dropped.csv."""
+    from hbl_mpi.analysis.curation import group_selection
+    from hbl_mpi.core.atomic import WriteFailed, replace_text
+    from hbl_mpi.core.errors import InputError
+    from hbl_mpi.data import load_dataset, write_uno
+    from hbl_mpi.store.provenance import check_same_data
+    from hbl_mpi.store.results import read_results
+
+    out = _check_out(args)
+    ds = load_dataset(args.data)
+    meta, seed = ds.cell_metadata, 0
+    if args.results is not None:
+        run_ = read_results(args.results)
+        check_same_data(run_.data_checksum, str(run_.config.get("data") or ""), args.data, ds.checksum,
+                        who="curate", results=args.results, remedy="give the data file the run trained on")
+        meta = meta if meta is not None else run_.cell_metadata
+        seed = int(run_.config.get("seed", 0) or 0)
+    sel = group_selection(meta, ds.cell_ids, args.drop_group)
+    chosen = set(sel["cell"])
+    sub = ds.subset_cells([c for c in ds.cell_ids.astype(str) if c not in chosen])
+    table = csv_path(out, "drop")
+    try:
+        write_uno(sub, out, seed=seed)
+        replace_text(table, sel.to_csv(index=False))
+    except WriteFailed as e:
+        raise InputError(f"cannot write {e.path!r}{': disk full' if e.disk_full else ''}") from None
+    print(f"[hbl_mpi] curate: drop group {args.drop_group} ({len(chosen)} of {ds.n_cells} cells): "
+          f"{sub.n_cells} cells, {sub.n_rows} rows -> {out}")
+    print(f"[hbl_mpi] curate: the {len(chosen)} dropped cells -> {table}")
     return 0

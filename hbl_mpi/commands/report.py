@@ -51,7 +51,7 @@ def run(args) -> int:
     paths = write(rep, out)
     print(f"[hbl_mpi] report: {len(paths)} files in {out}")
     print(f"[hbl_mpi] open {os.path.join(out, 'report.html')}")
-    timed = {k: rep.summary[k] for k in ("enrichment_seconds", "group_diagnosis_seconds") if k in rep.summary}
+    timed = {k: rep.summary[k] for k in ("enrichment_seconds", "group_diagnosis_seconds", "group_impact_seconds") if k in rep.summary}
     if timed:
         print("[hbl_mpi] " + ", ".join(f"{k.replace('_seconds', '').replace('_', ' ')} {v:.2f} s"
                                         for k, v in timed.items()))

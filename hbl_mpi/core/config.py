@@ -34,6 +34,7 @@ class RunConfig:
     order: str = "shuffled"
     seed: int = 0
     partition: str = "cells"
+    groups: str = ""
     holdout_fraction: float = 0.1
     expand: str = "full"
     expand_budget: float = 0.25
@@ -96,6 +97,7 @@ DOCS: dict[str, str] = {
     "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
     "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings-drugs.md)",
+    "groups": "a cell-metadata column: the tree's first split holds out one metadata group per stage-1 node (one node per group; beyond max(n, 16) groups the smallest are pooled into the last node; cells with no value form the group `NA`), deeper stages split each group as usual; the report's group impact (`group_impact.csv`) comes from these contrasts: train them alike (`patience` >= the stage-1 epochs, `inherit = \"last\"`, `batch_order = \"family\"`) and give `report` >= 3 replicate runs (other seeds; s = 1 suffices) for an sd that holds the training noise; empty = no groups (docs/findings/group-impact.md)",
     "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
     "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings/adaptive.md §10)",
     "expand_budget": "adaptive: fraction in (0, 1] of the full tree's planned row-epochs (epochs planned x training rows) the run may spend",
@@ -277,6 +279,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.partition == "drugs" and cfg.expand == "adaptive":
         raise InputError("config key 'expand' must be 'full' with partition = 'drugs' (the expansion rule "
                          "scores cells)")
+    if cfg.groups and cfg.partition != "cells":
+        raise InputError(f"config key 'groups' needs partition = 'cells'; got {cfg.partition!r}")
     if cfg.dropout >= 1.0:
         raise InputError(f"config key 'dropout' must be < 1; got {cfg.dropout}")
     parse_strategy(cfg.strategy, cfg.epochs)

@@ -32,7 +32,7 @@ from hbl_mpi.data import metadata
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
-from hbl_mpi.data.validate import SHOW as _SHOW, VALUE_LIMIT, check_truth, duplicate_keys, validate_dataset
+from hbl_mpi.data.validate import SHOW as _SHOW, VALUE_LIMIT, duplicate_keys, validate_dataset
 from hbl_mpi.data.validate import first as _first
 
 PARTITIONS = ("train", "val", "test")

@@ -28,6 +28,7 @@ from hbl_mpi.core.errors import InputError
 from hbl_mpi.report import cross_study
 from hbl_mpi.report import figures as F
 from hbl_mpi.report.cells import cell_page_sections, diagnosis_sections
+from hbl_mpi.report.group_impact import group_impact_sections
 from hbl_mpi.report.enrichment import enrichment_sections
 from hbl_mpi.report.impact import impact_sections
 from hbl_mpi.report.inputs import ReportInputs, _data_path, load_runs
@@ -253,11 +254,17 @@ def summary_sections(inp: ReportInputs, rep: Report, top: int = 10) -> None:
             tables.append(("detection of the planted cells (kind = all; per kind below)", d))
             text += f" The data has {len(truth)} planted anomalous cells."
     text += (" " + enrichment_sentence(rep.summary.get("enrichment"))).rstrip()
+    gi = rep.summary.get("group_impact")
+    if gi is not None and len(gi.flagged(+1)):
+        f = gi.flagged(+1)
+        text += (f" Learning the `{gi.column}` group(s) {', '.join(f['value'])} raises the other groups' holdout "
+                 f"error beyond 3 sd (z = {', '.join(f'{z:.1f}' for z in f['z'])}; section Group impact).")
     rep.sections.insert(0, Section("Summary", text, None, tables))
 
 
 SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
-    run_sections, paper_sections, ranking_sections, enrichment_sections, impact_sections, diagnosis_sections,
+    run_sections, paper_sections, ranking_sections, enrichment_sections, group_impact_sections,
+    impact_sections, diagnosis_sections,
     cross_study_part, tree_view_part, detection_sections, cell_page_sections, summary_sections)
 """The report's parts, in the order they are built (the summary last: it shows the others'
 results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and put it here."""

@@ -17,14 +17,13 @@ With ``partition = "cells+drugs"`` the drugs get their own global order and cuts
 child ``p.k`` validates on the block (cell part k) x (drug part k); it has
 min(#cell parts, #drug parts) children. Train is again everything outside the block.
 
-With ``partition = "drugs"`` the *drugs* are the partition unit: they are cut as the cells
-are above, and child ``p.k`` validates on every cell's rows of drug part k (internally the
-block (all cells) x (drug part k)). The plan's ``unit`` ("cell" or "drug") names what the
-per-unit errors, the ranking and the curation are about; the holdout rows are the same
-seeded rows whatever the partition.
+With ``partition = "drugs"`` the drugs are cut as the cells are above: ``p.k`` validates on
+every cell's rows of drug part k (the block (all cells) x (drug part k)); ``Plan.unit`` is
+then "drug". The holdout rows are the same seeded rows whatever the partition.
 
-Everything here is a pure function of (ids, row table, N, S, order, seed): every rank
-computes the same plan.
+With ``groups = "COLUMN"`` the order is stably re-sorted by group and the root's children
+are the groups' ranges (tree/groups.py). Everything here is a pure function of (ids, row
+table, N, S, order, seed, group labels): every rank computes the same plan.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import numpy as np
 
 from hbl_mpi.core.seeding import spawned
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.groups import GroupParts, groups_for
 
 SEP = "."
 ROOT = "1"
@@ -110,10 +110,12 @@ class PlanSpec:
     seed: int = 0
     partition: str = "cells"  # or "cells+drugs", "drugs"
     holdout_fraction: float = 0.1
+    groups: str = ""  # a cell-metadata column: the first split holds out one group per node
 
     @classmethod
     def from_config(cls, cfg) -> "PlanSpec":
-        return cls(cfg.n, cfg.s, cfg.order, cfg.seed, cfg.partition, cfg.holdout_fraction)
+        return cls(cfg.n, cfg.s, cfg.order, cfg.seed, cfg.partition, cfg.holdout_fraction,
+                   getattr(cfg, "groups", ""))
 
 
 @dataclass
@@ -159,26 +161,16 @@ class Plan:
     # from, and the parents whose children were decided (created or declined)
     candidates: dict[str, PlanNode] | None = field(repr=False, default=None)
     decided: set[str] = field(repr=False, default_factory=set)
+    groups: GroupParts | None = field(repr=False, default=None)  # ``groups = COLUMN``: stage-1 parts
 
     @property
     def unit(self) -> str:
         """The partition unit: "drug" for ``partition = "drugs"``, else "cell"."""
         return "drug" if self.spec.partition == "drugs" else "cell"
 
-    def unit_ids(self) -> np.ndarray:
-        return self.drug_ids if self.unit == "drug" else self.cell_ids
-
     def val_units(self, name: str) -> np.ndarray:
         """The units ``name`` holds out (its validation cells, or drugs for ``drugs``)."""
         return self.val_drugs(name) if self.unit == "drug" else self.val_cells(name)
-
-    def train_units(self, name: str) -> np.ndarray:
-        if self.unit == "cell":
-            return self.train_cells(name)
-        if name == ROOT:
-            return np.empty(0, dtype=self.drug_order.dtype)
-        lo, hi = self.nodes[name].drugs
-        return np.concatenate([self.drug_order[:lo], self.drug_order[hi:]])
 
     # ---- tree navigation -------------------------------------------------
     def trained_nodes(self) -> list[str]:
@@ -218,7 +210,7 @@ class Plan:
         decided = {n for n, v in nodes.items() if v.stage < full_stages}
         return Plan(self.spec, self.cell_ids, self.drug_ids, self.cell_order, self.drug_order, self.holdout,
                     nodes, self._rows_by_cell, self._cell_rank_sorted, self._row_cell_rank,
-                    self._row_drug_rank, candidates=full, decided=decided)
+                    self._row_drug_rank, candidates=full, decided=decided, groups=self.groups)
 
     def candidate_children(self, name: str) -> list[str]:
         """The children ``name`` has in the full tree (what ``grow`` would create)."""
@@ -336,8 +328,7 @@ class Plan:
                 "mean_val_rows": float(np.mean([self.nodes[n].n_val_rows for n in names])),
             })
             if crossed:  # the drugs each node holds out (cells+drugs, drugs)
-                spans = [self.nodes[n].drugs for n in names]
-                out[-1]["mean_val_drugs"] = float(np.mean([hi - lo for lo, hi in spans]))
+                out[-1]["mean_val_drugs"] = float(np.mean([np.diff(self.nodes[n].drugs)[0] for n in names]))
         return out
 
     def records(self):
@@ -389,8 +380,11 @@ def _global_order(ids: np.ndarray, order: str, rng: np.random.Generator) -> np.n
     return by_id[rng.permutation(len(by_id))]
 
 
-def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Plan:
-    """Build the plan of docs/design.md §3. Raises InputError for impossible settings."""
+def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
+               groups: GroupParts | None = None) -> Plan:
+    """Build the plan of docs/design.md §3. Raises InputError for impossible settings.
+
+    ``groups``: the stage-1 parts of ``groups = COLUMN`` (tree/groups.py)."""
     cell_ids = np.asarray(cell_ids, dtype=object)
     drug_ids = np.asarray(drug_ids, dtype=object)
     cell_index = np.asarray(cell_index, dtype=np.int64)
@@ -415,12 +409,16 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
     if spec.n > n_cells and not by_drug:
         raise InputError(f"n = {spec.n} is larger than the number of cells ({n_cells})")
     crossed = spec.partition in ("cells+drugs", "drugs")
+    if groups is not None and spec.partition != "cells":
+        raise InputError("config key 'groups' needs partition = 'cells' (a group is a set of cells)")
     if crossed and spec.n > len(drug_ids):
         raise InputError(f"n = {spec.n} is larger than the number of drugs ({len(drug_ids)})")
 
     rng_cells, rng_drugs, rng_holdout = spawned(spec.seed, 3)
     cell_order = _global_order(cell_ids, spec.order, rng_cells)
     drug_order = _global_order(drug_ids, spec.order, rng_drugs)
+    if groups is not None:  # each group contiguous, in part order; the seeded order inside
+        cell_order = cell_order[np.argsort(groups.part_of_cell[cell_order], kind="stable")]
 
     holdout = np.zeros(n_rows, dtype=bool)
     n_test = int(round(spec.holdout_fraction * n_rows))
@@ -460,7 +458,11 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
         nxt = []
         for parent in frontier:
             dparts = cut(*parent.drugs, spec.n) if crossed else None
-            cparts = [parent.cells] * len(dparts) if by_drug else cut(*parent.cells, spec.n)
+            if by_drug:
+                cparts = [parent.cells] * len(dparts)
+            else:
+                cparts = (groups.ranges() if groups is not None and stage == 1
+                          else cut(*parent.cells, spec.n))
             dparts = dparts if crossed else [None] * len(cparts)
             for k, (cp, dp) in enumerate(zip(cparts, dparts), start=1):
                 count = val_row_count(cp, dp)
@@ -474,7 +476,7 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec) -> Pl
         frontier = nxt
     _check_training_rows(nodes, len(kept), n_test)
     return Plan(spec, cell_ids, drug_ids, cell_order, drug_order, holdout, nodes,
-                rows_by_cell, cell_rank_sorted, row_cell_rank, row_drug_rank)
+                rows_by_cell, cell_rank_sorted, row_cell_rank, row_drug_rank, groups=groups)
 
 
 def _check_training_rows(nodes: dict[str, PlanNode], n_kept: int, n_test: int) -> None:
@@ -489,4 +491,7 @@ def _check_training_rows(nodes: dict[str, PlanNode], n_kept: int, n_test: int) -
 
 
 def plan_for(dataset, spec: PlanSpec) -> Plan:
-    return build_plan(dataset.cell_ids, dataset.drug_ids, dataset.cell_index, dataset.drug_index, spec)
+    """The data set's plan; with ``spec.groups`` its cell metadata gives the first split."""
+    groups = groups_for(dataset, spec.groups, spec.n) if spec.groups else None
+    return build_plan(dataset.cell_ids, dataset.drug_ids, dataset.cell_index, dataset.drug_index, spec, groups)
+
