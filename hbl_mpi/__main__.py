@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from hbl_mpi import __version__
+from hbl_mpi.core import interrupt
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = interrupt.install()  # SIGTERM (a batch system's time limit) stops as Ctrl-C does
     try:
         return int(args._module.run(args) or 0)
     except InputError as e:
@@ -76,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         print(fatal_line(f"{e.strerror}; the previous file (if any) is unchanged: "
                          "free space and run the command again"), file=sys.stderr)
         return EXIT_FATAL
-    except KeyboardInterrupt:
-        if _world_rank() == 0:  # under MPI every rank gets the SIGINT: one line for the job
-            print("hbl_mpi: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (interrupt.Terminated)
+        if _world_rank() == 0:  # under MPI every rank gets the signal: one line for the job
+            print(f"hbl_mpi: {interrupt.what(e)}", file=sys.stderr)
+        return interrupt.exit_code(e)
+    finally:
+        # in-process callers (tests) get their handler back; the command line's process only
+        # exits now (MPI_Finalize): a SIGTERM there would end it with a bare status 15
+        interrupt.restore(previous if argv is not None else interrupt.IGNORE)
 
 
 def _world_rank() -> int:

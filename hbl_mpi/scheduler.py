@@ -25,6 +25,7 @@ from collections import deque
 
 from mpi4py import MPI
 
+from hbl_mpi.core import interrupt
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.core.atomic import WriteFailed
 from hbl_mpi.run.context import RunContext
@@ -189,6 +190,8 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
         return Scheduler(ctx, topo, comm, writer, done_before).run()
     except WriteFailed as e:  # the results file kept its last good version: say what it holds
         abort_job(comm, EXIT_FATAL, fatal_line(write_failed_line(e, ctx.cfg.out, writer), rank=0))
+    except interrupt.Terminated as e:  # a wall-clock limit: flush, then one line and exit 143
+        _end_terminated(comm, ctx, writer, e)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         cause = "interrupted" if interrupted else (str(e) if isinstance(e, WorkerStalled)
@@ -200,3 +203,16 @@ def scheduler_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, writer: Resu
                   file=sys.stderr, flush=True)
         finally:
             abort_job(comm, 130 if interrupted else EXIT_FATAL)
+
+
+def _end_terminated(comm: MPI.Comm, ctx: RunContext, writer: ResultsWriter, e: BaseException) -> None:
+    """SIGTERM on rank 0: write every finished node, say how many in one line, end every rank."""
+    code, line = interrupt.EXIT_TERMINATED, None
+    try:
+        writer.flush()
+        line = (f"hbl_mpi: {interrupt.what(e)}: {writer.saved_done} finished nodes are in {writer.path}; "
+                "continue with run --restart and the same --out")
+    except WriteFailed as err:
+        code, line = EXIT_FATAL, fatal_line(write_failed_line(err, ctx.cfg.out, writer), rank=0)
+    finally:
+        abort_job(comm, code, line)

@@ -27,6 +27,7 @@ import traceback
 
 from mpi4py import MPI
 
+from hbl_mpi.core import interrupt
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.run.context import RunContext
 from hbl_mpi.core.errors import EXIT_FATAL, fatal_line
@@ -147,7 +148,7 @@ def worker_main(ctx: RunContext, topo: Topology, comm: MPI.Comm, group_comm) -> 
         # Ctrl-C reaches every rank: rank 0 says "interrupted" once for the job, a worker
         # only tells rank 0 (which speaks for it when it alone was interrupted)
         interrupted = isinstance(e, KeyboardInterrupt)
-        msg = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        msg = interrupt.what(e) if interrupted else f"{type(e).__name__}: {e}"
         if not interrupted:
             print(fatal_line(msg, rank=topo.rank), file=sys.stderr, flush=True)
         try:

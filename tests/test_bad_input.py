@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -200,6 +201,17 @@ DATA_CASES = {
                                              "x_train_0 has 1 feature value(s) beyond ±1e+18"),
     "pickled attribute that would run code": ("", [], lambda p: plant_code(p), "refused: node /y_train attribute"),
     "--overwrite with OUT/ckpts a symlink": ("", ["--overwrite"], "ckpts symlink", "ckpts' is a symlink"),
+    # issue 28 items 3 and 4: nothing hangs on a planted file, nothing is written outside OUT
+    "a FIFO at OUT/.lock": ("", [], "lock fifo", "out/.lock' is a FIFO"),
+    "s far beyond the data (s = 100000000)": ("", ["--set", "s=100000000"], None,
+                                              "s = 100000000 is deeper than the data allows: at stage 3 every "
+                                              "validation set is a single cell"),
+    "s one stage beyond the data": ("n = 2\ns = 4", [], None, "the largest useful s is 3"),
+    "fresh checkpointed run with OUT/ckpts a symlink": ("ckpt_enabled = true", [], "ckpts symlink fresh",
+                                                        "ckpts' is a symlink"),
+    "--restart with OUT/results.h5 a FIFO": ("", ["--restart"], "results fifo", "results.h5' is a FIFO"),
+    "--restart with OUT/results.h5 a link to /dev/zero": ("", ["--restart"], "results dev zero",
+                                                          "results.h5' is a symlink"),
 }
 
 CASES = {**CONFIG_CASES, **DATA_CASES}
@@ -219,8 +231,14 @@ def snapshot(root: Path) -> dict[str, str]:
             out[os.path.relpath(os.path.join(dirpath, d), root)] = ""
         for name in files:
             p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[os.path.relpath(p, root)] = "link to " + os.readlink(p)
+            elif not stat.S_ISREG(st.st_mode):  # a planted FIFO: reading it would block
+                out[os.path.relpath(p, root)] = f"mode {st.st_mode:o}"
+            else:
+                with open(p, "rb") as f:
+                    out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
@@ -256,6 +274,21 @@ def setup_case(name: str, tmp: Path, good: Path) -> list[str]:
         (tmp / "kept").mkdir()
         (tmp / "kept" / "model.pt").write_bytes(b"not ours to delete")
         os.symlink(tmp / "kept", tmp / "out" / "ckpts")
+    elif data == "ckpts symlink fresh":
+        (tmp / "out").mkdir()
+        (tmp / "kept").mkdir()
+        (tmp / "kept" / "1.1").mkdir()  # a node-named folder a fresh node would have renamed away
+        (tmp / "kept" / "1.1" / "model.pt").write_bytes(b"not ours to delete")
+        os.symlink(tmp / "kept", tmp / "out" / "ckpts")
+    elif data == "lock fifo":
+        (tmp / "out").mkdir()
+        os.mkfifo(tmp / "out" / ".lock")
+    elif data == "results fifo":
+        (tmp / "out").mkdir()
+        os.mkfifo(tmp / "out" / "results.h5")
+    elif data == "results dev zero":
+        (tmp / "out").mkdir()
+        os.symlink("/dev/zero", tmp / "out" / "results.h5")
     elif data == "blocker":
         (tmp / "blocker").write_text("a file, not a directory")
         args = []

@@ -210,7 +210,7 @@ def test_curate_drop_group_writes_the_data_without_the_group_and_never_an_input(
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1
     assert main(["curate", "--data", str(src), "--drop-group", "lab=lab_1", "--out", str(src)]) == 2
-    assert "is the input data file" in capsys.readouterr().err
+    assert "is the input" in capsys.readouterr().err
     assert src.read_bytes() == before and not (tmp_path / "x.h5").exists()
 
 

@@ -241,6 +241,16 @@ def test_locked_out_under_mpi_all_ranks_exit_2(case):
         lock.release()
 
 
+@pytest.mark.timeout(200)
+def test_fifo_at_the_lock_under_mpi_all_ranks_exit_2(case):
+    """Issue 28 item 3: the lock check opened OUT/.lock without O_NONBLOCK; a FIFO there hung
+    rank 0 in open(2) and every other rank with it."""
+    (case / "out").mkdir()
+    os.mkfifo(case / "out" / ".lock")
+    proc = run_mpi(3, ["-m", "hbl_mpi", "run", "run.toml", "--out", "out"], timeout=180, cwd=case)
+    one_error(proc, "out/.lock' is a FIFO")
+
+
 def test_lock_dies_with_its_holder(tmp_path):
     """flock belongs to the process: kill -9 of the holder frees OUT at once."""
     code = f"from hbl_mpi.store.outlock import acquire; l = acquire({str(tmp_path / 'out')!r}); print('held', flush=True); " \
@@ -317,3 +327,143 @@ def test_overwrite_with_a_ckpts_symlink_is_one_line(case):
     assert (case / "keep" / "x").exists() and (out / "results.h5").read_bytes() == b"old"
 
 
+
+
+# ----------------------------------------------------------------------------- issue 28: one rule for outputs
+# In-process (hbl_mpi.__main__.main): each command refuses, before it writes anything, an
+# output that is one of its inputs (by path, through links, or by inode: a hard link) or
+# that lies inside the OUT of a live run (OUT/.lock held; this test process plays the run).
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_file) -> Path:
+    """A finished six-node run: ROOT/d.h5, ROOT/run.toml, ROOT/R/results.h5."""
+    from hbl_mpi.__main__ import main
+
+    root = tmp_path_factory.mktemp("outputs")
+    (root / "d.h5").write_bytes(data_file.read_bytes())
+    (root / "run.toml").write_text(CONFIG.replace('data = "d.h5"', f'data = "{root / "d.h5"}"'))
+    assert main(["run", str(root / "run.toml"), "--serial", "--out", str(root / "R")]) == 0
+    return root
+
+
+def refused(argv, capsys, *fragments) -> str:
+    """``main(argv)`` exits 2 with one line holding every fragment (both paths named)."""
+    from hbl_mpi.__main__ import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("hbl_mpi: error: "), (code, err)
+    for fragment in fragments:
+        assert str(fragment) in err[0], (fragment, err[0])
+    return err[0]
+
+
+def digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_curate_out_is_its_data(finished_run, capsys):
+    data = finished_run / "d.h5"
+    before = digest(data)
+    refused(["curate", finished_run / "R" / "results.h5", "--data", data, "--drop", "2", "--out", data], capsys,
+            f"output '{data}' is the input '{data}'")
+    assert digest(data) == before
+
+
+def test_curate_out_is_a_hard_link_of_its_data(finished_run, tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    data.write_bytes((finished_run / "d.h5").read_bytes())
+    os.link(data, tmp_path / "other.h5")
+    before = digest(data)
+    refused(["curate", finished_run / "R" / "results.h5", "--data", data, "--drop", "2", "--out",
+             tmp_path / "other.h5"], capsys, "hard link", str(tmp_path / "other.h5"), str(data))
+    assert digest(data) == before
+
+
+def test_curate_out_is_the_results_of_a_locked_run(finished_run, capsys):
+    results = finished_run / "R" / "results.h5"
+    before = digest(results)
+    lock = acquire(str(finished_run / "R"))
+    try:
+        refused(["curate", results, "--data", finished_run / "d.h5", "--drop", "2", "--out", results], capsys,
+                f"output '{results}' is the input")
+        # any other file in the live run's OUT: the lock names the run
+        refused(["curate", results, "--data", finished_run / "d.h5", "--drop", "2", "--out",
+                 finished_run / "R" / "cur.h5"], capsys, "cur.h5", f"inside '{finished_run / 'R'}'",
+                f"run pid {os.getpid()}")
+    finally:
+        lock.release()
+    assert digest(results) == before and not (finished_run / "R" / "cur.h5").exists()
+
+
+def test_improve_out_is_its_response_file(tmp_path, capsys):
+    from test_improve import make_layout
+
+    make_layout(tmp_path / "D")
+    response = tmp_path / "D" / "y_data" / "response.tsv"
+    before = digest(response)
+    refused(["data", "improve", tmp_path / "D", "--source", "all", "--out", response], capsys,
+            f"is the input '{response}'")
+    assert digest(response) == before
+
+
+def test_normalise_into_a_locked_out(finished_run, tmp_path, capsys):
+    out = tmp_path / "OUT"
+    out.mkdir()
+    (out / "results.h5").write_bytes((finished_run / "R" / "results.h5").read_bytes())
+    before = digest(out / "results.h5")
+    lock = acquire(str(out))
+    try:
+        refused(["data", "normalise", finished_run / "d.h5", "--out", out / "results.h5"], capsys,
+                str(out / "results.h5"), f"inside '{out}'")
+        refused(["data", "synth", "--preset", "small", "--cells", "8", "--out", out / "synth.h5"], capsys,
+                "synth.h5", f"inside '{out}'")
+    finally:
+        lock.release()
+    assert digest(out / "results.h5") == before and sorted(os.listdir(out)) == [".lock", "results.h5"]
+
+
+def test_normalise_and_plan_out_are_their_data(finished_run, tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    data.write_bytes((finished_run / "d.h5").read_bytes())
+    before = digest(data)
+    link = tmp_path / "link.npz"
+    os.symlink(data, link)  # through a symlink: the same file
+    refused(["data", "normalise", data, "--out", link], capsys, "is the input")
+    refused(["plan", "--data", data, "--n", "2", "--s", "2", "--out", data], capsys, "is the input")
+    assert digest(data) == before
+
+
+def test_report_into_a_locked_out(finished_run, capsys):
+    results = finished_run / "R" / "results.h5"
+    lock = acquire(str(finished_run / "R"))
+    try:
+        refused(["report", results], capsys, f"inside '{finished_run / 'R'}'", "report.html")  # default OUT/report
+    finally:
+        lock.release()
+    assert not (finished_run / "R" / "report").exists()
+
+
+def test_report_out_holding_its_reference(finished_run, tmp_path, capsys):
+    """An input named like a report file in the report's folder would be replaced by it."""
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.md").write_bytes((finished_run / "d.h5").read_bytes())
+    refused(["report", finished_run / "R" / "results.h5", "--out", rep, "--reference", rep / "report.md"], capsys,
+            "report.md' is the input")
+
+
+def test_run_out_holding_its_data(finished_run, tmp_path, capsys):
+    """``--overwrite`` would replace OUT/results.h5: here it is the data file itself."""
+    (tmp_path / "out").mkdir()
+    data = tmp_path / "out" / "results.h5"
+    data.write_bytes((finished_run / "d.h5").read_bytes())
+    (tmp_path / "run.toml").write_text(CONFIG.replace('data = "d.h5"', 'data = "out/results.h5"'))
+    before = digest(data)
+    refused(["run", tmp_path / "run.toml", "--serial", "--out", tmp_path / "out", "--overwrite"], capsys,
+            "is the input", "results.h5")
+    assert digest(data) == before and sorted(os.listdir(tmp_path / "out")) == ["results.h5"]

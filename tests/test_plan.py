@@ -10,6 +10,7 @@ internals, so a planner bug cannot hide behind its own bookkeeping.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 
@@ -153,6 +154,33 @@ def raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec):
     return build_plan(cell_ids, drug_ids, cell_index, drug_index, sp), sp
 
 
+def useful_depth(cell_ids, drug_ids, cell_index, drug_index, **spec) -> dict:
+    """``spec`` with ``s`` lowered to the largest useful depth when the plan refuses a deeper
+    one (issue 28: deeper stages only repeat single-unit nodes), after checking that claim:
+    the plan at that depth builds, and every node of its last stage validates on one cell
+    (and one drug, crossed). Unchanged when the plan accepts ``s``."""
+    try:
+        raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
+        return spec
+    except InputError as e:
+        m = re.search(r"the largest useful s is (\d+)", str(e))
+        if m is None:
+            return spec  # another refusal: the property test checks it
+    k = int(m.group(1))
+    assert 1 <= k < spec["s"]
+    lower = {**spec, "s": k}
+    try:
+        plan, _ = raw_plan(cell_ids, drug_ids, cell_index, drug_index, **lower)
+    except InputError as e:
+        assert "deeper than the data allows" not in str(e), e
+        return lower
+    last = [plan.nodes[n] for n in plan.trained_nodes() if plan.nodes[n].stage == k]
+    assert last and all(len(plan.val_cells(n.name)) == 1 for n in last)
+    if spec.get("partition") == "cells+drugs":
+        assert all(len(plan.val_drugs(n.name)) == 1 for n in last)
+    return lower
+
+
 def lacks_training_rows(cell_ids, drug_ids, cell_index, drug_index, **spec) -> bool:
     """Whether the plan is refused for a node without training rows, checked against the
     plan built without that check: some trained node's ``rows().train`` is then empty."""
@@ -206,6 +234,7 @@ def test_plan_matches_spec_property(inputs):
         with pytest.raises(InputError, match="no response rows"):
             raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
         return
+    spec = useful_depth(cell_ids, drug_ids, cell_index, drug_index, **spec)
     if lacks_training_rows(cell_ids, drug_ids, cell_index, drug_index, **spec):
         return
     plan, sp = raw_plan(cell_ids, drug_ids, cell_index, drug_index, **spec)
@@ -227,6 +256,8 @@ def test_crossed_partition_property(inputs):
         with pytest.raises(InputError, match="drugs"):
             raw_plan(cell_ids, drug_ids, cell_index, drug_index, partition="cells+drugs", **spec)
         return
+    spec = useful_depth(cell_ids, drug_ids, cell_index, drug_index, partition="cells+drugs", **spec)
+    spec.pop("partition")
     if lacks_training_rows(cell_ids, drug_ids, cell_index, drug_index, partition="cells+drugs", **spec):
         return
     plan, sp = raw_plan(cell_ids, drug_ids, cell_index, drug_index, partition="cells+drugs", **spec)
@@ -323,12 +354,13 @@ def test_node_names_beyond_nine():
 def test_fewer_children_when_parent_val_is_smaller_than_n():
     # 10 cells, N=4: stage 1 cuts 2,2,2,4; the 2-cell nodes get 2 children, the 4-cell node 4
     ds = tiny_dataset(cells=10, drugs=20, seed=4, density=1.0)
-    plan = plan_for(ds, PlanSpec(n=4, s=3, order="ordered", holdout_fraction=0.0))
+    plan = plan_for(ds, PlanSpec(n=4, s=2, order="ordered", holdout_fraction=0.0))
     assert [len(plan.val_cells(f"1.{k}")) for k in range(1, 5)] == [2, 2, 2, 4]
     assert [len(plan.nodes[f"1.{k}"].children) for k in range(1, 5)] == [2, 2, 2, 4]
     assert "1.1.3" not in plan.nodes
-    # single-cell nodes keep exactly one child per stage
-    assert plan.nodes["1.1.1"].children == ["1.1.1.1"]
+    # every stage-2 node validates on one cell: a third stage would only repeat them (issue 28)
+    with pytest.raises(InputError, match="at stage 2 every validation set is a single cell.*largest useful s is 2"):
+        plan_for(ds, PlanSpec(n=4, s=3, order="ordered", holdout_fraction=0.0))
     check_against_reference(plan, list(ds.cell_ids), ds.cell_index, ds.drug_index, plan.spec)
 
 

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -232,6 +233,29 @@ def test_interrupted_serial_restart_variants(setup, tmp_path, variant, capsys):
     resumed = nodes["resumed_from"].to_dict()
     assert nodes.loc[second, "resumed_from"] == 1, resumed
     assert nodes.loc[node, "resumed_from"] >= epoch, resumed
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name, plant", [("model.pt", "fifo"), ("ckpt-info.json", "dev_zero")])
+def test_planted_checkpoint_file_of_an_unfinished_node_does_not_hang(setup, tmp_path, name, plant):
+    """Issue 28 item 3: the newest checkpoint of an interrupted node replaced by a FIFO (a
+    reader blocks) or a link to /dev/zero (a reader never ends). The restart sees a damaged
+    checkpoint, says so, resumes from the older one, and ends with the uninterrupted table;
+    before any node finishes the stall rule could not have caught the hang."""
+    root, cfg, reference = setup
+    out = tmp_path / "out"
+    interrupted_run(cfg, out, ("1.2", 2))
+    target = out / "ckpts" / "1.2" / "epochs" / "002" / name
+    target.unlink()
+    os.mkfifo(target) if plant == "fifo" else os.symlink("/dev/zero", target)
+    t0 = time.monotonic()
+    with pytest.warns(RuntimeWarning, match=f"checkpoint 1.2 epoch 2 is damaged.*{name}"):
+        assert main(["run", str(cfg), "--serial", "--out", str(out), "--restart", "--set", "ckpt_enabled=true"]) == 0
+    nodes = compare(reference, out)
+    assert nodes.loc["1.2", "resumed_from"] == 1  # the older checkpoint, verified
+    assert time.monotonic() - t0 < 60
+    if os.path.lexists(target):  # epoch 2 rewritten (or pruned), never read through
+        assert stat.S_ISREG(os.lstat(target).st_mode)
 
 
 @pytest.mark.timeout(120)

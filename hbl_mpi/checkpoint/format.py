@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import json
 import math
 import os
 import platform
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from hbl_mpi import __version__
+from hbl_mpi.core.safe_open import check_own_dir, open_regular, read_regular
 from hbl_mpi.train.flat_state import ModelState
 
 FORMAT = "hbl_mpi.ckpt/1"
@@ -71,13 +73,63 @@ class HashingWriter:
 
 
 def sha256_file(path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
+        return sha256_stream(f, chunk)
+
+
+def sha256_stream(f, chunk: int = 8 << 20) -> str:
+    """SHA-256 of what is left to read in the binary file ``f``."""
+    h = hashlib.sha256()
+    while True:
+        b = f.read(chunk)
+        if not b:
+            return h.hexdigest()
+        h.update(b)
+
+
+INFO_LIMIT = 1 << 20
+"""Bytes a ckpt-info.json may have (ours are a few KB): a bound for a planted endless file."""
+
+
+def read_info_file(path) -> dict[str, Any]:
+    """A ckpt-info.json: a regular file (no link, FIFO or device: ``safe_open``), bounded.
+    OSError (``UnsafeFile`` included) or ValueError when it is not one we can use."""
+    info = json.loads(read_regular(path, INFO_LIMIT))
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return info
+
+
+class ModelFileError(Exception):
+    """A ``model.pt`` that cannot be used; the message names the file and why."""
+
+
+def load_model_file(path, info: dict[str, Any], verify_checksum: bool) -> Any:
+    """``torch.load`` of ``model.pt``, which must be a regular file in a real epoch directory
+    (no link, FIFO or device: a planted one must not hang a restart) of the size its
+    ckpt-info recorded; the SHA-256 is checked (``verify_checksum`` and one recorded: a
+    checkpoint written with ckpt_checksum off has none) on the descriptor that is loaded."""
+    try:
+        epoch_dir = os.path.dirname(os.fspath(path))  # <node>/epochs/NNN: none of them a planted link
+        for d in (epoch_dir, os.path.dirname(epoch_dir), os.path.dirname(os.path.dirname(epoch_dir))):
+            check_own_dir(d)
+        f = os.fdopen(open_regular(path), "rb")
+    except OSError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    with f:
+        size, want = os.fstat(f.fileno()).st_size, info.get("model_bytes")
+        if isinstance(want, int) and size != want:
+            raise ModelFileError(f"{path}: {size:,} bytes, its ckpt-info.json recorded {want:,}")
+        digest = info.get("checksum")
+        if verify_checksum and digest:
+            got = sha256_stream(f)
+            if got != digest:
+                raise ModelFileError(f"{path}: checksum mismatch (sha256 {got[:16]}..., recorded {digest[:16]}...)")
+            f.seek(0)
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated/garbled file: torch raises various types
+            raise ModelFileError(f"{path}: cannot be loaded ({type(e).__name__}: {e})") from None
 
 
 def exchange(a: str, b: str) -> bool:

@@ -54,12 +54,13 @@ import torch
 
 from hbl_mpi.core.atomic import fsync_dir, replace_file, replace_text
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.safe_open import check_own_dir
 from hbl_mpi.tree.plan import parent_of, stage_of
 from hbl_mpi.train.flat_state import ModelState
 from hbl_mpi.checkpoint import keep
 from hbl_mpi.checkpoint.format import (BEST, EPOCHS_DIR, FORMAT, INFO_FILE, LAST, MODEL_FILE, NODE_NAME, TMP_PREFIX,
                      TRASH_PREFIX, HashingWriter, copy_bookkeeping, exchange, for_disk, from_disk,
-                     json_number, sha256_file, versions)
+                     json_number, load_model_file, ModelFileError, read_info_file, sha256_file, versions)
 from hbl_mpi.checkpoint.params import CkptParams
 
 
@@ -190,6 +191,8 @@ class NodeCheckpoints:
         """First write of this store: create directories durably, drop a dead writer's leftovers."""
         if self._prepared:
             return
+        for d in (self.dir, self.epochs_dir):  # never written through a planted link (safe_open)
+            check_own_dir(d)
         self.epochs_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(self.root)
         fsync_dir(self.dir)
@@ -356,6 +359,8 @@ class NodeCheckpoints:
             for entry in os.scandir(self.root):
                 if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
+                elif entry.name.startswith(prefix):  # a planted link renamed aside: the link, not its target
+                    os.unlink(entry.path)
         self._prepared = False
         self._last_decision_time = None
         self.best_metric, self.best_epoch = math.inf, None
@@ -380,9 +385,8 @@ class NodeCheckpoints:
         return int(tail) if head == EPOCHS_DIR and tail.isdigit() else None
 
     def _read_info(self, epoch: int) -> dict[str, Any] | None:
-        try:
-            with open(self.epochs_dir / f"{epoch:03d}" / INFO_FILE) as f:
-                return json.load(f)
+        try:  # a FIFO or a link to /dev/zero planted here must not hang a restart
+            return read_info_file(self.epochs_dir / f"{epoch:03d}" / INFO_FILE)
         except (OSError, ValueError):
             return None
 
@@ -400,20 +404,10 @@ class NodeCheckpoints:
         if "/" in name or name in ("", ".", ".."):
             raise _Damaged(f"{path}/{INFO_FILE}: bad model_file {name!r}")
         model = path / name
-        want = info.get("checksum")
-        # A checkpoint written with ckpt_checksum off records none: only the structural
-        # checks below apply to it.
-        if self.params.ckpt_checksum and want:
-            try:
-                got = sha256_file(model)
-            except OSError as e:
-                raise _Damaged(f"{model}: {e}") from None
-            if got != want:
-                raise _Damaged(f"{model}: checksum mismatch (sha256 {got[:16]}..., recorded {want[:16]}...)")
-        try:
-            obj = torch.load(model, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated/garbled file: torch raises various types
-            raise _Damaged(f"{model}: cannot be loaded ({type(e).__name__}: {e})") from None
+        try:  # a regular file of the recorded size (no link, FIFO, device), its checksum verified
+            obj = load_model_file(model, info, self.params.ckpt_checksum)
+        except ModelFileError as e:
+            raise _Damaged(str(e)) from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise _Damaged(f"{model}: not an {FORMAT} checkpoint")
         flat, n = obj["flat"], int(obj["n_params"])

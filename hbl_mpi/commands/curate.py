@@ -71,7 +71,7 @@ def run(args) -> int:
     mode, k = ("drop", args.drop) if args.drop is not None else ("keep", args.keep)
     if k < 1:
         raise InputError(f"--{mode} K must be >= 1; got {k}")
-    out = _check_out(args)
+    out = _check_out(args, mode)
     full = read_results(args.results)
     unit = full.unit  # a drugs-partition run curates drugs
     run_ = unit_view(full)
@@ -117,19 +117,18 @@ def run(args) -> int:
     return 0
 
 
-def _check_out(args) -> str:
-    """The absolute --out, refused when its folder is missing or it names an input or a folder."""
+def _check_out(args, mode: str) -> str:
+    """The absolute --out, refused when its folder is missing, it is a folder, or it or its
+    CSV resolves to an input or lies in a live run's OUT (``core.output_guard``, the one rule)."""
     from hbl_mpi.core.errors import InputError
+    from hbl_mpi.core.output_guard import check_outputs
 
     out = os.path.abspath(args.out)
     if not os.path.isdir(os.path.dirname(out)):
         raise InputError(f"output directory {os.path.dirname(out)!r} does not exist")
     if os.path.isdir(out):
         raise InputError(f"--out {args.out!r} is a directory")
-    for name in ("data", "results"):
-        given = getattr(args, name, None)
-        if given and os.path.realpath(given) == os.path.realpath(out):
-            raise InputError(f"--out {args.out!r} is the input {name} file; write the curated data elsewhere")
+    check_outputs([args.out, csv_path(out, mode)], [p for p in (args.results, args.data) if p])
     return out
 
 
@@ -142,7 +141,7 @@ def _drop_group(args) -> int:
     from hbl_mpi.store.provenance import check_same_data
     from hbl_mpi.store.results import read_results
 
-    out = _check_out(args)
+    out = _check_out(args, "drop")
     ds = load_dataset(args.data)
     meta, seed = ds.cell_metadata, 0
     if args.results is not None:

@@ -12,6 +12,7 @@ import os
 import time
 
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.output_guard import check_outputs
 
 # synth.KINDS, repeated so that --help imports no numpy (tests/test_data.py keeps them equal)
 KINDS = ("label_noise", "shift", "swap", "misid")
@@ -169,9 +170,21 @@ def _make_parent(out: str) -> None:
         raise InputError(f"cannot create output directory {parent!r}: {e.strerror}") from None
 
 
+def _files_in(*folders: str) -> list[str]:
+    """The files directly in ``folders`` (a reader's inputs, for the output rule)."""
+    found = []
+    for folder in folders:
+        try:
+            found += [e.path for e in os.scandir(folder) if e.is_file()]
+        except OSError:
+            pass
+    return found
+
+
 def _synth(args) -> int:
     from hbl_mpi.data import synthesize, write_uno
 
+    check_outputs([args.out], [])
     over = {}
     for key in ("cells", "drugs", "density", "rows", "cell_features", "descriptors", "fingerprints",
                 "noise", "anomaly_fraction", "drug_anomaly_fraction"):
@@ -226,7 +239,13 @@ def _build_and_write(build, args, what, auto_metadata=None) -> int:
 
 def _gdsc(args) -> int:
     from hbl_mpi.data import build_gdsc
+    from hbl_mpi.data.gdsc import package_data_dir
 
+    try:
+        source_dir = args.data_dir or package_data_dir()
+    except InputError:
+        source_dir = None  # build_gdsc says what is missing
+    check_outputs([args.out], _files_in(source_dir) if source_dir else [])
     return _build_and_write(lambda: build_gdsc(source=args.source, fp_bits=args.fp_bits, data_dir=args.data_dir,
                                                ccle_label=args.ccle_label), args, lambda r: f"GDSC {args.source}",
                             _cosmic)
@@ -251,6 +270,7 @@ def _cosmic(ds):
 def _improve(args) -> int:
     from hbl_mpi.data.improve import build_improve
 
+    check_outputs([args.out], _files_in(os.path.join(args.dir, "y_data"), os.path.join(args.dir, "x_data")))
     return _build_and_write(lambda: build_improve(args.dir, args.source, label=args.label,
                                                   drug_features_from=args.drug_features, fp_bits=args.fp_bits),
                             args, lambda r: f"IMPROVE {','.join(r.sources)} label {args.label}", _studies)
@@ -298,6 +318,7 @@ def _inspect(args) -> int:
 def _normalise(args) -> int:
     from hbl_mpi.data import read_uno, write_normalised
 
+    check_outputs([args.out], [args.path])
     t0 = time.perf_counter()
     ds = _with_metadata(read_uno(args.path), args)
     t1 = time.perf_counter()

@@ -22,6 +22,7 @@ import time
 
 from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.core.output_guard import check_outputs
 
 # flag -> config key; each given flag becomes a ``--set key=value`` override
 FLAGS = {
@@ -117,6 +118,7 @@ def run(args) -> int:
     cfg = settings(args)
     if args.out:
         check_out(args.out)
+        check_outputs([args.out], [cfg.data, args.config])
     t0 = time.perf_counter()
     dataset = read_data(cfg.data)
     t1 = time.perf_counter()

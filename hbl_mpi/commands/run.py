@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+from hbl_mpi.core import interrupt
 from hbl_mpi.runtime.abort import abort_job
 from hbl_mpi.core.atomic import WriteFailed, remove_stale_temporaries, replace_text
 from hbl_mpi.core.errors import EXIT_FATAL, EXIT_INPUT, InputError, error_line, fatal_line
@@ -37,6 +38,9 @@ def configure(p) -> None:
                    help="continue the run in OUT: finished nodes are not run again")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/results.h5")
 
+
+OUT_FILES = ("results.h5", "run_stats.json", "restart.json", ".lock")
+"""The files a run writes directly in OUT (besides ckpts/), none of which may be an input."""
 
 NAME_MAX = 255
 """Bytes in one path component on every Linux file system hbl_mpi runs on."""
@@ -87,12 +91,14 @@ def prepare(args):
     Returns the context (with ``ctx.run_info``: what a restart skips, reruns and resumes)
     and the previous run's results to continue (minus the nodes that run again).
     """
-    from hbl_mpi.core.config import load_config
-    from hbl_mpi.data import read_data
-    from hbl_mpi.runtime.faults import check_fault_nodes
-    from hbl_mpi.store.outlock import check_free
-    from hbl_mpi.tree.plan import PlanSpec, plan_for
-    from hbl_mpi.store.results import read_results, results_path
+    with interrupt.deferred():  # numpy, pandas, h5py: C extensions (see interrupt.deferred)
+        from hbl_mpi.core.config import load_config
+        from hbl_mpi.core.output_guard import check_outputs
+        from hbl_mpi.data import read_data
+        from hbl_mpi.runtime.faults import check_fault_nodes
+        from hbl_mpi.store.outlock import check_free
+        from hbl_mpi.tree.plan import PlanSpec, plan_for
+        from hbl_mpi.store.results import read_results, results_path
 
     if args.config is None and not args.overrides:
         raise InputError("run needs a CONFIG.toml (or --set data=... at least)")
@@ -102,10 +108,13 @@ def prepare(args):
     _check_out_path(cfg.out)
     _writable_dir(cfg.out)
     check_free(cfg.out)  # a live run there: refused now (the lock itself is taken after the checks)
+    check_outputs([os.path.join(cfg.out, name) for name in OUT_FILES], [cfg.data, args.config])
+    _check_ckpts(cfg)
     path = results_path(cfg.out)
     previous = None
     if args.restart:
-        if os.path.exists(path):
+        if os.path.lexists(path):
+            _check_regular_in_out(path)
             previous = read_results(path)
     elif cfg.ckpt_restart_mode == "required":
         raise InputError("ckpt_restart_mode = required continues an earlier run from its checkpoints: "
@@ -123,9 +132,10 @@ def prepare(args):
     plan = plan_for(dataset, PlanSpec.from_config(cfg))
     check_fault_nodes(cfg, plan.trained_nodes())
     # torch only now: a bad config or data file is rejected in a fraction of a second
-    from hbl_mpi.checkpoint import check_compatible, drop_rerun
-    from hbl_mpi.run.context import RunContext
-    from hbl_mpi.train.device import resolve_device
+    with interrupt.deferred():  # SIGTERM inside a C extension's import aborts: take it after
+        from hbl_mpi.checkpoint import check_compatible, drop_rerun
+        from hbl_mpi.run.context import RunContext
+        from hbl_mpi.train.device import resolve_device
 
     ctx = RunContext(cfg, dataset, plan, resolve_device(cfg.device))
     if previous is not None:
@@ -136,13 +146,38 @@ def prepare(args):
         ctx.plan, ctx.expander = adaptive_plan(plan, cfg)
         regrow(ctx.plan, ctx.expander, previous)
         previous = keep_created(previous, ctx.plan)
-    ckpts = ctx.ckpt_params.ckpt_directory
-    if args.overwrite and not cfg.ckpt_directory and os.path.islink(ckpts):
-        raise InputError(f"--overwrite: {ckpts!r} is a symlink; the replaced run's checkpoints are removed only "
-                         "from a real directory: remove the link, or set ckpt_directory to its target")
     ctx.results_seen = _file_identity(path)
     ctx.run_info = ctx.plan_restart(previous, bool(args.restart))
     return ctx, drop_rerun(previous, ctx.run_info.rerun)
+
+
+def _check_regular_in_out(path: str) -> None:
+    """A file of OUT that a restart reads must be a regular file, not a link (to data
+    elsewhere, to /dev/zero), a FIFO (a reader would block) or a device (safe_open.py)."""
+    from hbl_mpi.core.safe_open import UnsafeFile, check_regular
+
+    try:
+        check_regular(path)
+    except UnsafeFile as e:
+        raise InputError(f"{path!r} is {e.what.split(',')[0]}: --restart reads only a regular results file "
+                         "that a run wrote; remove it, or use another --out") from None
+
+
+def _check_ckpts(cfg) -> None:
+    """OUT/ckpts is a path in OUT like any other: a real directory this program made, or
+    absent. Through a link a fresh run would write its checkpoints elsewhere, and starting
+    a node afresh would rename and delete node folders there. A ``ckpt_directory`` set in
+    the config is the user's choice and is used as given."""
+    from hbl_mpi.core.safe_open import UnsafeFile, check_own_dir
+
+    if cfg.ckpt_directory:
+        return
+    ckpts = os.path.join(cfg.out, "ckpts")
+    try:
+        check_own_dir(ckpts)
+    except UnsafeFile as e:
+        raise InputError(f"{ckpts!r} is {e.what.split(',')[0]}: hbl_mpi reads, writes and removes no checkpoint "
+                         "through it; remove it, or set ckpt_directory to the directory you mean") from None
 
 
 def _file_identity(path: str):
@@ -242,10 +277,11 @@ def _exit_code(stats: dict) -> int:
 
 def run_serial_command(args) -> int:
     ctx, previous = prepare(args)
-    import torch
+    with interrupt.deferred():  # SIGTERM inside a C extension's import aborts: take it after
+        import torch
 
-    from hbl_mpi.train.device import default_threads
-    from hbl_mpi.drivers.serial import run_serial
+        from hbl_mpi.train.device import default_threads
+        from hbl_mpi.drivers.serial import run_serial
 
     torch.set_num_threads(ctx.cfg.threads or default_threads(1))
     lock = _lock_out(ctx, args)
@@ -258,11 +294,28 @@ def run_serial_command(args) -> int:
         stats = run_serial(ctx, writer, ctx.run_info.done)
         _summary(ctx, stats, writer.path)
         return _exit_code(stats)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep every finished node
+        return _interrupted_serial(ctx, writer, e)
     except WriteFailed as e:
         print(fatal_line(_write_failed(e, ctx.cfg.out, writer)), file=sys.stderr, flush=True)
         return EXIT_FATAL
     finally:
         lock.release()
+
+
+def _interrupted_serial(ctx, writer, e: BaseException) -> int:
+    """The serial run's end on SIGINT/SIGTERM: flush, one line, 130/143 (interrupt.py)."""
+    if writer is None:
+        print(f"hbl_mpi: {interrupt.what(e)}", file=sys.stderr, flush=True)
+        return interrupt.exit_code(e)
+    try:
+        writer.flush()
+    except WriteFailed as err:
+        print(fatal_line(_write_failed(err, ctx.cfg.out, writer)), file=sys.stderr, flush=True)
+        return EXIT_FATAL
+    print(f"hbl_mpi: {interrupt.what(e)}: {writer.saved_done} finished nodes are in {writer.path}; "
+          "continue with run --restart and the same --out", file=sys.stderr, flush=True)
+    return interrupt.exit_code(e)
 
 
 def _wait_quietly(comm, watch=None, worker_fatal: bool = False) -> None:
@@ -306,18 +359,19 @@ def _watch_rank0(comm):
 
 
 def run_mpi(args) -> int:
-    import torch
-    from mpi4py import MPI
+    with interrupt.deferred():  # SIGTERM inside a C extension's import aborts: take it after
+        import torch
+        from mpi4py import MPI
 
-    from hbl_mpi.run.context import RunContext
+        from hbl_mpi.run.context import RunContext
 
-    from hbl_mpi.train.device import default_threads
-    from hbl_mpi.runtime.faults import check_fault_rank
-    from hbl_mpi.tree.plan import PlanSpec, plan_for
-    from hbl_mpi.scheduler import scheduler_main
-    from hbl_mpi.runtime.topology import bind_device, build_topology, idle_ranks
-    from hbl_mpi.runtime.rank0_decides import decide_on_rank0
-    from hbl_mpi.worker import worker_main
+        from hbl_mpi.train.device import default_threads
+        from hbl_mpi.runtime.faults import check_fault_rank
+        from hbl_mpi.tree.plan import PlanSpec, plan_for
+        from hbl_mpi.scheduler import scheduler_main
+        from hbl_mpi.runtime.topology import bind_device, build_topology, idle_ranks
+        from hbl_mpi.runtime.rank0_decides import decide_on_rank0
+        from hbl_mpi.worker import worker_main
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -356,6 +410,8 @@ def run_mpi(args) -> int:
         try:
             _clear_overwritten_checkpoints(ctx, args.overwrite)
             writer = _make_writer(ctx, previous)
+        except KeyboardInterrupt:  # SIGINT/SIGTERM: run()'s handler ends every rank
+            raise
         except BaseException as e:  # e.g. the disk filled up since prepare() looked
             why = (_write_failed(e, cfg.out, None) if isinstance(e, WriteFailed)
                    else f"cannot write the results file: {type(e).__name__}: {e}")
@@ -387,8 +443,30 @@ def run_mpi(args) -> int:
 def run(args) -> int:
     if args.serial:
         return run_serial_command(args)
-    from mpi4py import MPI
+    with interrupt.deferred():
+        from mpi4py import MPI
 
     if MPI.COMM_WORLD.Get_size() == 1:
         return run_serial_command(args)
-    return run_mpi(args)
+    try:
+        return run_mpi(args)
+    except KeyboardInterrupt as e:  # outside the scheduler and worker loops (start-up, the end)
+        comm = MPI.COMM_WORLD  # every rank got the signal: rank 0 speaks for the job
+        if comm.Get_rank() != 0:
+            _give_rank0_time()
+        abort_job(comm, interrupt.exit_code(e), f"hbl_mpi: {interrupt.what(e)}")
+
+
+RANK0_GRACE_S = 10.0
+"""How long an interrupted rank waits for rank 0 (interrupted too: mpiexec and srun signal
+every rank) to say the one line and end the job, before it ends the job itself: rank 0 may
+be importing torch (SIGTERM is held until the import ends) or blocked in a collective."""
+
+
+def _give_rank0_time() -> None:
+    deadline = time.monotonic() + RANK0_GRACE_S
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # rank 0's MPI_Abort ends this process here
+    except KeyboardInterrupt:  # a second Ctrl-C: end now
+        pass

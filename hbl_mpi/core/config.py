@@ -93,7 +93,7 @@ DOCS: dict[str, str] = {
     "data": "path of the input HDF5 file (CANDLE Uno format); relative paths are relative to the config file",
     "cell_metadata": "CSV (`cell` + any columns) of cell metadata for this run, in place of the data file's own (`data annotate`); checked against the data's cells; copied into results.h5 for the report; relative paths are relative to the config file",
     "n": "children per node (parts per level), >= 2",
-    "s": "number of stages (tree depth below the root), >= 1",
+    "s": "number of stages (tree depth below the root), >= 1; deeper than the stage at which every validation set is one cell is refused (the error names the largest useful s)",
     "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
     "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings-drugs.md)",

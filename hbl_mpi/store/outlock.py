@@ -8,7 +8,8 @@ drops the lock when the process dies in any way (``kill -9``, OOM): a stale lock
 blocks a restart. The file's text (pid, host, start time) is only for the message the
 second run prints; the lock itself decides.
 
-The file is opened with ``O_NOFOLLOW`` (a symlink planted at OUT/.lock is refused) and
+The file is opened through ``safe_open`` (``O_NOFOLLOW | O_NONBLOCK``, then it must be a
+regular file: a symlink, a FIFO or a device planted at OUT/.lock is refused at once) and
 never replaced (the lock is on its inode), so it is the one file in OUT that does not
 go through ``atomic.py``. On a file system without ``flock`` (some NFS/Lustre mounts) the
 run goes on with a warning: it cannot be protected there, but it should not be refused.
@@ -25,8 +26,8 @@ import time
 from dataclasses import dataclass
 
 from hbl_mpi.core.errors import InputError
-
-LOCK_NAME = ".lock"
+from hbl_mpi.core.output_guard import LOCK_NAME
+from hbl_mpi.core.safe_open import UnsafeFile, open_regular
 
 
 def lock_path(out_dir: str) -> str:
@@ -59,9 +60,11 @@ def check_free(out_dir: str) -> None:
     is refused before it reads its data, not half a minute later."""
     path = lock_path(out_dir)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path)  # O_NONBLOCK: a FIFO planted there must not hang the run
+    except UnsafeFile as e:
+        raise InputError(_not_a_lock(e)) from None
     except OSError:
-        return  # absent (no run yet), or a link: acquire() says what is wrong
+        return  # absent (no run yet): acquire() creates it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as e:
@@ -69,6 +72,12 @@ def check_free(out_dir: str) -> None:
             raise InputError(_in_use(out_dir, path, fd)) from None
     finally:
         os.close(fd)
+
+
+def _not_a_lock(e: UnsafeFile) -> str:
+    if "symlink" in e.what:
+        return f"{e.path!r} is a symlink: remove it (hbl_mpi writes no file in OUT through a link)"
+    return f"{e.path!r} is {e.what}: remove it (OUT/.lock must be a regular file, hbl_mpi's run lock)"
 
 
 def _in_use(out_dir: str, path: str, fd: int) -> str:
@@ -82,11 +91,10 @@ def acquire(out_dir: str, *, log=None) -> OutLock:
     path = lock_path(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except UnsafeFile as e:
+        raise InputError(_not_a_lock(e)) from None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise InputError(f"{path!r} is a symlink: remove it (hbl_mpi writes no file in OUT through a link)") \
-                from None
         raise InputError(f"cannot create the lock file {path!r}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

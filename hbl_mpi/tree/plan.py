@@ -455,6 +455,13 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
     nodes = {ROOT: root}
     frontier = [root]
     for stage in range(1, spec.s + 1):
+        if not frontier:  # no node left to cut (s = 10**8 must not loop for nothing)
+            break
+        if stage > 1 and all(_single_unit(p) for p in frontier):
+            unit = "cell x drug block" if crossed else "cell"
+            raise InputError(f"s = {spec.s} is deeper than the data allows: at stage {stage - 1} every validation "
+                             f"set is a single {unit}, and deeper stages only repeat it; the largest useful s is "
+                             f"{stage - 1}")
         nxt = []
         for parent in frontier:
             dparts = cut(*parent.drugs, spec.n) if crossed else None
@@ -477,6 +484,11 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
     _check_training_rows(nodes, len(kept), n_test)
     return Plan(spec, cell_ids, drug_ids, cell_order, drug_order, holdout, nodes,
                 rows_by_cell, cell_rank_sorted, row_cell_rank, row_drug_rank, groups=groups)
+
+
+def _single_unit(node: PlanNode) -> bool:
+    """Whether the node validates on one cell (and one drug, crossed): ``cut`` gives it one child, itself."""
+    return node.cells[1] - node.cells[0] <= 1 and (node.drugs is None or node.drugs[1] - node.drugs[0] <= 1)
 
 
 def _check_training_rows(nodes: dict[str, PlanNode], n_kept: int, n_test: int) -> None:
