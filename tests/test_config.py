@@ -135,7 +135,7 @@ def test_bad_types_are_input_errors(tmp_path, text, fragment):
 
 @pytest.mark.parametrize("override, fragment", [
     ("order=random", "'order' must be one of shuffled, ordered"),
-    ("partition=drugs", "'partition' must be one of"),
+    ("partition=blocks", "'partition' must be one of"),
     ("model=huge", "'model' must be one of"),
     ("inherit=first", "'inherit'"),
     ("device=tpu", "'device'"),

@@ -21,7 +21,8 @@ from hbl_mpi.core.config import EXPAND_SCORES, RunConfig
 from hbl_mpi.core.epochs import parse_strategy
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.adaptive.rule import Candidate, Expander, ExpansionRule, choose
-from hbl_mpi.tree.plan import PlanSpec, build_plan, check_invariants, stage_of
+from hbl_mpi.tree.invariants import check_invariants
+from hbl_mpi.tree.plan import PlanSpec, build_plan, stage_of
 from hbl_mpi.analysis.ranking import METHODS
 from mpiutil import run_mpi
 

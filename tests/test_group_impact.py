@@ -15,7 +15,8 @@ from hbl_mpi.core.config import RunConfig, load_config
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.data import synthesize
 from hbl_mpi.tree.groups import MAX_GROUP_NODES, NA, group_parts
-from hbl_mpi.tree.plan import ROOT, PlanSpec, check_invariants, plan_for
+from hbl_mpi.tree.invariants import check_invariants
+from hbl_mpi.tree.plan import ROOT, PlanSpec, plan_for
 
 pytestmark = pytest.mark.timeout(120)
 

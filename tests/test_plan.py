@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from hbl_mpi.__main__ import main
 from hbl_mpi.data import read_uno, synthesize, write_uno
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.tree.invariants import check_invariants
 from hbl_mpi.tree.plan import (
-    ROOT, PlanSpec, build_plan, check_invariants, node_sort_key, parent_of, plan_for, stage_of,
+    ROOT, PlanSpec, build_plan, node_sort_key, parent_of, plan_for, stage_of,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -405,7 +406,8 @@ def test_crossed_partition_on_synthetic_data():
     (dict(n=31), "larger than the number of cells"),
     (dict(n=7, partition="cells+drugs"), "larger than the number of drugs"),
     (dict(order="random"), "order"),
-    (dict(partition="drugs"), "partition"),
+    (dict(partition="blocks"), "partition"),
+    (dict(n=7, partition="drugs"), "larger than the number of drugs"),
     (dict(holdout_fraction=1.5), "holdout_fraction"),
 ])
 def test_impossible_settings_are_input_errors(spec, message):

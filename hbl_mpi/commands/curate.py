@@ -2,7 +2,7 @@
 
 Acts on the ranking: writes an Uno-format copy of the data without the K most harmful
 cells (``--drop``) or with only the K most beneficial (``--keep``: a small set for quick
-prototype studies), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
+prototype studies); for a ``partition = "drugs"`` run the unit is the drug (``units.py``), and beside it ``OUT.dropped.csv`` / ``OUT.kept.csv`` (cell, score,
 impact, reason). The ordering (``--by``) is impact, resist (the ranking's score) or their
 combination; the default was chosen by the point-removal study (docs/findings/impact.md §8.6, §8.9).
 Everything is checked before anything is written: K in 1 .. cells - 1, the results made
@@ -32,8 +32,10 @@ def configure(p) -> None:
     p.add_argument("results", nargs="?", help="results.h5 written by `run` on DATA (not needed by --drop-group)")
     p.add_argument("--data", required=True, help="the Uno-format data file the run trained on")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--drop", type=int, metavar="K", help="leave out the K most harmful cells")
-    mode.add_argument("--keep", type=int, metavar="K", help="keep only the K most beneficial cells")
+    mode.add_argument("--drop", type=int, metavar="K",
+                      help="leave out the K most harmful cells (drugs: a drugs-partition run)")
+    mode.add_argument("--keep", type=int, metavar="K",
+                      help="keep only the K most beneficial cells (drugs: a drugs-partition run)")
     mode.add_argument("--drop-group", dest="drop_group", metavar="COLUMN=VALUE",
                       help="leave out the cells of one cell-metadata group (NA: the cells with no value)")
     p.add_argument("--by", choices=CURATE_BY, default=DEFAULT_CURATE_BY,
@@ -57,6 +59,7 @@ def run(args) -> int:
     from hbl_mpi.core.errors import InputError
     from hbl_mpi.analysis.impact import add_impact, run_impact
     from hbl_mpi.analysis.ranking import rank_cells
+    from hbl_mpi.analysis.units import to_unit, unit_view
     from hbl_mpi.report.cells import diagnose_run, with_diagnosis
     from hbl_mpi.store.provenance import check_same_data
     from hbl_mpi.store.results import read_results
@@ -69,7 +72,9 @@ def run(args) -> int:
     if k < 1:
         raise InputError(f"--{mode} K must be >= 1; got {k}")
     out = _check_out(args, mode)
-    run_ = read_results(args.results)
+    full = read_results(args.results)
+    unit = full.unit  # a drugs-partition run curates drugs
+    run_ = unit_view(full)
     ds = load_dataset(args.data)
     if not run_.data_checksum and not args.force:
         raise InputError(f"curate: {args.results!r} records no data checksum (written by an older version): it cannot "
@@ -80,31 +85,35 @@ def run(args) -> int:
     if args.by != "resist":
         result = run_impact(run_)
         if result is None:
-            raise InputError(f"{args.results!r} has no cell_test table (written before impact existed); "
+            raise InputError(f"{args.results!r} has no {unit}_test table (written before impact existed); "
                              "use --by resist or run again")
         ranking = add_impact(ranking, result)
     ranking = with_diagnosis(ranking, diagnose_run(run_, ranking))  # the reason names what is wrong
     n = len(ranking)
     if k >= n:
-        raise InputError(f"--{mode} K must be < the number of ranked cells ({n}); got {k}")
-    if n < ds.n_cells:  # a partial run (exit 3, or stopped): "K of n" would read as K of the whole data
-        unranked = ds.n_cells - n
-        print(f"hbl_mpi: warning: {args.results!r} ranks {n} of the data's {ds.n_cells} cells (a partial run?); "
-              f"the {unranked} unranked cells are " + ("kept unjudged" if mode == "drop" else "left out"),
+        raise InputError(f"--{mode} K must be < the number of ranked {unit}s ({n}); got {k}")
+    n_units = ds.n_drugs if unit == "drug" else ds.n_cells
+    if n < n_units:  # a partial run (exit 3, or stopped): "K of n" would read as K of the whole data
+        unranked = n_units - n
+        print(f"hbl_mpi: warning: {args.results!r} ranks {n} of the data's {n_units} {unit}s (a partial run?); "
+              f"the {unranked} unranked {unit}s are " + ("kept unjudged" if mode == "drop" else "left out"),
               file=sys.stderr, flush=True)
     sel = curate_selection(ranking, args.by, k, mode)
     chosen = set(sel["cell"])
-    keep = [c for c in ds.cell_ids.astype(str) if (c in chosen) == (mode == "keep")]
-    sub = ds.subset_cells(keep)
+    ids = ds.drug_ids if unit == "drug" else ds.cell_ids
+    keep = [c for c in ids.astype(str) if (c in chosen) == (mode == "keep")]
+    sub = ds.subset_drugs(keep) if unit == "drug" else ds.subset_cells(keep)
+    sel = to_unit(sel, unit)
     table = csv_path(out, mode)
     try:
         write_uno(sub, out, seed=int(run_.config.get("seed", 0) or 0))
         replace_text(table, sel.to_csv(index=False))
     except WriteFailed as e:
         raise InputError(f"cannot write {e.path!r}{': disk full' if e.disk_full else ''}") from None
-    print(f"[hbl_mpi] curate: {mode} {k} of {n} ranked cells ({ds.n_cells} in the data) by {args.by}: {sub.n_cells} cells, {sub.n_rows} rows "
-          f"-> {out}")
-    print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} cells -> {table}")
+    left = sub.n_drugs if unit == "drug" else sub.n_cells
+    print(f"[hbl_mpi] curate: {mode} {k} of {n} ranked {unit}s ({n_units} in the data) by {args.by}: {left} {unit}s, "
+          f"{sub.n_rows} rows -> {out}")
+    print(f"[hbl_mpi] curate: the {k} {'dropped' if mode == 'drop' else 'kept'} {unit}s -> {table}")
     return 0
 
 

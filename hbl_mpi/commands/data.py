@@ -16,6 +16,7 @@ from hbl_mpi.core.output_guard import check_outputs
 
 # synth.KINDS, repeated so that --help imports no numpy (tests/test_data.py keeps them equal)
 KINDS = ("label_noise", "shift", "swap", "misid")
+DRUG_KINDS = ("wrong_assay", "drug_noise", "drug_shift")  # synth.DRUG_KINDS, likewise
 
 
 def configure(p) -> None:
@@ -42,6 +43,11 @@ def configure(p) -> None:
                    help="comma-separated kinds to plant, cycled: label_noise,shift,swap,misid (default: label_noise,shift,swap; misid is the kind that measurably harms other cells, docs/findings/impact.md §8.5)")
     s.add_argument("--smiles-onehot", dest="smiles_onehot", type=int, default=0, metavar="LENGTH",
                    help="add drug.smiles: random SMILES-like strings one-hot, padded to LENGTH (default 0: none)")
+    s.add_argument("--drug-anomaly-fraction", dest="drug_anomaly_fraction", type=float,
+                   help="fraction of drugs corrupted, for partition = \"drugs\" (default 0)")
+    s.add_argument("--drug-anomaly-kinds", dest="drug_anomaly_kinds",
+                   help="comma-separated drug kinds to plant, cycled: wrong_assay,drug_noise,drug_shift "
+                        "(default: wrong_assay,drug_noise)")
     s.add_argument("--split-seed", dest="split_seed", type=int, default=None,
                    help="seed of the train/val/test split in the file (default: --seed)")
     _meta_arg(s)
@@ -149,6 +155,9 @@ def _print_summary(summary: dict, seconds: float | None = None) -> None:
     if "truth" in summary:
         t = summary["truth"]
         print(f"truth: {sum(t.values())} planted anomalous cells (" + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) + ")")
+    if "drug_truth" in summary:
+        t = summary["drug_truth"]
+        print(f"truth: {sum(t.values())} planted anomalous drugs (" + ", ".join(f"{k} {v}" for k, v in sorted(t.items())) + ")")
     if seconds is not None:
         print(f"({seconds:.2f} s)")
 
@@ -184,7 +193,7 @@ def _synth(args) -> int:
     check_outputs([args.out], [])
     over = {}
     for key in ("cells", "drugs", "density", "rows", "cell_features", "descriptors", "fingerprints",
-                "noise", "anomaly_fraction"):
+                "noise", "anomaly_fraction", "drug_anomaly_fraction"):
         v = getattr(args, key)
         if v is not None:
             over[key] = v
@@ -195,6 +204,13 @@ def _synth(args) -> int:
             raise InputError(f"--anomaly-kinds {args.anomaly_kinds!r}: unknown kind(s) {bad}; "
                              f"choose from {','.join(KINDS)}")
         over["anomaly_kinds"] = kinds
+    if args.drug_anomaly_kinds is not None:
+        kinds = tuple(k.strip() for k in args.drug_anomaly_kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in DRUG_KINDS]
+        if bad or not kinds:
+            raise InputError(f"--drug-anomaly-kinds {args.drug_anomaly_kinds!r}: unknown kind(s) {bad}; "
+                             f"choose from {','.join(DRUG_KINDS)}")
+        over["drug_anomaly_kinds"] = kinds
     t0 = time.perf_counter()
     ds = synthesize(args.preset, seed=args.seed, **over)
     if args.smiles_onehot:

@@ -38,8 +38,8 @@ def configure(p) -> None:
     p.add_argument("--s", type=int, help="stages, >= 1 (default 3)")
     p.add_argument("--order", choices=("shuffled", "ordered"), help="id order before cutting (default shuffled)")
     p.add_argument("--seed", type=int, help="plan seed: id shuffle and holdout rows (default 0)")
-    p.add_argument("--partition", choices=("cells", "cells+drugs"),
-                   help="hold out cell lines, or crossed cell x drug blocks (default cells)")
+    p.add_argument("--partition", choices=("cells", "cells+drugs", "drugs"),
+                   help="hold out cell lines, crossed cell x drug blocks, or drugs (default cells)")
     p.add_argument("--holdout-fraction", dest="holdout_fraction", type=float,
                    help="fraction of response rows held out as the common test set (default 0.1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -99,18 +99,21 @@ def format_summary(plan, build_s: float) -> list[str]:
         f"holdout_fraction={spec.holdout_fraction:g}",
         f"data: {len(plan.cell_ids):,} cells, {len(plan.drug_ids):,} drugs, {len(plan.holdout):,} rows "
         f"({int(plan.holdout.sum()):,} holdout test rows, in no node's train or val)",
-        f"{'stage':>5} {'nodes':>7} {'mean val cells':>15} {'mean train cells':>17} {'mean val rows':>14}",
+        f"{'stage':>5} {'nodes':>7} {'mean val cells':>15} {'mean train cells':>17} {'mean val rows':>14}"
+        + (f" {'mean val drugs':>15}" if spec.partition != "cells" else ""),
     ]
     for st in plan.stage_summary():
         lines.append(f"{st['stage']:>5} {st['nodes']:>7,} {st['mean_val_cells']:>15.2f} "
-                     f"{st['mean_train_cells']:>17.2f} {st['mean_val_rows']:>14.1f}")
+                     f"{st['mean_train_cells']:>17.2f} {st['mean_val_rows']:>14.1f}"
+                     + (f" {st['mean_val_drugs']:>15.2f}" if "mean_val_drugs" in st else ""))
     lines.append(f"total {len(plan):,} nodes (root not counted); built in {build_s:.3f} s")
     return lines
 
 
 def run(args) -> int:
     from hbl_mpi.data import read_data
-    from hbl_mpi.tree.plan import PlanSpec, check_invariants, plan_for
+    from hbl_mpi.tree.invariants import check_invariants
+    from hbl_mpi.tree.plan import PlanSpec, plan_for
 
     cfg = settings(args)
     if args.out:

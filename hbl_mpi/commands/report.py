@@ -31,7 +31,8 @@ def run(args) -> int:
     from hbl_mpi.core.errors import InputError
     from hbl_mpi.core.output_guard import check_outputs
     from hbl_mpi.analysis.ranking import DEFAULT_METHOD, METHODS
-    from hbl_mpi.report.build import build, write
+    from hbl_mpi.report.build import write
+    from hbl_mpi.report.drugs import build_report
 
     method = args.method or DEFAULT_METHOD
     if method not in METHODS:
@@ -48,8 +49,8 @@ def run(args) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results[0])), "report")
     inputs = [*args.results, args.data, args.reference]
     check_outputs([os.path.join(out, "report.html")], inputs)  # before the minutes of building
-    rep = build(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
-                top=args.top, reference=args.reference, cells=args.cells, enrich_k=enrich_k)
+    rep = build_report(args.results, baselines=args.baselines, data=args.data, kfold=args.kfold, method=method,
+                       top=args.top, reference=args.reference, cells=args.cells, enrich_k=enrich_k)
     check_outputs([os.path.join(out, name) for name in [*rep.files, "report.md", "report.html"]], inputs)
     paths = write(rep, out)
     print(f"[hbl_mpi] report: {len(paths)} files in {out}")

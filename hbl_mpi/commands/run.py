@@ -243,10 +243,11 @@ def _clear_overwritten_checkpoints(ctx, overwrite: bool) -> None:
 
 
 def _make_writer(ctx, previous):
+    from hbl_mpi.data.dataset import combine_truth
     from hbl_mpi.store.results import ResultsWriter, results_path
 
     attrs = ctx.run_attrs()
-    truth = ctx.dataset.truth
+    truth = combine_truth(ctx.dataset.truth, ctx.dataset.drug_truth)
     writer = ResultsWriter(
         results_path(ctx.cfg.out), config=attrs["config"], versions=attrs["versions"],
         data_checksum=attrs["data_checksum"], plan_frame=ctx.plan.to_frame(), truth=truth,

@@ -54,6 +54,7 @@ class Dataset:
     meta: dict = field(default_factory=dict)
     cell_metadata: pd.DataFrame | None = None  # cell + string columns, "" = missing (data/metadata.py);
     # an annotation, not data the model sees: outside ``checksum``, so annotating a file keeps its runs valid
+    drug_truth: pd.DataFrame | None = None  # columns drug, kind (planted drug anomalies)
 
     @property
     def n_cells(self) -> int:
@@ -121,7 +122,25 @@ class Dataset:
         return Dataset(self.cell_ids[mask], self.drug_ids, groups,
                        new_index[np.asarray(self.cell_index, dtype=np.int64)[rows]].astype(self.cell_index.dtype),
                        self.drug_index[rows], self.label[rows], None if self.dose is None else self.dose[rows],
-                       self.label_name, truth, self.source, dict(self.meta), meta)
+                       self.label_name, truth, self.source, dict(self.meta), meta, self.drug_truth)
+
+    def subset_drugs(self, keep) -> "Dataset":
+        """The same data with only the drugs in ``keep`` (ids), their responses and drug
+        truth rows (``curate`` on a drugs-partition run). Cells are kept whole."""
+        keep = {str(d) for d in keep}
+        mask = np.array([str(d) in keep for d in self.drug_ids], dtype=bool)
+        new_index = np.full(len(self.drug_ids), -1, dtype=np.int64)
+        new_index[mask] = np.arange(int(mask.sum()))
+        rows = mask[np.asarray(self.drug_index, dtype=np.int64)]
+        groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == DRUG else g.values)
+                  for g in self.groups]
+        dt = None
+        if self.drug_truth is not None:
+            dt = self.drug_truth[self.drug_truth["drug"].astype(str).isin(keep)].reset_index(drop=True)
+        return Dataset(self.cell_ids, self.drug_ids[mask], groups, self.cell_index[rows],
+                       new_index[np.asarray(self.drug_index, dtype=np.int64)[rows]].astype(self.drug_index.dtype),
+                       self.label[rows], None if self.dose is None else self.dose[rows],
+                       self.label_name, self.truth, self.source, dict(self.meta), self.cell_metadata, dt)
 
     def summary(self) -> dict:
         """Plain-data summary used by ``data inspect`` and the run log."""
@@ -147,10 +166,38 @@ class Dataset:
         )
         if self.truth is not None:
             out["truth"] = {str(k): int(v) for k, v in self.truth["kind"].value_counts().items()}
+        if self.drug_truth is not None:
+            out["drug_truth"] = {str(k): int(v) for k, v in self.drug_truth["kind"].value_counts().items()}
         if self.cell_metadata is not None:
             out["cell_metadata"] = {"columns": [c for c in self.cell_metadata.columns if c != "cell"],
                                     "cells": int(len(self.cell_metadata))}
         return out
+
+
+def combine_truth(truth: pd.DataFrame | None, drug_truth: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The one ``truth`` table of a Uno or results file: the planted cells (cell, kind) and,
+    when there are planted drugs, a ``unit`` column ("cell" / "drug") and a ``drug`` column
+    (the drug rows hold their id there and "" in ``cell``). Without drug anomalies the table
+    is exactly the old (cell, kind), so files of cell anomalies stay byte for byte the same."""
+    if drug_truth is None or not len(drug_truth):
+        return truth
+    cells = truth if truth is not None else pd.DataFrame({"cell": [], "kind": []})
+    parts = [pd.DataFrame({"cell": cells["cell"].astype(str), "kind": cells["kind"].astype(str),
+                           "unit": CELL, "drug": ""}),
+             pd.DataFrame({"cell": "", "kind": drug_truth["kind"].astype(str), "unit": DRUG,
+                           "drug": drug_truth["drug"].astype(str)})]
+    out = pd.concat(parts, ignore_index=True)
+    return out.astype({c: object for c in out.columns})
+
+
+def split_truth(t: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``combine_truth`` undone: (cell truth: cell, kind; drug truth: drug, kind), None when empty."""
+    if t is None or "unit" not in t.columns:
+        return t, None
+    unit = t["unit"].astype(str)
+    cells = t.loc[unit == CELL, ["cell", "kind"]].reset_index(drop=True)
+    drugs = t.loc[unit == DRUG, ["drug", "kind"]].reset_index(drop=True)
+    return (cells if len(cells) else None), (drugs if len(drugs) else None)
 
 
 def cell_feature_matrix(ds: Dataset) -> np.ndarray:

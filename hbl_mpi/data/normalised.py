@@ -44,6 +44,8 @@ def write_normalised(ds: Dataset, path: str) -> None:
         "meta": json.loads(json.dumps(ds.meta, default=str)),
         "cell_metadata": None if ds.cell_metadata is None else metadata.to_records(ds.cell_metadata),
     }
+    if ds.drug_truth is not None:  # only then: files without planted drugs stay what they were
+        header["drug_truth"] = {c: ds.drug_truth[c].astype(str).tolist() for c in ds.drug_truth.columns}
     arrays = {"header": np.array(json.dumps(header)),
               "cell_ids": np.asarray(ds.cell_ids, dtype=str), "drug_ids": np.asarray(ds.drug_ids, dtype=str),
               "cell_index": ds.cell_index, "drug_index": ds.drug_index, "label": ds.label}
@@ -76,13 +78,15 @@ def read_normalised(path: str) -> Dataset:
                 if f"group{i}" not in files:
                     raise InputError(f"data file {path!r} is missing the values of feature group {g['name']!r}")
                 groups.append(FeatureGroup(g["name"], g["entity"], g["columns"], z[f"group{i}"]))
-            truth = header.get("truth")
+            truth, drug_truth = header.get("truth"), header.get("drug_truth")
             ds = Dataset(
                 cell_ids=z["cell_ids"].astype(object), drug_ids=z["drug_ids"].astype(object), groups=groups,
                 cell_index=z["cell_index"], drug_index=z["drug_index"], label=z["label"],
                 dose=z["dose"] if "dose" in files else None, label_name=header["label_name"],
                 truth=None if truth is None else pd.DataFrame({c: np.asarray(v, dtype=object) for c, v in truth.items()}),
                 source=header.get("source", ""), meta={**header.get("meta", {}), "path": path, "normalised_file": True},
+                drug_truth=None if drug_truth is None else pd.DataFrame(
+                    {c: np.asarray(v, dtype=object) for c, v in drug_truth.items()}),
             )
             if header.get("cell_metadata") is not None:
                 ds.cell_metadata = metadata.read_hdf_table(

@@ -33,6 +33,16 @@ both be fitted, so a ``misid`` cell harms another cell by construction: its part
 clean cell, whose predictions are pulled towards the impostor's responses. The partner
 stays clean in the truth; ``meta["misid_of"]`` names it.
 
+Drug anomalies (``drug_anomaly_fraction`` of the drugs, default 0, kinds cycled over
+``drug_anomaly_kinds``), for the drugs partition (``partition = "drugs"``):
+``wrong_assay`` gives the drug labels from another assay -- an unrelated response function
+of the cells (its own random read-out of the cell factors, unrelated to the drug's
+features) -- ``drug_noise`` replaces its labels with labels drawn from the other drugs'
+responses, ``drug_shift`` adds ``shift`` of random sign to all its responses. Their truth
+is the Dataset's ``drug_truth`` (drug, kind), stored in the file's ``truth`` table with a
+``unit`` column. They are drawn from a generator of their own, after everything else, so
+the default (no drug anomalies) output is exactly what it was.
+
 The clean part never depends on the anomaly settings: the same seed with
 ``anomaly_fraction=0`` gives the same features (before swaps) and the same clean labels,
 which is how the tests measure how different the corrupted cells are.
@@ -51,6 +61,8 @@ from hbl_mpi.core.errors import InputError
 
 KINDS = ("label_noise", "shift", "swap", "misid")
 DEFAULT_KINDS = ("label_noise", "shift", "swap")
+DRUG_KINDS = ("wrong_assay", "drug_noise", "drug_shift")
+DEFAULT_DRUG_KINDS = ("wrong_assay", "drug_noise")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,8 @@ class SynthSpec:
     anomaly_kinds: tuple = DEFAULT_KINDS
     shift: float = 0.25  # AUC units added (random sign) to every response of a shifted cell
     misid_noise: float = 0.05  # sd (standardised gene units) of a misid cell's copy of its partner's profile
+    drug_anomaly_fraction: float = 0.0  # fraction of drugs corrupted (the drugs partition's truth)
+    drug_anomaly_kinds: tuple = DEFAULT_DRUG_KINDS
 
     def validate(self) -> "SynthSpec":
         def bad(msg):
@@ -100,6 +114,11 @@ class SynthSpec:
             bad(f"anomaly_kinds = {kinds}: choose distinct kinds from {', '.join(KINDS)}")
         if not 0 <= self.shift <= 0.9:
             bad(f"shift = {self.shift}: need 0 <= shift <= 0.9 (AUC units)")
+        dkinds = tuple(self.drug_anomaly_kinds)
+        if not dkinds or any(k not in DRUG_KINDS for k in dkinds) or len(set(dkinds)) != len(dkinds):
+            bad(f"drug_anomaly_kinds = {dkinds}: choose distinct kinds from {', '.join(DRUG_KINDS)}")
+        if not 0 <= self.drug_anomaly_fraction <= 0.5:
+            bad(f"drug_anomaly_fraction = {self.drug_anomaly_fraction}: need 0 <= fraction <= 0.5")
         if not 0 <= self.misid_noise <= 1:
             bad(f"misid_noise = {self.misid_noise}: need 0 <= misid_noise <= 1 (standardised gene units)")
         # ceilings (issue 28: bounds on every number): beyond them a slip allocated terabytes
@@ -140,9 +159,10 @@ def make_spec(preset: str = "small", **overrides) -> SynthSpec:
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise InputError(f"synthetic data: unknown option(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
-    if "anomaly_kinds" in overrides:
-        k = overrides["anomaly_kinds"]
-        overrides["anomaly_kinds"] = tuple(k.split(",")) if isinstance(k, str) else tuple(k)
+    for key in ("anomaly_kinds", "drug_anomaly_kinds"):
+        if key in overrides:
+            k = overrides[key]
+            overrides[key] = tuple(k.split(",")) if isinstance(k, str) else tuple(k)
     for name in ("cells", "drugs", "cell_features", "descriptors", "fingerprints", "latent", "tissues", "rows"):
         if overrides.get(name) is not None:
             overrides[name] = int(overrides[name])
@@ -248,6 +268,43 @@ def _misid_partners(rng: np.random.Generator, misid: list, corrupted: set, tissu
     return out
 
 
+def _plant_drugs(seed: int, spec: SynthSpec, h: np.ndarray, cell: np.ndarray, drug: np.ndarray,
+                 label: np.ndarray) -> dict[int, str]:
+    """Corrupt ``drug_anomaly_fraction`` of the drugs in ``label`` (in place); drug -> kind.
+
+    A generator of its own (the seventh child of the seed): the rest of the data never
+    depends on whether drugs are planted.
+    """
+    n = int(round(spec.drug_anomaly_fraction * spec.drugs))
+    if spec.drug_anomaly_fraction <= 0:
+        return {}
+    n = max(n, 1)
+    rng = spawned(seed, 7)[6]
+    kinds = [spec.drug_anomaly_kinds[i % len(spec.drug_anomaly_kinds)] for i in range(n)]
+    chosen = rng.choice(spec.drugs, size=n, replace=False)
+    kind_of = dict(zip(chosen.tolist(), kinds))
+    clean_rows = np.flatnonzero(~np.isin(drug, chosen))
+    k = h.shape[1]
+    for d, kd in sorted(kind_of.items()):
+        rows = np.flatnonzero(drug == d)
+        if kd == "wrong_assay":  # another assay: its own random response function of the cells
+            mix = rng.normal(size=(k, k)) / np.sqrt(k)
+            other = (np.tanh(1.5 * h @ mix) @ rng.normal(size=k))[cell[rows]]
+            # unrelated by construction: the part a line of the drug's own responses explains is removed
+            own = label[rows] - label[rows].mean()
+            other = other - other.mean()
+            other = other - own * (own @ other) / max(float(own @ own), 1e-12)
+            other = 1.2 * other / (other.std() or 1.0)
+            new = 1.0 / (1.0 + np.exp(-(rng.normal(0.0, 0.5) + other)))
+            label[rows] = np.clip(new + rng.normal(0.0, spec.noise, size=len(rows)), 0.0, 1.0)
+        elif kd == "drug_noise":  # labels of other drugs' rows: same marginal, unrelated to this drug
+            label[rows] = label[rng.choice(clean_rows, size=len(rows), replace=True)]
+        else:  # drug_shift
+            sign = -1.0 if label[rows].mean() > 0.5 else 1.0  # towards the roomier side of [0, 1]
+            label[rows] = np.clip(label[rows] + sign * spec.shift, 0.0, 1.0)
+    return kind_of
+
+
 def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     """Generate a deterministic synthetic data set (docs/design.md §2.2); see the module docstring.
 
@@ -329,6 +386,8 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
     for b, y in misid_of.items():
         expr[b] = expr[y] + spec.misid_noise * r_anom.normal(size=expr.shape[1])
 
+    drug_kind_of = _plant_drugs(seed, spec, h, cell, drug, label)
+
     cell_ids, drug_ids = _ids("C", C), _ids("D", D)
     groups = [FeatureGroup("cell.rnaseq", CELL, [f"GE_G{i + 1:04d}" for i in range(spec.cell_features)],
                            expr.astype(np.float32)),
@@ -341,12 +400,20 @@ def synthesize(preset: str = "small", seed: int = 0, **overrides) -> Dataset:
         order = sorted(kind_of)
         truth = pd.DataFrame({"cell": cell_ids[order].astype(object),
                               "kind": np.array([kind_of[c] for c in order], dtype=object)})
-    meta = {"generator": "synth", "preset": preset, "seed": seed, "spec": asdict(spec),
+    spec_meta = asdict(spec)
+    if not drug_kind_of:  # files without planted drugs stay byte for byte what they were
+        spec_meta = {k: v for k, v in spec_meta.items() if not k.startswith("drug_anomaly")}
+    meta = {"generator": "synth", "preset": preset, "seed": seed, "spec": spec_meta,
             "swap_pairs": [[str(cell_ids[a]), str(cell_ids[b])] for a, b in swap_pairs],
             "tissue": {str(cell_ids[c]): int(tissue[c]) for c in range(C)}}
     if misid_of:  # only then: files of the default kinds stay byte for byte what they were
         meta["misid_of"] = {str(cell_ids[b]): str(cell_ids[y]) for b, y in misid_of.items()}
+    drug_truth = None
+    if drug_kind_of:
+        order = sorted(drug_kind_of)
+        drug_truth = pd.DataFrame({"drug": drug_ids[order].astype(object),
+                                   "kind": np.array([drug_kind_of[d] for d in order], dtype=object)})
     return Dataset(cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
                    cell_index=cell, drug_index=drug, label=label.astype(np.float32),
-                   truth=truth, source=f"synth:{preset}:seed={seed}", meta=meta)
+                   truth=truth, source=f"synth:{preset}:seed={seed}", meta=meta, drug_truth=drug_truth)
 

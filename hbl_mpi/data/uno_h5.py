@@ -29,7 +29,7 @@ import pandas as pd
 from hbl_mpi.core.seeding import generator
 from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.data import metadata
-from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
 from hbl_mpi.data.validate import SHOW as _SHOW, VALUE_LIMIT, duplicate_keys, validate_dataset
@@ -479,7 +479,7 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
     keep, n_identical = duplicate_keys(f"data file {path!r}", codes[CELL], codes[DRUG], dose, resp.label, cell_ids,
                                        drug_ids)
 
-    truth = _read_truth(store) if "truth" in store.keys else None
+    truth, drug_truth = _read_truth(store) if "truth" in store.keys else (None, None)
     cell_meta = None
     if metadata.KEY in store.keys:  # checked like a user's CSV: a hand-made file gets the same one-line errors
         cell_meta = metadata.read_hdf_table(store.select(metadata.KEY), cell_ids, f"data file {path!r}: key {metadata.KEY!r}")
@@ -498,19 +498,25 @@ def _read(store: _Store, chunk_bytes: int) -> Dataset:
         cell_ids=cell_ids, drug_ids=drug_ids, groups=groups,
         cell_index=sel(codes[CELL]), drug_index=sel(codes[DRUG]), label=sel(resp.label),
         dose=None if dose is None else sel(dose), label_name=resp.label_name, truth=truth,
-        source=source, meta=meta, cell_metadata=cell_meta,
+        source=source, meta=meta, cell_metadata=cell_meta, drug_truth=drug_truth,
     )
     validate_dataset(ds, f"data file {path!r}")  # the checks the .npz reader makes too
     return ds
 
 
-def _read_truth(store: _Store) -> pd.DataFrame:
-    """The planted anomalies as (cell, kind) strings; ``validate_dataset`` checks them."""
+def _read_truth(store: _Store) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The planted anomalies as strings: (cells: cell, kind; drugs: drug, kind), the drugs'
+    rows marked by a ``unit`` column (``dataset.combine_truth``); ``validate_dataset`` checks them."""
     t = store.select("truth")
     if not {"cell", "kind"} <= set(t.columns):
         raise InputError(f"data file {store.path!r}: key 'truth' needs columns cell, kind (has {_first(t.columns, 8)})")
-    return pd.DataFrame({"cell": t["cell"].astype(str).to_numpy(dtype=object),
-                         "kind": t["kind"].astype(str).to_numpy(dtype=object)})
+    if "unit" in t.columns and ("drug" not in t.columns or not set(t["unit"].astype(str)) <= {CELL, DRUG}):
+        raise InputError(f"data file {store.path!r}: key 'truth' has a unit column, so it needs a drug column and "
+                         f"units cell or drug (has units {_first(sorted(set(t['unit'].astype(str))))})")
+    cells, drugs = split_truth(t)
+    return tuple(None if part is None else pd.DataFrame({c: part[c].astype(str).to_numpy(dtype=object)
+                                                         for c in part.columns})
+                 for part in (cells, drugs))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -632,10 +638,12 @@ def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
                                "meta": ds.meta}, default=str, sort_keys=True)
             if len(meta) <= 30_000:
                 attrs.hbl_meta = meta
-            if ds.truth is not None:
+            if ds.truth is not None and ds.drug_truth is None:
                 t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
                                   "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
                 store.put("truth", t, format="table")
+            elif ds.drug_truth is not None:  # planted drugs: the table says each row's unit
+                store.put("truth", combine_truth(ds.truth, ds.drug_truth), format="table")
             if ds.cell_metadata is not None:
                 metadata.write_hdf(store, ds.cell_metadata)
 

@@ -71,6 +71,8 @@ def validate_dataset(ds: Dataset, where: str) -> None:
         raise InputError(f"{where}: {n - len(keep):,} response row(s) repeat a {what} key of an earlier row")
     if ds.truth is not None:
         check_truth(ds.truth, set(map(str, ds.cell_ids)), where)
+    if ds.drug_truth is not None:
+        check_truth(ds.drug_truth, set(map(str, ds.drug_ids)), where, who="drug")
 
 
 def _check_ids(ids, who: str, where: str) -> None:
@@ -163,14 +165,14 @@ def duplicate_keys(where, cell, drug, dose, label, cell_ids, drug_ids):
     return np.flatnonzero(keep), int(len(label) - keep.sum())
 
 
-def check_truth(t: pd.DataFrame, cells: set, where: str) -> None:
-    """The planted-anomaly table names cells of the data, each once."""
-    if not {"cell", "kind"} <= set(t.columns):
-        raise InputError(f"{where}: the truth table needs columns cell, kind (has {first(t.columns, 8)})")
-    names = t["cell"].astype(str)
+def check_truth(t: pd.DataFrame, cells: set, where: str, who: str = "cell") -> None:
+    """The planted-anomaly table names cells (``who = "drug"``: drugs) of the data, each once."""
+    if not {who, "kind"} <= set(t.columns):
+        raise InputError(f"{where}: the truth table needs columns {who}, kind (has {first(t.columns, 8)})")
+    names = t[who].astype(str)
     unknown = sorted(set(names) - cells)
     if unknown:
-        raise InputError(f"{where}: truth names {len(unknown)} cell(s) not in the data (first: {first(unknown)})")
+        raise InputError(f"{where}: truth names {len(unknown)} {who}(s) not in the data (first: {first(unknown)})")
     dups = names[names.duplicated()].tolist()
     if dups:
-        raise InputError(f"{where}: truth lists {len(dups)} cell(s) twice (first: {first(dups)})")
+        raise InputError(f"{where}: truth lists {len(dups)} {who}(s) twice (first: {first(dups)})")

@@ -274,12 +274,13 @@ results, at the top). To add a part, write a builder ``(inp, rep) -> None`` and 
 def build(paths: list[str], *, baselines: bool = False, data: str | None = None, kfold: int = 5,
           method: str = R.DEFAULT_METHOD, top: int = 30, log=print, reference: str | None = None,
           cells: int = 20, builders: tuple[SectionBuilder, ...] = SECTION_BUILDERS,
-          enrich_k: tuple[int, ...] = (20, 50)) -> Report:
+          enrich_k: tuple[int, ...] = (20, 50), runs: list | None = None) -> Report:
     """Read the runs and compute every table and figure (nothing is written here).
 
     ``reference``: a second screen (Uno file) to hold the ranking against; ``cells``: how
-    many top cells get a diagnosis page (``report_cells``)."""
-    runs = load_runs(paths)
+    many top cells get a diagnosis page (``report_cells``); ``runs``: the runs already read
+    (``report/drugs.py`` passes a drugs run's unit view with its own builders)."""
+    runs = load_runs(paths) if runs is None else runs
     if reference is not None and not os.path.isfile(reference):
         raise InputError(f"--reference {reference!r} does not exist")
     data_path, dataset = None, None

@@ -158,7 +158,8 @@ def fig_trajectories(runs: list[RunTables]):
     return fig
 
 
-def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30, method: str = ""):
+def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30, method: str = "",
+                unit: str = "cell"):
     fig, axes = make_figure(w=11.0, h=max(4.5, 0.18 * top + 1.2), ncols=2, width_ratios=[1.2, 1])
     kinds = dict(zip(truth["cell"], truth["kind"])) if truth is not None else {}
     t = ranking.head(top).iloc[::-1]
@@ -167,7 +168,7 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     ax.barh(np.arange(len(t)), t["score"], color=colours)
     ax.set_yticks(np.arange(len(t)), t["cell"], fontsize=7)
     ax.set_xlabel(f"score `{method}` (higher = more suspicious)")
-    ax.set_title(f"top {len(t)} cells")
+    ax.set_title(f"top {len(t)} {unit}s")
     ax.grid(axis="x", alpha=0.3)
     ax = axes[0, 1]
     s = ranking["score"].replace(-np.inf, np.nan).dropna()
@@ -186,13 +187,13 @@ def fig_ranking(ranking: pd.DataFrame, truth: pd.DataFrame | None, top: int = 30
     else:
         ax.hist(s, bins=bins, color="#1f77b4")
     ax.set_xlabel(f"score `{method}`")
-    ax.set_ylabel("cells")
-    ax.set_title("score distribution, all cells")
-    fig.suptitle("Cell ranking: cells whose held-out error stays high at every stage")
+    ax.set_ylabel(f"{unit}s")
+    ax.set_title(f"score distribution, all {unit}s")
+    fig.suptitle(f"{unit.capitalize()} ranking: {unit}s whose held-out error stays high at every stage")
     return fig
 
 
-def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
+def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame, unit: str = "cell"):
     from sklearn.metrics import roc_curve
 
     fig, ax = make_figure(w=6.0, h=5.0)
@@ -206,8 +207,8 @@ def fig_roc(curves: list[tuple[str, pd.Series]], truth: pd.DataFrame):
             fpr, tpr, _ = roc_curve(y, s.to_numpy(dtype=float))
             ax.plot(fpr, tpr, color=PALETTE[i % len(PALETTE)], label=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate (clean cells flagged)")
-    ax.set_ylabel("true positive rate (planted cells found)")
+    ax.set_xlabel(f"false positive rate (clean {unit}s flagged)")
+    ax.set_ylabel(f"true positive rate (planted {unit}s found)")
     add_legend(ax, fontsize=8, loc="lower right")
-    ax.set_title("Detection of the planted cells: ROC")
+    ax.set_title(f"Detection of the planted {unit}s: ROC")
     return fig

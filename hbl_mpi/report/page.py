@@ -17,7 +17,8 @@ import pandas as pd
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
-KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "misid": "#17becf", "": "#9e9e9e"}
+KIND_COLOURS = {"label_noise": "#d62728", "shift": "#ff7f0e", "swap": "#9467bd", "misid": "#17becf", "": "#9e9e9e",
+                "wrong_assay": "#d62728", "drug_noise": "#9467bd", "drug_shift": "#ff7f0e"}
 
 
 LOSS_UNIT = "val_loss (MSE, label units²)"

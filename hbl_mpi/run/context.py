@@ -84,8 +84,9 @@ class RunContext:
 
     def static_tables(self) -> dict[str, pd.DataFrame]:
         """Run-level tables rank 0 writes once beside the plan: the cells' expression neighbours
-        and the cell metadata (the data file's, or the config's ``cell_metadata``) for the report."""
-        nb = expression_neighbours(self.dataset)
+        (for the cell diagnosis; not for a drugs-partition run, which has none) and the cell
+        metadata (the data file's, or the config's ``cell_metadata``) for the report."""
+        nb = None if self.plan.unit == "drug" else expression_neighbours(self.dataset)
         out = {} if nb is None else {"cell_neighbours": nb}
         if self.dataset.cell_metadata is not None:
             out["cell_metadata"] = self.dataset.cell_metadata

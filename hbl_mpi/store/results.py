@@ -33,6 +33,7 @@ import pandas as pd
 from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
+from hbl_mpi.data.dataset import split_truth
 from hbl_mpi.tree.plan import parent_of
 
 Dtype = Literal["str", "int64", "float64", "float32", "bool"]
@@ -169,6 +170,16 @@ CELL_VAL = Table("cell_val", (
 CELL_TEST = Table("cell_test", CELL_VAL.columns)
 """Each node's error per cell on the common holdout rows (docs/design.md §6; older files lack it)."""
 
+DRUG_VAL = Table("drug_val", (
+    Column("node", "str", required=True), Column("drug", "str", required=True), Column("n_rows", "int64"),
+    Column("mse", "float64", required=True),
+))
+"""``partition = "drugs"``: each node's validation error per held-out drug (the drugs' ``cell_val``;
+such a run writes an empty ``cell_val``, which every file has)."""
+
+DRUG_TEST = Table("drug_test", DRUG_VAL.columns)
+"""``partition = "drugs"``: each node's error per drug on the common holdout rows (``cell_test``'s twin)."""
+
 PLAN = Table("plan", (
     Column("node", "str", required=True), Column("parent", "str"), Column("stage", "int64"),
     Column("cell", "str", required=True), Column("role", "str", required=True),
@@ -176,7 +187,9 @@ PLAN = Table("plan", (
 """The tree: which cells each node trains on and validates on (``role``)."""
 
 TRUTH = Table("truth", (Column("cell", "str", required=True), Column("kind", "str", required=True)))
-"""The planted anomalies, when the data has them (synthetic data)."""
+"""The planted anomalies, when the data has them (synthetic data). With planted drugs it
+also has ``unit`` and ``drug`` columns (``dataset.combine_truth``); the reader splits it
+into ``RunTables.truth`` (cells) and ``RunTables.drug_truth``."""
 
 CELL_PRED = Table("cell_pred", (
     Column("node", "str", required=True), Column("cell", "str", required=True), Column("drug", "str", required=True),
@@ -196,10 +209,10 @@ CELL_METADATA = Table("cell_metadata", (Column("cell", "str", required=True),))
 column per field, "" = missing; written once per run when the data has it, read by the report."""
 
 SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, CELL_PRED, PLAN, TRUTH,
-                                                 CELL_NEIGHBOURS, CELL_METADATA)}
+                                                 CELL_NEIGHBOURS, CELL_METADATA, DRUG_VAL, DRUG_TEST)}
 """Every table of results.h5 by name, in the order the writer writes them."""
 
-PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred")
+PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred", "drug_val", "drug_test")
 """The per-(node, cell) tables a trained node reports besides its row and history: the
 lifecycle, the writer and a restart carry each of them the same way (``node_tables``)."""
 REQUIRED_PER_NODE = {name for name in PER_NODE_TABLES if SCHEMA[name].required}
@@ -230,7 +243,10 @@ class RunTables:
     cell_pred: pd.DataFrame | None = None  # None: written before it existed, or data with doses
     cell_neighbours: pd.DataFrame | None = None
     plan: pd.DataFrame | None = None
-    truth: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None  # the planted cells (cell, kind)
+    drug_val: pd.DataFrame | None = None  # partition = "drugs" only
+    drug_test: pd.DataFrame | None = None
+    drug_truth: pd.DataFrame | None = None  # the planted drugs (drug, kind)
     cell_metadata: pd.DataFrame | None = None  # None: the data had none (or the file predates the table)
     versions: dict = field(default_factory=dict)
     data_checksum: str = ""
@@ -253,6 +269,11 @@ class RunTables:
 
         return replace(self, nodes=keep(self.nodes), history=keep(self.history),
                        **{name: keep(self.per_node(name)) for name in PER_NODE_TABLES})
+
+    @property
+    def unit(self) -> str:
+        """The partition unit the run held out: "drug" for ``partition = "drugs"``, else "cell"."""
+        return "drug" if self.config.get("partition") == "drugs" else "cell"
 
     @property
     def group_size(self) -> int:
@@ -311,9 +332,11 @@ def read_results(path: str) -> RunTables:
         shown = ", ".join(map(str, twice[:3])) + (", ..." if len(twice) > 3 else "")
         raise InputError(f"{path!r}: table 'nodes' has {len(twice)} node(s) with more than one row (first: {shown})")
     label = str(config.get("strategy") or os.path.splitext(os.path.basename(path))[0])
+    truth, drug_truth = split_truth(typed.get("truth"))
     return RunTables(nodes=typed["nodes"], history=typed["history"], cell_val=typed["cell_val"], config=config,
                      cell_test=typed.get("cell_test"), cell_pred=typed.get("cell_pred"),
-                     cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=typed.get("truth"),
+                     cell_neighbours=typed.get("cell_neighbours"), plan=typed.get("plan"), truth=truth,
+                     drug_val=typed.get("drug_val"), drug_test=typed.get("drug_test"), drug_truth=drug_truth,
                      cell_metadata=_metadata(typed.get("cell_metadata")), versions=versions,
                      data_checksum=checksum, path=path, label=label)
 

@@ -135,6 +135,9 @@ class NodeOutcome:
     # node trains on these rows, so siblings compare on them (impact.py)
     cell_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     cell_pred: tuple | None = None  # (cell index, drug index, prediction, label) or None
+    # partition = "drugs": (drug index, n_rows, mse) per held-out drug / on the holdout rows
+    drug_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    drug_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def _shard(rows: np.ndarray, group: Group | None) -> np.ndarray:
@@ -180,14 +183,21 @@ def mean_loss(ts: TrainState, tables: DeviceTables, rows: np.ndarray, group: Gro
     return total / n if n else math.nan
 
 
+def _unit_index(tables: DeviceTables, unit: str) -> tuple[np.ndarray, int]:
+    """(row -> unit index, number of units) for the partition unit "cell" or "drug"."""
+    return (tables.drug_index_np, tables.n_drugs) if unit == "drug" else (tables.cell_index_np, tables.n_cells)
+
+
 def per_cell_mse(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: np.ndarray,
-                 group: Group | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cells, rows per cell, MSE per cell) over ``rows``; NaN for a cell without rows."""
+                 group: Group | None = None, unit: str = "cell") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cells, rows per cell, MSE per cell) over ``rows``; NaN for a cell without rows.
+    ``unit = "drug"``: the same per drug (``cells`` are then drug indices)."""
     local = _shard(rows, group)
     sq = squared_errors(ts, tables, local).cpu().numpy() if len(local) else np.zeros(0)
-    which = tables.cell_index_np[local]
-    sums = np.bincount(which, weights=sq, minlength=tables.n_cells)[cells]
-    counts = np.bincount(which, minlength=tables.n_cells)[cells].astype(np.float64)
+    index, n_units = _unit_index(tables, unit)
+    which = index[local]
+    sums = np.bincount(which, weights=sq, minlength=n_units)[cells]
+    counts = np.bincount(which, minlength=n_units)[cells].astype(np.float64)
     if group is not None:
         both = torch.from_numpy(np.concatenate([sums, counts]))
         group.allreduce_(both)
@@ -198,7 +208,7 @@ def per_cell_mse(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: 
 
 
 def holdout_cell_mse(ts: TrainState, tables: DeviceTables, test: np.ndarray,
-                     group: Group | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     group: Group | None = None, unit: str = "cell") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``per_cell_mse`` on the holdout rows, for every cell that has holdout rows.
 
     One evaluation pass after training (eval mode, no RNG drawn), so it cannot change
@@ -208,8 +218,8 @@ def holdout_cell_mse(ts: TrainState, tables: DeviceTables, test: np.ndarray,
     if len(test) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
-    cells = np.unique(tables.cell_index_np[test]).astype(np.int64)
-    return per_cell_mse(ts, tables, test, cells, group)
+    cells = np.unique(_unit_index(tables, unit)[0][test]).astype(np.int64)
+    return per_cell_mse(ts, tables, test, cells, group, unit)
 
 
 def pair_predictions(ts: TrainState, tables: DeviceTables, rows: np.ndarray, cells: np.ndarray,
@@ -363,10 +373,17 @@ def train_node(
     best_state = ModelState(best, ts.n_params, step_at(best_epoch))
     inherit = best_state if spec.inherit == "best" else last
     ts.load(inherit)
-    cell_val = per_cell_mse(ts, tables, rows.val, rows.val_cells, group)
-    cell_pred = pair_predictions(ts, tables, rows.val, rows.val_cells, group)
     test_loss = mean_loss(ts, tables, rows.test, group) if len(rows.test) else math.nan
-    cell_test = holdout_cell_mse(ts, tables, rows.test, group)
+    drug_val = drug_test = None
+    if rows.unit == "drug":  # per held-out drug; no per-cell tables (no cell was held out)
+        none = np.zeros(0, dtype=np.int64)
+        cell_val, cell_pred, cell_test = (none, none, np.zeros(0)), None, None
+        drug_val = per_cell_mse(ts, tables, rows.val, rows.val_units, group, unit="drug")
+        drug_test = holdout_cell_mse(ts, tables, rows.test, group, unit="drug")
+    else:
+        cell_val = per_cell_mse(ts, tables, rows.val, rows.val_cells, group)
+        cell_pred = pair_predictions(ts, tables, rows.val, rows.val_cells, group)
+        cell_test = holdout_cell_mse(ts, tables, rows.test, group)
     best_rec = history[best_epoch - 1]
     return NodeOutcome(
         node=spec.node, epochs_planned=spec.max_epochs, epochs_run=len(history),
@@ -379,6 +396,8 @@ def train_node(
         best_state=best_state, resumed_from=resume.epochs_done if resume is not None else 0,
         cell_test=cell_test,
         cell_pred=cell_pred,
+        drug_val=drug_val,
+        drug_test=drug_test,
     )
 
 

@@ -17,6 +17,10 @@ With ``partition = "cells+drugs"`` the drugs get their own global order and cuts
 child ``p.k`` validates on the block (cell part k) x (drug part k); it has
 min(#cell parts, #drug parts) children. Train is again everything outside the block.
 
+With ``partition = "drugs"`` the drugs are cut as the cells are above: ``p.k`` validates on
+every cell's rows of drug part k (the block (all cells) x (drug part k)); ``Plan.unit`` is
+then "drug". The holdout rows are the same seeded rows whatever the partition.
+
 With ``groups = "COLUMN"`` the order is stably re-sorted by group and the root's children
 are the groups' ranges (tree/groups.py). Everything here is a pure function of (ids, row
 table, N, S, order, seed, group labels): every rank computes the same plan.
@@ -25,7 +29,6 @@ table, N, S, order, seed, group labels): every rank computes the same plan.
 from __future__ import annotations
 
 import csv
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +108,7 @@ class PlanSpec:
     s: int = 3
     order: str = "shuffled"
     seed: int = 0
-    partition: str = "cells"  # or "cells+drugs"
+    partition: str = "cells"  # or "cells+drugs", "drugs"
     holdout_fraction: float = 0.1
     groups: str = ""  # a cell-metadata column: the first split holds out one group per node
 
@@ -136,6 +139,8 @@ class NodeRows:
     test: np.ndarray  # int64, the common holdout
     val_cells: np.ndarray  # int64 cell indices validated on
     train_cells: np.ndarray  # int64 cell indices trained on
+    unit: str = "cell"  # what the per-unit errors are computed per: "cell" or "drug"
+    val_units: np.ndarray | None = None  # int64 indices of the held-out units (None: val_cells)
 
 
 @dataclass
@@ -157,6 +162,15 @@ class Plan:
     candidates: dict[str, PlanNode] | None = field(repr=False, default=None)
     decided: set[str] = field(repr=False, default_factory=set)
     groups: GroupParts | None = field(repr=False, default=None)  # ``groups = COLUMN``: stage-1 parts
+
+    @property
+    def unit(self) -> str:
+        """The partition unit: "drug" for ``partition = "drugs"``, else "cell"."""
+        return "drug" if self.spec.partition == "drugs" else "cell"
+
+    def val_units(self, name: str) -> np.ndarray:
+        """The units ``name`` holds out (its validation cells, or drugs for ``drugs``)."""
+        return self.val_drugs(name) if self.unit == "drug" else self.val_cells(name)
 
     # ---- tree navigation -------------------------------------------------
     def trained_nodes(self) -> list[str]:
@@ -292,6 +306,8 @@ class Plan:
             test=test.astype(np.int64),
             val_cells=self.val_cells(name).astype(np.int64),
             train_cells=self.train_cells(name).astype(np.int64),
+            unit=self.unit,
+            val_units=self.val_units(name).astype(np.int64) if self.unit == "drug" else None,
         )
 
     # ---- output ----------------------------------------------------------
@@ -311,12 +327,22 @@ class Plan:
                 "mean_val_cells": float(np.mean(val)), "mean_train_cells": float(np.mean(train)),
                 "mean_val_rows": float(np.mean([self.nodes[n].n_val_rows for n in names])),
             })
+            if crossed:  # the drugs each node holds out (cells+drugs, drugs)
+                out[-1]["mean_val_drugs"] = float(np.mean([np.diff(self.nodes[n].drugs)[0] for n in names]))
         return out
 
     def records(self):
         """Rows of plan.csv / the results' ``plan`` table: (node, parent, stage, cell, role)."""
         for name in self.trained_nodes():
             node = self.nodes[name]
+            if self.unit == "drug":  # drug ids in the ``cell`` column, as the crossed plan's val_drug
+                plo, phi = self.nodes[node.parent].drugs
+                lo, hi = node.drugs
+                for d in self.drug_order[lo:hi]:
+                    yield (name, node.parent, node.stage, self.drug_ids[d], "val_drug")
+                for d in np.concatenate([self.drug_order[plo:lo], self.drug_order[hi:phi]]):
+                    yield (name, node.parent, node.stage, self.drug_ids[d], "train_added_drug")
+                continue
             for c in self.val_cells(name):
                 yield (name, node.parent, node.stage, self.cell_ids[c], "val")
             if node.drugs is None:
@@ -370,8 +396,8 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
         raise InputError(f"s must be >= 1; got {spec.s}")
     if spec.order not in ("shuffled", "ordered"):
         raise InputError(f"order must be 'shuffled' or 'ordered'; got {spec.order!r}")
-    if spec.partition not in ("cells", "cells+drugs"):
-        raise InputError(f"partition must be 'cells' or 'cells+drugs'; got {spec.partition!r}")
+    if spec.partition not in ("cells", "cells+drugs", "drugs"):
+        raise InputError(f"partition must be 'cells', 'cells+drugs' or 'drugs'; got {spec.partition!r}")
     if not 0.0 <= spec.holdout_fraction < 1.0:
         raise InputError(f"holdout_fraction must be in [0, 1); got {spec.holdout_fraction}")
     if len(drug_index) != n_rows:
@@ -379,10 +405,11 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
     if n_rows and (cell_index.min() < 0 or cell_index.max() >= n_cells
                    or drug_index.min() < 0 or drug_index.max() >= len(drug_ids)):
         raise InputError("response rows refer to cells or drugs outside the id lists")
-    if spec.n > n_cells:
+    by_drug = spec.partition == "drugs"  # the drugs are cut; every node keeps all cells
+    if spec.n > n_cells and not by_drug:
         raise InputError(f"n = {spec.n} is larger than the number of cells ({n_cells})")
-    crossed = spec.partition == "cells+drugs"
-    if groups is not None and crossed:
+    crossed = spec.partition in ("cells+drugs", "drugs")
+    if groups is not None and spec.partition != "cells":
         raise InputError("config key 'groups' needs partition = 'cells' (a group is a set of cells)")
     if crossed and spec.n > len(drug_ids):
         raise InputError(f"n = {spec.n} is larger than the number of drugs ({len(drug_ids)})")
@@ -437,9 +464,13 @@ def build_plan(cell_ids, drug_ids, cell_index, drug_index, spec: PlanSpec,
                              f"{stage - 1}")
         nxt = []
         for parent in frontier:
-            cparts = (groups.ranges() if groups is not None and stage == 1
-                      else cut(*parent.cells, spec.n))
-            dparts = cut(*parent.drugs, spec.n) if crossed else [None] * len(cparts)
+            dparts = cut(*parent.drugs, spec.n) if crossed else None
+            if by_drug:
+                cparts = [parent.cells] * len(dparts)
+            else:
+                cparts = (groups.ranges() if groups is not None and stage == 1
+                          else cut(*parent.cells, spec.n))
+            dparts = dparts if crossed else [None] * len(cparts)
             for k, (cp, dp) in enumerate(zip(cparts, dparts), start=1):
                 count = val_row_count(cp, dp)
                 if count == 0:
@@ -476,37 +507,3 @@ def plan_for(dataset, spec: PlanSpec) -> Plan:
     groups = groups_for(dataset, spec.groups, spec.n) if spec.groups else None
     return build_plan(dataset.cell_ids, dataset.drug_ids, dataset.cell_index, dataset.drug_index, spec, groups)
 
-
-def check_invariants(plan: Plan) -> None:
-    """Assert docs/design.md §3's invariants; raises AssertionError naming the first violation."""
-    n_cells = len(plan.cell_ids)
-    for name, node in plan.nodes.items():
-        if name == ROOT:
-            continue
-        parent = plan.nodes[node.parent]
-        assert node.stage == stage_of(name) == parent.stage + 1, f"{name}: stage"
-        assert parent_of(name) == node.parent, f"{name}: parent name"
-        val = set(plan.val_cells(name).tolist())
-        pval = set(plan.val_cells(parent.name).tolist())
-        assert val and val <= pval, f"{name}: val not a non-empty subset of its parent's"
-        assert node.n_val_rows > 0, f"{name}: empty validation rows"
-        if node.drugs is None:
-            train = set(plan.train_cells(name).tolist())
-            assert not (train & val), f"{name}: val cells in train"
-            assert train | val == set(range(n_cells)), f"{name}: train ∪ val != all cells"
-            for anc in plan.ancestors(name):
-                assert not (val & set(plan.train_cells(anc).tolist())), f"{name}: val in {anc}'s train"
-            assert set(plan.train_cells(parent.name).tolist()) <= train, f"{name}: train shrank"
-    for name, node in plan.nodes.items():
-        if node.children:
-            parts = [plan.val_cells(c) for c in node.children]
-            allc = np.concatenate(parts)
-            assert len(allc) == len(set(allc.tolist())), f"{name}: children overlap"
-            grouped = plan.groups is not None and name == ROOT
-            expected = len(plan.groups.labels) if grouped else len(cut(*node.cells, plan.spec.n))
-            if all(plan.nodes[c].n_val_rows > 0 for c in node.children) and len(node.children) == expected:
-                assert set(allc.tolist()) == set(plan.val_cells(name).tolist()), f"{name}: children miss cells"
-    if plan.groups is not None:
-        plan.groups.check(plan.nodes[ROOT].children, plan.val_cells)
-    counts = Counter(n.stage for n in plan.nodes.values())
-    assert counts[0] == 1, "one root"
