@@ -209,14 +209,14 @@ def test_hdf5_ids_longer_than_the_bound_are_refused(tmp_path, capsys):
     with pytest.raises(Exception, match="longer than 256 characters"):
         write_uno(replace(ds, cell_ids=ids, truth=None), str(path))  # the writer validates too
     # a file written by another tool: bypass the writer's check
-    import hbl_mpi.data.uno_h5 as uno_h5
+    import hbl_mpi.data.uno_write as uno_write
 
-    orig = uno_h5.validate_dataset
-    uno_h5.validate_dataset = lambda ds, where: None
+    orig = uno_write.validate_dataset
+    uno_write.validate_dataset = lambda ds, where: None
     try:
         write_uno(replace(ds, cell_ids=ids, truth=None), str(path))
     finally:
-        uno_h5.validate_dataset = orig
+        uno_write.validate_dataset = orig
     assert main(["data", "inspect", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 cell id(s) are longer than 256 characters (longest: 100,000" in err[0], err

@@ -15,7 +15,8 @@ import os
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.data.synth import PRESETS, synthesize
 from hbl_mpi.data.normalised import is_normalised_file, read_normalised, write_normalised
-from hbl_mpi.data.uno_h5 import read_uno, write_uno
+from hbl_mpi.data.uno_h5 import read_uno
+from hbl_mpi.data.uno_write import write_uno
 
 
 def read_data(path: str):

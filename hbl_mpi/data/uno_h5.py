@@ -17,112 +17,22 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
-import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hbl_mpi.core.seeding import generator
-from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.data import metadata
-from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, combine_truth, split_truth
+from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup, split_truth
 from hbl_mpi.core.errors import InputError
-from hbl_mpi.core.hdf5_guard import check_file
+from hbl_mpi.data.uno_format import (  # noqa: F401 (the format's names, read here too)
+    CHUNK_BYTES, DEFAULT_INPUTS, DOSE_COLUMNS, FEATURE_NAMES_KEY, LABEL_RANGES, LABELS, PARTITIONS, _Store)
 from hbl_mpi.data.validate import SHOW as _SHOW, VALUE_LIMIT, duplicate_keys, validate_dataset
 from hbl_mpi.data.validate import first as _first
 
-PARTITIONS = ("train", "val", "test")
-LABELS = ("AUC", "Growth")
-DOSE_COLUMNS = ("dose", "Dose1")
-DEFAULT_INPUTS = ("cell.rnaseq", "drug.descriptors", "drug.fingerprints")
-"""Input types of ``x_*_0``, ``x_*_1``, ``x_*_2`` when the file has no ``model`` key."""
-FEATURE_NAMES_KEY = "feature_names"
-"""Side table (group, name) with every group's column names: HDF5 object headers cannot
-hold thousands of column names (pandas stores them as node attributes, limit 64 KiB), so
-wide groups are written with blank column names, as the real Top21 file does."""
-LABEL_RANGES = {"AUC": (0.0, 1.0), "Growth": (-100.0, float("inf"))}
-"""The range each label is declared to have (docs/design.md §1: AUC in [0, 1]; growth in percent of
-the control, at least -100 = every cell killed). Rows outside it are read (fitted AUCs
-slightly above 1 exist) with a warning naming their count."""
-CHUNK_BYTES = 128 << 20
-_MAX_NAME_PICKLE = 30_000  # bytes of pickled column names that still fit in a node attribute
-
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
-
-
-class _Store:
-    """An ``HDFStore`` opened read-only whose I/O failures become ``InputError``.
-
-    A truncated or damaged file often opens fine and fails only when a table is read, so
-    every read goes through ``select``/``nrows``/``attrs`` here and names the key.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        if not os.path.exists(path):
-            raise InputError(f"data file {path!r} does not exist")
-        if not os.path.isfile(path):
-            raise InputError(f"data file {path!r} is not a regular file")
-        import tables
-
-        try:
-            is_hdf5 = tables.is_hdf5_file(path)
-        except Exception as e:  # unreadable, permission denied, ...
-            raise InputError(f"data file {path!r} cannot be read: {_one_line(e)}") from None
-        if not is_hdf5:
-            raise InputError(f"data file {path!r} is not an HDF5 file")
-        check_file(path, "data file")  # before pandas: PyTables would unpickle its attributes
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.store = pd.HDFStore(path, mode="r")
-                self.keys = {k.lstrip("/") for k in self.store.keys()}
-        except Exception as e:
-            raise InputError(f"data file {path!r} is damaged or truncated (cannot open it: {_one_line(e)})") from None
-
-    def close(self) -> None:
-        self.store.close()
-
-    def _fail(self, what: str, e: Exception) -> InputError:
-        return InputError(f"data file {self.path!r} is damaged or truncated: cannot read {what} ({_one_line(e)})")
-
-    def nrows(self, key: str) -> int:
-        try:
-            n = self.store.get_storer(key).nrows
-        except Exception as e:
-            raise self._fail(f"key {key!r}", e) from None
-        if n is None:
-            raise InputError(f"data file {self.path!r}: key {key!r} is not a pandas table")
-        return int(n)
-
-    def select(self, key: str, start: int | None = None, stop: int | None = None) -> pd.DataFrame:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = self.store.select(key, start=start, stop=stop)
-        except Exception as e:
-            where = f"key {key!r}" + (f" rows {start}:{stop}" if start is not None else "")
-            raise self._fail(where, e) from None
-        if not isinstance(out, pd.DataFrame):
-            raise InputError(f"data file {self.path!r}: key {key!r} is not a table (got {type(out).__name__})")
-        return out
-
-    def attrs(self, key: str) -> dict:
-        try:
-            a = self.store.get_storer(key).attrs
-            return {name: getattr(a, name) for name in a._v_attrnames}
-        except Exception as e:
-            raise self._fail(f"the attributes of key {key!r}", e) from None
 
 
 @dataclass
@@ -520,132 +430,6 @@ def _read_truth(store: _Store) -> tuple[pd.DataFrame | None, pd.DataFrame | None
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def _check_dataset(ds: Dataset) -> None:
-    """What the Uno format needs beyond ``validate_dataset`` (the readers' one validator)."""
-    if ds.n_rows == 0:
-        raise InputError("cannot write a data set with no response rows")
-    for g in ds.groups:
-        if g.entity not in (CELL, DRUG) or not g.name.startswith(g.entity + "."):
-            raise InputError(f"feature group {g.name!r} ({g.entity}): names must be '<cell|drug>.<kind>'")
-        if len(set(g.columns)) != len(g.columns):
-            raise InputError(f"feature group {g.name!r}: column names are not unique")
-    validate_dataset(ds, "cannot write the data set")
-    if ds.label_name not in LABELS:
-        raise InputError(f"label name {ds.label_name!r}: expected one of {LABELS}")
-
-
-def _split(n_rows: int, seed: int, fractions) -> dict[str, np.ndarray]:
-    try:
-        f = [float(x) for x in fractions]
-    except (TypeError, ValueError):
-        raise InputError(f"fractions {fractions!r}: expected three numbers (train, val, test)") from None
-    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6 or f[0] <= 0:
-        raise InputError(f"fractions {fractions!r}: expected three non-negative numbers summing to 1, train > 0")
-    perm = generator(seed).permutation(n_rows)
-    n_train = int(round(f[0] * n_rows))
-    n_val = int(round(f[1] * n_rows))
-    n_train = max(1, min(n_train, n_rows))
-    n_val = min(n_val, n_rows - n_train)
-    cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
-    return {p: np.sort(r) for p, r in cuts.items()}
-
-
-def _x_columns(g: FeatureGroup) -> list[str]:
-    """The group's own names when they fit in a node attribute, else blanks (as Top21)."""
-    names = [str(c) for c in g.columns]
-    if len(pickle.dumps(names)) <= _MAX_NAME_PICKLE:
-        return names
-    return [""] * len(names)
-
-
-def write_uno(ds: Dataset, path: str, *, seed: int = 0, fractions=(0.8, 0.1, 0.1),
-              chunk_bytes: int = CHUNK_BYTES) -> None:
-    """Write ``ds`` in the Uno HDF5 format (docs/design.md §2.1), rows split train/val/test by ``seed``.
-
-    One ``x_<part>_<k>`` table per feature group (cell groups first), ``y_<part>`` with
-    the label, ``Sample``, ``Drug1`` (and ``dose``), the ``model`` key with CANDLE's
-    ``input_features``/``feature_shapes`` attributes, ``truth`` when the data has it and a
-    ``feature_names`` side table. Rows are written in chunks to a temporary file in the
-    target directory, renamed onto ``path`` only once the file is complete.
-    """
-    path = os.fspath(path)
-    _check_dataset(ds)
-    target_dir = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(target_dir):
-        raise InputError(f"output directory {target_dir!r} does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"output path {path!r} is a directory")
-    parts = _split(ds.n_rows, seed, fractions)
-    groups = ds.groups_of(CELL) + ds.groups_of(DRUG)
-    replace_file(path, lambda tmp: _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes),
-                 verify=lambda tmp: _verify_written(tmp, ds.n_rows))
-
-
-def _verify_written(tmp: str, n_rows: int) -> None:
-    """The new file reads back with every response row (a full disk can leave HDF5 short)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pd.HDFStore(tmp, mode="r") as store:
-            n = sum(store.get_storer(f"y_{p}").nrows for p in PARTITIONS if f"/y_{p}" in store.keys())
-    if n != n_rows:
-        raise OSError(f"the new data file holds {n} response rows, not {n_rows}")
-
-
-def _write(ds, tmp, parts, groups, seed, fractions, chunk_bytes) -> None:
-    cell_ids = np.asarray(ds.cell_ids, dtype=object).astype(str).astype(object)
-    drug_ids = np.asarray(ds.drug_ids, dtype=object).astype(str).astype(object)
-    itemsize = {"Sample": max(1, max(len(s) for s in cell_ids)), "Drug1": max(1, max(len(s) for s in drug_ids))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PerformanceWarning about object columns / wide tables
-        with pd.HDFStore(tmp, mode="w") as store:
-            for p in PARTITIONS:
-                rows = parts[p]
-                if len(rows) == 0:
-                    continue  # an empty partition has no keys at all (the reader accepts that)
-                for k, g in enumerate(groups):
-                    ent = ds.cell_index if g.entity == CELL else ds.drug_index
-                    cols = _x_columns(g)
-                    step = max(1, chunk_bytes // (4 * g.width))
-                    for s in range(0, len(rows), step):
-                        r = rows[s:s + step]
-                        df = pd.DataFrame(g.values[ent[r]], columns=cols, index=np.arange(s, s + len(r)), copy=False)
-                        store.append(f"x_{p}_{k}", df, format="table", index=False)
-                y = {ds.label_name: ds.label[rows].astype(np.float32),
-                     "Sample": cell_ids[ds.cell_index[rows]], "Drug1": drug_ids[ds.drug_index[rows]]}
-                if ds.dose is not None:
-                    y["dose"] = ds.dose[rows].astype(np.float32)
-                ydf = pd.DataFrame(y, index=np.arange(len(rows)))
-                for c in ("Sample", "Drug1"):
-                    ydf[c] = ydf[c].astype(object)
-                store.append(f"y_{p}", ydf, format="table", data_columns=True, min_itemsize=itemsize, index=False)
-            names = pd.DataFrame({
-                "group": np.concatenate([[g.name] * g.width for g in groups]).astype(object),
-                "name": np.concatenate([[str(c) for c in g.columns] for g in groups]).astype(object),
-            })
-            store.put(FEATURE_NAMES_KEY, names, format="table")
-            store.put("model", pd.DataFrame())
-            attrs = store.get_storer("model").attrs
-            feats = OrderedDict()
-            for g in groups:
-                kind = g.name.split(".", 1)[1]
-                feats[g.name if g.entity == CELL else f"drug1.{kind}"] = g.name
-            attrs.input_features = feats
-            attrs.feature_shapes = {g.name: (g.width,) for g in groups}
-            attrs.hbl_source = str(ds.source or "")
-            meta = json.dumps({"seed": seed, "fractions": list(map(float, fractions)), "source": ds.source,
-                               "meta": ds.meta}, default=str, sort_keys=True)
-            if len(meta) <= 30_000:
-                attrs.hbl_meta = meta
-            if ds.truth is not None and ds.drug_truth is None:
-                t = pd.DataFrame({"cell": ds.truth["cell"].astype(str).to_numpy(dtype=object),
-                                  "kind": ds.truth["kind"].astype(str).to_numpy(dtype=object)})
-                store.put("truth", t, format="table")
-            elif ds.drug_truth is not None:  # planted drugs: the table says each row's unit
-                store.put("truth", combine_truth(ds.truth, ds.drug_truth), format="table")
-            if ds.cell_metadata is not None:
-                metadata.write_hdf(store, ds.cell_metadata)
 
 
 def read_uno_responses(path: str) -> pd.DataFrame:

@@ -33,7 +33,8 @@ from hbl_mpi.runtime.liveness import RankGone
 from hbl_mpi.runtime.messages import NodeReport
 from hbl_mpi.tree.plan import parent_of
 from hbl_mpi.tree.policy import Source, TreeState
-from hbl_mpi.store.results import ResultsWriter, node_row, node_tables, payload
+from hbl_mpi.run.node_records import node_row, node_tables, payload
+from hbl_mpi.store.results import ResultsWriter
 from hbl_mpi.train.flat_state import ModelState, TrainState
 
 

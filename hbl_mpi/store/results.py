@@ -1,7 +1,7 @@
-"""``OUT/results.h5``: the run's tables, their schema, the one writer and the one reader (docs/design.md §6).
+"""``OUT/results.h5``: the run's tables, the one writer and the one reader (docs/design.md §6).
 
-**Schema.** :data:`SCHEMA` names every table, its columns and their dtypes, and which of
-them a results file must have. The writer casts to it; :func:`read_results` checks it and
+**Schema** (``store/schema.py``). :data:`SCHEMA` names every table, its columns and their
+dtypes, and which of them a results file must have. The writer casts to it; :func:`read_results` checks it and
 is the only reader: the analysis, the report and ``run --restart`` all load a file through
 it, so a file one of them accepts the others accept too.
 
@@ -25,7 +25,6 @@ import os
 import time
 import warnings
 from dataclasses import KW_ONLY, dataclass, field, replace
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -34,189 +33,10 @@ from hbl_mpi.core.atomic import replace_file
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.core.hdf5_guard import check_file
 from hbl_mpi.data.dataset import split_truth
+from hbl_mpi.store.schema import (  # noqa: F401 (the schema, re-exported: read with the results)
+    CELL_METADATA, CELL_NEIGHBOURS, CELL_PRED, CELL_TEST, CELL_VAL, DRUG_TEST, DRUG_VAL, HISTORY, NODES,
+    PER_NODE_TABLES, PLAN, REQUIRED_PER_NODE, SCHEMA, TRUTH, Column, Dtype, Table)
 from hbl_mpi.tree.plan import parent_of
-
-Dtype = Literal["str", "int64", "float64", "float32", "bool"]
-
-
-# ---------------------------------------------------------------------------
-# the schema
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Column:
-    """One column: its dtype as written and whether a file may lack it.
-
-    ``read_as`` is the dtype the reader gives it when that differs from the written one:
-    the counts the analysis sums and averages read as float64, so that a gap in a
-    hand-made or older file is NaN rather than an error (the writer casts them back).
-    """
-
-    name: str
-    dtype: Dtype
-    required: bool = False
-    only_if_given: bool = False  # written only when some row carries it (adaptive runs' expanded_by)
-    read_as: Dtype | None = None
-
-
-@dataclass(frozen=True)
-class Table:
-    """One table of results.h5. A file may lack an optional table (``required=False``);
-    a table may carry columns beyond its schema (they are read and kept as they are)."""
-
-    name: str
-    columns: tuple[Column, ...]
-    required: bool = False
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    @property
-    def always_written(self) -> list[str]:
-        """The columns every file has: the schema's, less the only-if-given ones."""
-        return [c.name for c in self.columns if not c.only_if_given]
-
-    def missing_columns(self, df: pd.DataFrame) -> list[str]:
-        return [c.name for c in self.columns if c.required and c.name not in df.columns]
-
-    def written(self, data) -> pd.DataFrame:
-        """``data`` (records or a frame) as the writer stores it: exactly the schema's
-        columns, cast to their dtypes; a missing number is NaN (floats) or -1 (ints), a
-        missing flag False and a missing string ""."""
-        given = set(data.columns) if isinstance(data, pd.DataFrame) else {k for r in data for k in r}
-        cols = [c for c in self.columns if not c.only_if_given or c.name in given]
-        df = pd.DataFrame(data, columns=[c.name for c in cols])
-        for c in cols:
-            df[c.name] = _cast(df[c.name], c.dtype, fill=True)
-        return df
-
-    def read(self, df: pd.DataFrame) -> pd.DataFrame:
-        """A table as read from a file: the schema's columns cast to their read dtype; an
-        optional column the file lacks is added as the writer fills a gap (NaN, -1, False,
-        ""), so that no reader meets a KeyError on a file the reader accepted (issue 28 item 7)."""
-        out = df.copy()
-        for c in self.columns:
-            if c.name in out.columns:
-                out[c.name] = _cast(out[c.name], c.read_as or c.dtype, fill=False)
-            elif not c.only_if_given:
-                gap = pd.Series([None] * len(out), index=out.index, dtype=object)
-                out[c.name] = _cast(gap, c.read_as or c.dtype, fill=True)
-        return out
-
-
-def _cast(s: pd.Series, dtype: Dtype, *, fill: bool) -> pd.Series:
-    if dtype in ("float64", "float32"):
-        return pd.to_numeric(s, errors="coerce").astype(dtype)
-    if dtype == "int64":
-        v = pd.to_numeric(s, errors="coerce")
-        if fill:
-            return v.fillna(-1).astype("int64")
-        return v.astype("int64") if v.notna().all() else v.astype("float64")  # NaN = missing
-    if dtype == "bool":
-        return _filled(s, False).astype(bool)
-    return _filled(s, "").astype(str).astype(object) if fill else s.astype(str)
-
-
-def _filled(s: pd.Series, value) -> pd.Series:
-    """``s`` with its gaps set to ``value`` (as objects: an all-NaN column is float64)."""
-    return s.astype(object).where(s.notna(), value)
-
-
-NODES = Table("nodes", (
-    Column("node", "str", required=True),
-    Column("parent", "str"),  # derived from the node's name when a file lacks it
-    Column("stage", "int64", required=True),
-    Column("status", "str", required=True),  # done | failed | skipped
-    Column("group", "int64"),
-    Column("start", "float64"),
-    Column("stop", "float64"),
-    Column("epochs_planned", "int64", read_as="float64"),
-    Column("epochs_run", "int64", read_as="float64"),
-    Column("stopped_early", "bool"),
-    Column("train_loss", "float64"),
-    Column("val_loss", "float64", required=True),  # the best epoch's; NaN for a failed node
-    Column("val_loss_last", "float64"),
-    Column("test_loss", "float64"),
-    Column("n_train_rows", "int64", read_as="float64"),
-    Column("n_val_rows", "int64"),
-    Column("n_train_cells", "int64"),
-    Column("n_val_cells", "int64"),
-    Column("steps", "int64", read_as="float64"),
-    Column("train_s", "float64"),
-    Column("transfer_s", "float64"),
-    Column("error", "str"),
-    Column("best_epoch", "int64"),
-    Column("start_checksum", "str"),
-    Column("inherit_checksum", "str"),
-    Column("source", "str"),
-    Column("rank", "int64"),
-    Column("resumed_from", "int64"),
-    Column("expanded_by", "str", only_if_given=True),  # adaptive runs: why the node was created
-), required=True)
-"""One row per trained node (docs/design.md §6)."""
-
-HISTORY = Table("history", (
-    Column("node", "str", required=True), Column("epoch", "int64"), Column("loss", "float64"),
-    Column("val_loss", "float64"), Column("seconds", "float64"),
-), required=True)
-"""One row per node and epoch."""
-
-CELL_VAL = Table("cell_val", (
-    Column("node", "str", required=True), Column("cell", "str", required=True), Column("n_rows", "int64"),
-    Column("mse", "float64", required=True),
-), required=True)
-"""Each node's validation error per cell (its held-out cells)."""
-
-CELL_TEST = Table("cell_test", CELL_VAL.columns)
-"""Each node's error per cell on the common holdout rows (docs/design.md §6; older files lack it)."""
-
-DRUG_VAL = Table("drug_val", (
-    Column("node", "str", required=True), Column("drug", "str", required=True), Column("n_rows", "int64"),
-    Column("mse", "float64", required=True),
-))
-"""``partition = "drugs"``: each node's validation error per held-out drug (the drugs' ``cell_val``;
-such a run writes an empty ``cell_val``, which every file has)."""
-
-DRUG_TEST = Table("drug_test", DRUG_VAL.columns)
-"""``partition = "drugs"``: each node's error per drug on the common holdout rows (``cell_test``'s twin)."""
-
-PLAN = Table("plan", (
-    Column("node", "str", required=True), Column("parent", "str"), Column("stage", "int64"),
-    Column("cell", "str", required=True), Column("role", "str", required=True),
-))
-"""The tree: which cells each node trains on and validates on (``role``)."""
-
-TRUTH = Table("truth", (Column("cell", "str", required=True), Column("kind", "str", required=True)))
-"""The planted anomalies, when the data has them (synthetic data). With planted drugs it
-also has ``unit`` and ``drug`` columns (``dataset.combine_truth``); the reader splits it
-into ``RunTables.truth`` (cells) and ``RunTables.drug_truth``."""
-
-CELL_PRED = Table("cell_pred", (
-    Column("node", "str", required=True), Column("cell", "str", required=True), Column("drug", "str", required=True),
-    Column("pred", "float32", required=True), Column("label", "float32"),
-))
-"""Each node's prediction for every drug of each of its validation cells, beside the mean
-measured validation label (NaN: not measured); the diagnosis reads it (``diagnosis.py``)."""
-
-CELL_NEIGHBOURS = Table("cell_neighbours", (
-    Column("cell", "str", required=True), Column("neighbour", "str", required=True), Column("rank", "int64"),
-    Column("similarity", "float64"),
-))
-"""Each cell's nearest cells by expression, written once per run (``diagnosis.expression_neighbours``)."""
-
-CELL_METADATA = Table("cell_metadata", (Column("cell", "str", required=True),))
-"""What is known of each cell besides its data (tissue, growth, study...: ``data/metadata.py``), one string
-column per field, "" = missing; written once per run when the data has it, read by the report."""
-
-SCHEMA: dict[str, Table] = {t.name: t for t in (NODES, HISTORY, CELL_VAL, CELL_TEST, CELL_PRED, PLAN, TRUTH,
-                                                 CELL_NEIGHBOURS, CELL_METADATA, DRUG_VAL, DRUG_TEST)}
-"""Every table of results.h5 by name, in the order the writer writes them."""
-
-PER_NODE_TABLES: tuple[str, ...] = ("cell_val", "cell_test", "cell_pred", "drug_val", "drug_test")
-"""The per-(node, cell) tables a trained node reports besides its row and history: the
-lifecycle, the writer and a restart carry each of them the same way (``node_tables``)."""
-REQUIRED_PER_NODE = {name for name in PER_NODE_TABLES if SCHEMA[name].required}
-
 
 def results_path(out_dir: str) -> str:
     return os.path.join(out_dir, "results.h5")
@@ -572,51 +392,3 @@ def _hdf_safe(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- node rows
 # What one node contributes to the tables above, as plain data: a worker builds the
 # payload, rank 0 turns it into rows (``lifecycle.Ledger``).
-
-
-def payload(outcome, transfer_s: float = 0.0) -> dict:
-    """A trained node (``trainer.NodeOutcome``) as plain data: row fields, history and the
-    per-node tables (``PER_NODE_TABLES``, cells and drugs as dataset indices): what a worker
-    reports to rank 0."""
-    o = outcome
-    return {
-        "row": {
-            "epochs_planned": o.epochs_planned, "epochs_run": o.epochs_run,
-            "stopped_early": bool(o.stopped_early), "train_loss": o.train_loss,
-            "val_loss": o.val_loss, "val_loss_last": o.val_loss_last, "test_loss": o.test_loss,
-            "n_train_rows": o.n_train_rows, "n_val_rows": o.n_val_rows,
-            "n_train_cells": o.n_train_cells, "n_val_cells": o.n_val_cells, "steps": o.steps,
-            "train_s": o.train_s, "transfer_s": transfer_s, "best_epoch": o.best_epoch,
-            "start_checksum": o.start_checksum,
-            "inherit_checksum": o.inherit_state.checksum(), "resumed_from": o.resumed_from,
-        },
-        "history": [_history_dict(o.node, h) for h in o.history],
-        "tables": {name: tuple(np.asarray(v) for v in getattr(o, name)) for name in PER_NODE_TABLES
-                   if getattr(o, name, None) is not None},
-    }
-
-
-def node_row(node: str, parent: str, stage: int, status: str, **fields) -> dict:
-    """One row of the ``nodes`` table (``NODES``); ``fields`` fill the rest."""
-    row = {"node": node, "parent": parent, "stage": stage, "status": status, "error": ""}
-    row.update(fields)
-    return row
-
-
-def node_tables(tables: dict, cell_ids, drug_ids) -> dict:
-    """A payload's per-node tables with ids for indices: a column named ``cell`` (``drug``)
-    holds indices into the dataset's ``cell_ids`` (``drug_ids``)."""
-    ids = {"cell": np.asarray(cell_ids), "drug": np.asarray(drug_ids)}
-    out = {}
-    for name, arrays in tables.items():
-        cols = SCHEMA[name].names[1:]  # without node
-        out[name] = tuple(ids[c][np.asarray(a, dtype=np.int64)] if c in ids else np.asarray(a)
-                          for c, a in zip(cols, arrays))
-    return out
-
-
-def _history_dict(node: str, h) -> dict:
-    d = dict(h) if isinstance(h, dict) else {k: getattr(h, k) for k in ("epoch", "loss", "val_loss", "seconds")}
-    d["node"] = node
-    return {k: d[k] for k in HISTORY.names}
-
