@@ -30,6 +30,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+import benchkit  # noqa: E402
 
 TREE = """data = "{data}"
 groups = "lab"
@@ -70,7 +71,7 @@ def make_data(path: str, cells: int, drugs: int, seed: int, labs: int, bad: int)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", required=True)
+    ap.add_argument("--work", default=None, help="scratch folder (default: <temp dir>/hbl_group_impact_study)")
     ap.add_argument("--cells", type=int, default=180)
     ap.add_argument("--drugs", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1)
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--retrain-epochs", type=int, default=20)
     ap.add_argument("--no-drop", action="store_true")
     args = ap.parse_args(argv)
+    if args.work is None:
+        args.work = benchkit.default_work("group_impact_study")
+    benchkit.say(__file__, f"working in {args.work}")
     os.makedirs(args.work, exist_ok=True)
     out: dict = {"args": vars(args)}
     data = os.path.join(args.work, "labs.h5")

@@ -14,8 +14,17 @@ import argparse
 import json
 import os
 
+import sys
+
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchkit  # noqa: E402
+
+RUN_FIRST = ("give a report directory: make one with `python -m hbl_mpi data gdsc --source gdsc2 --out g2.h5`, "
+             "`mpiexec -n 3 python -m hbl_mpi run jobs/gdsc.toml --set data=\"g2.h5\"` and `python -m hbl_mpi report "
+             "OUT/results.h5 --reference g1.h5 --out REPORT_DIR`")
 
 ERROR = ("label_noise", "shift", "swap", "replicate_disagreement")
 DISTINCT = ("distinct", "distinct_group")
@@ -58,10 +67,14 @@ def study(report_dir: str, top: int = 100) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("report_dir")
+    p.add_argument("report_dir", nargs="?")
     p.add_argument("--top", type=int, default=100)
     p.add_argument("--json", dest="json_out")
     a = p.parse_args(argv)
+    if a.report_dir is None:
+        benchkit.need_first(__file__, RUN_FIRST)
+    if not os.path.isfile(os.path.join(a.report_dir, "cell_ranking.csv")):
+        benchkit.need_first(__file__, f"{a.report_dir} holds no cell_ranking.csv; " + RUN_FIRST)
     res = study(a.report_dir, a.top)
     text = json.dumps(res, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
     print(text)

@@ -295,7 +295,9 @@ SCRIPTS = ("adaptive_study", "ckpt_overhead", "detection_study", "diagnosis_stud
            "startup", "train",
            # issue 31: covered in tests/test_gpu_check.py (flops, gpu_fork through gpu_check.sh --dry-run)
            # and tests/test_models_shipped.py (model_agreement)
-           "flops", "gpu_fork", "model_agreement")
+           "flops", "gpu_fork", "model_agreement",
+           # issue 30: real_data_study needs a report (one line, tested below), group_impact_study makes its data
+           "real_data_study", "group_impact_study")
 
 
 def _bench_module(name: str):
@@ -383,6 +385,7 @@ def _one_line_exit(capsys, call) -> str:
     ("adaptive_study", lambda m: m.main([])),
     ("gdsc_study", lambda m: m.main([])),
     ("paper_findings", lambda m: m.check([])),
+    ("real_data_study", lambda m: m.main([])),
 ])
 def test_scripts_that_need_real_inputs_say_what_to_run_first(name, call, capsys):
     """A results file, a tree or GDSC data cannot be made here: one line naming the command
