@@ -24,7 +24,7 @@ tests/test_group_diagnosis.py); the share counts it at its size. share <= cos^2 
 ``apply_group_rule`` relabels a flagged cell whose diagnosis is not a cell-level error of
 its own evidence (``label_noise``, ``swap``, ``replicate_disagreement``) as ``distinct_group``
 when ``group_share`` >= the rule's threshold, with a bootstrap confidence over its drugs.
-The threshold and its derivation on GDSC2: docs/findings-real-data.md.
+The threshold and its derivation on GDSC2: docs/findings/real-data.md.
 
 Pure numpy/pandas: tables in, tables out.
 """
@@ -41,7 +41,7 @@ MIN_MEMBERS = 3
 GROUP_SHARE = 0.42
 """Threshold on ``group_share``: the 99th percentile of the unflagged cells' group_share on GDSC2
 (N = 4, S = 2 tree, gdsctools' cosmic_info columns), above the 99.9th percentile (0.37) of the
-same statistic with the metadata permuted across cells (docs/findings-real-data.md)."""
+same statistic with the metadata permuted across cells (docs/findings/real-data.md)."""
 KEEP = ("label_noise", "swap", "replicate_disagreement")
 """Diagnoses the group rule never overrides: the cell's own evidence says its data is wrong."""
 EVIDENCE = ["group_column", "group_value", "group_size", "group_coherence", "group_share"]

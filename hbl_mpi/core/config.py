@@ -101,7 +101,7 @@ DOCS: dict[str, str] = {
     "s": "number of stages (tree depth below the root), >= 1; deeper than the stage at which every validation set is one cell is refused (the error names the largest useful s)",
     "order": "`shuffled` (ids permuted by `seed`) or `ordered` (sorted ids, as CANDLE)",
     "seed": "plan seed: partition order, holdout rows, initial weights, per-node shuffles",
-    "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings-drugs.md)",
+    "partition": "`cells` (hold out cell lines), `cells+drugs` (crossed cell x drug blocks) or `drugs` (hold out drugs: the ranking, report and curation are per drug; docs/findings/drugs.md)",
     "groups": "a cell-metadata column: the tree's first split holds out one metadata group per stage-1 node (one node per group; beyond max(n, 16) groups the smallest are pooled into the last node; cells with no value form the group `NA`), deeper stages split each group as usual; the report's group impact (`group_impact.csv`) comes from these contrasts: train them alike (`patience` >= the stage-1 epochs, `inherit = \"last\"`, `batch_order = \"family\"`) and give `report` >= 3 replicate runs (other seeds; s = 1 suffices) for an sd that holds the training noise; empty = no groups (docs/findings/group-impact.md)",
     "holdout_fraction": "fraction of response rows held out as the common test set, in [0, 0.5]",
     "expand": "`full` (every node of the tree) or `adaptive` (a node gets children only when the expansion rule chooses it; docs/findings/adaptive.md §10)",

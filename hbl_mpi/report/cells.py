@@ -311,7 +311,7 @@ def diagnosis_sections(inp, rep) -> None:
         "Cell diagnosis",
         f"{int(dg.table['flagged'].sum())} cells flagged (ranking score robust z >= {D.RULES.flag_z:g}); their "
         f"diagnoses: {summary}. Rules and their derivation: docs/findings/diagnosis.md §9; `distinct_group` (the "
-        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in docs/findings-real-data.md. "
+        f"cell's metadata group errs as it does: group_share >= {G.GROUP_SHARE:g}) in docs/findings/real-data.md. "
         "The diagnosis uses each cell's held-out predictions at its deepest stage (`diag_node`).", None,
         [(f"the top {len(overview)} cells", overview)]))
     if dg.reference_path:
