@@ -92,28 +92,45 @@ def configure(p) -> None:
                    help="add drug.smiles from drug_SMILES.tsv, one-hot padded to LENGTH (default 0: none)")
     _meta_arg(m, " (default: a multi-study file gets the column `study`, the cell id's source prefix)")
 
-    n = sub.add_parser("normalise", help="cache a Uno file's normalised tables (runs then skip the duplicated rows)",
-                       description="Read a Uno HDF5 file once (streaming its duplicated feature rows) and write "
-                                   "its normalised tables to an .npz file that `run`, `plan`, `data inspect` "
-                                   "and `model` read in its place, with the same data checksum.")
-    n.add_argument("path", help="a .h5 file in the CANDLE Uno format")
+    n = _file_command(sub, "normalise", "cache a Uno file's normalised tables (runs then skip the duplicated rows)",
+                      "Read a Uno HDF5 file once (streaming its duplicated feature rows) and write its normalised "
+                      "tables to an .npz file that `run`, `plan`, `data inspect` and `model` read in its place, "
+                      "with the same data checksum.")
     n.add_argument("--out", required=True, help="output .npz file")
     _meta_arg(n, " (default: the input file's own)")
 
-    i = sub.add_parser("inspect", help="summarise a Uno-format file",
-                       description="Read a Uno-format file, validate it and print its summary.")
-    i.add_argument("path", help="a .h5 file in the CANDLE Uno format")
+    i = _file_command(sub, "inspect", "summarise a Uno-format file",
+                      "Read a Uno-format file, validate it and print its summary.")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     _meta_arg(i, " to check against the file's cells (nothing is written)")
 
-    a = sub.add_parser("annotate", help="attach cell metadata (a CSV: cell + any columns) to a data file",
-                       description="Attach cell metadata to a Uno HDF5 (or normalised .npz) file under its own "
-                                   "key, so every later command (run, report) has it. The input is never "
-                                   "overwritten: without --out the result is F.annotated.h5 (.npz) beside it.")
-    a.add_argument("path", help="a .h5 file in the CANDLE Uno format, or its normalised .npz")
+    a = _file_command(sub, "annotate", "attach cell metadata (a CSV: cell + any columns) to a data file",
+                      "Attach cell metadata to a Uno HDF5 (or normalised .npz) file under its own key, so every "
+                      "later command (run, report) has it. The input is never overwritten: without --out the "
+                      "result is F.annotated.h5 (.npz) beside it.",
+                      path_help="a .h5 file in the CANDLE Uno format, or its normalised .npz")
     a.add_argument("--cell-metadata", dest="cell_metadata", required=True, metavar="FILE.csv",
                    help="CSV with a `cell` column and any other columns (one row per cell)")
     a.add_argument("--out", help="output file (default: PATH with .annotated before its extension; never PATH)")
+
+
+def _kinds(flag: str, value: str, allowed) -> tuple[str, ...]:
+    """A comma list of anomaly kinds, each one of ``allowed`` (InputError naming the flag)."""
+    from hbl_mpi.core.errors import InputError
+
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in allowed]
+    if bad or not kinds:
+        raise InputError(f"{flag} {value!r}: unknown kind(s) {bad}; choose from {','.join(allowed)}")
+    return kinds
+
+
+def _file_command(sub, name: str, help: str, description: str,
+                  path_help: str = "a .h5 file in the CANDLE Uno format"):
+    """A ``data`` sub-command that reads one data file named by its ``path`` argument."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("path", help=path_help)
+    return p
 
 
 def _meta_arg(p, default: str = "") -> None:
@@ -198,19 +215,9 @@ def _synth(args) -> int:
         if v is not None:
             over[key] = v
     if args.anomaly_kinds is not None:
-        kinds = tuple(k.strip() for k in args.anomaly_kinds.split(",") if k.strip())
-        bad = [k for k in kinds if k not in KINDS]
-        if bad or not kinds:
-            raise InputError(f"--anomaly-kinds {args.anomaly_kinds!r}: unknown kind(s) {bad}; "
-                             f"choose from {','.join(KINDS)}")
-        over["anomaly_kinds"] = kinds
+        over["anomaly_kinds"] = _kinds("--anomaly-kinds", args.anomaly_kinds, KINDS)
     if args.drug_anomaly_kinds is not None:
-        kinds = tuple(k.strip() for k in args.drug_anomaly_kinds.split(",") if k.strip())
-        bad = [k for k in kinds if k not in DRUG_KINDS]
-        if bad or not kinds:
-            raise InputError(f"--drug-anomaly-kinds {args.drug_anomaly_kinds!r}: unknown kind(s) {bad}; "
-                             f"choose from {','.join(DRUG_KINDS)}")
-        over["drug_anomaly_kinds"] = kinds
+        over["drug_anomaly_kinds"] = _kinds("--drug-anomaly-kinds", args.drug_anomaly_kinds, DRUG_KINDS)
     t0 = time.perf_counter()
     ds = synthesize(args.preset, seed=args.seed, **over)
     if args.smiles_onehot:

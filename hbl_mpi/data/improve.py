@@ -62,7 +62,7 @@ from hbl_mpi.data.dataset import CELL, DRUG, Dataset, FeatureGroup
 from hbl_mpi.core.errors import InputError
 from hbl_mpi.data.smiles import smiles_group
 from hbl_mpi.data.validate import check_values
-from hbl_mpi.data.gdsc import MORGAN_RADIUS, ScreenCounts, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
+from hbl_mpi.data.gdsc import MORGAN_RADIUS, ScreenCounts, response_ids, check_fp_bits, drug_features, few, parse_smiles, prepare_descriptors, screen_rows
 
 RESPONSE = os.path.join("y_data", "response.tsv")
 EXPRESSION = os.path.join("x_data", "cancer_gene_expression.tsv")
@@ -370,11 +370,7 @@ def build_improve(root: str, sources: str, *, label: str = "auc", drug_features_
     # a finite label beyond float32 training's range (1e308) is named as such, not cast to inf
     check_values(rows["auc"].to_numpy(dtype=np.float64), f"{label} label(s)", f"IMPROVE data ({', '.join(chosen)})",
                  rows["cell"].to_numpy(dtype=object), rows["drug"].to_numpy(dtype=object))
-    cell_ids = np.array(sorted(rows["cell"].unique()), dtype=object)
-    drug_ids = np.array(sorted(rows["drug"].unique()), dtype=object)
-    exp_of = dict(zip(rows["cell"], rows["exp"]))
-    name_of = dict(zip(rows["drug"], rows["name"]))
-    molecules = sorted(set(name_of.values()))
+    cell_ids, drug_ids, exp_of, name_of, molecules = response_ids(rows)
     at = {d: i for i, d in enumerate(molecules)}
     mol_row = np.array([at[name_of[d]] for d in drug_ids], dtype=np.int64)
     if mode == "files":

@@ -169,6 +169,34 @@ def _planted(cells: pd.Series, truth: pd.DataFrame) -> pd.Series:
     return cells.map(dict(zip(truth["cell"], truth["kind"]))).fillna("")
 
 
+def hbl_detection_parts(inp: ReportInputs, truth: pd.DataFrame):
+    """Each run's detection rows, ROC curve and candidate-score comparison on ``truth``
+    (the runs on the first run's data): the HBL part of the detection table."""
+    det_parts, curves, cmp_parts = [], [], []
+    for r in inp.same_data:
+        score = inp.rankings[r.label].set_index("cell")["score"]
+        det_parts.append(R.detection_metrics(score, truth).assign(method=f"HBL {r.label}",
+                                                                  **_cost([A.compute_totals(r.nodes)])))
+        curves.append((f"HBL {r.label}", score))
+        cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
+    return det_parts, curves, cmp_parts
+
+
+def detection_tables(rep: Report, det_parts: list[pd.DataFrame], cmp_parts: list[pd.DataFrame],
+                     truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """detection.csv and ranking_methods.csv (written into ``rep``) from the per-method
+    parts, and the planted kinds in words: one table layout for cells and for drugs."""
+    det = pd.concat(det_parts, ignore_index=True)
+    det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
+               "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
+    cmp = pd.concat(cmp_parts, ignore_index=True)
+    cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
+    rep.csv("detection.csv", det)
+    rep.csv("ranking_methods.csv", cmp)
+    kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
+    return det, cmp, kinds
+
+
 def _cost(tot: list[dict]) -> dict:
     """The detection table's compute columns for HBL runs with these totals."""
     return {"epochs": sum(t["epochs"] for t in tot), "row_epochs": sum(t["row_epochs"] for t in tot),
@@ -199,13 +227,7 @@ def detection_sections(inp: ReportInputs, rep: Report) -> None:
         if inp.baselines and inp.reference is None:
             inp.log("[hbl_mpi] report: no planted truth in the data; baselines are not scored")
         return
-    det_parts, curves, cmp_parts = [], [], []
-    for r in inp.same_data:
-        score = inp.rankings[r.label].set_index("cell")["score"]
-        det_parts.append(R.detection_metrics(score, truth).assign(method=f"HBL {r.label}",
-                                                                  **_cost([A.compute_totals(r.nodes)])))
-        curves.append((f"HBL {r.label}", score))
-        cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
+    det_parts, curves, cmp_parts = hbl_detection_parts(inp, truth)
     if len(inp.same_data) > 1:
         d = R.detection_metrics(inp.ranking.set_index("cell")["score"], truth)
         det_parts.append(d.assign(method="HBL combined",
@@ -214,14 +236,7 @@ def detection_sections(inp: ReportInputs, rep: Report) -> None:
         rows, more = baseline_scores(inp, truth)
         det_parts += rows
         curves += more
-    det = pd.concat(det_parts, ignore_index=True)
-    det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
-               "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
-    cmp = pd.concat(cmp_parts, ignore_index=True)
-    cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
-    rep.csv("detection.csv", det)
-    rep.csv("ranking_methods.csv", cmp)
-    kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
+    det, cmp, kinds = detection_tables(rep, det_parts, cmp_parts, truth)
     rep.sections.append(Section(
         "Detection of the planted cells",
         f"The data has {len(truth)} planted anomalous cells ({kinds}). Per kind: that kind's cells against "

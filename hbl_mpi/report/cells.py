@@ -94,37 +94,59 @@ def with_diagnosis(ranking: pd.DataFrame, diag: pd.DataFrame | None) -> pd.DataF
 # ---------------------------------------------------------------------------
 # one sentence per diagnosis
 # ---------------------------------------------------------------------------
+def _confidence(row: pd.Series) -> str:
+    conf = row.get("confidence", np.nan)
+    return f" (confidence {conf:.0%} over resampled drugs)" if np.isfinite(conf) else ""
+
+
+def _swap(row: pd.Series, c: str) -> str:
+    return (f"Swap: its responses fit the held-out predictions made from {row['likely_identity']}'s expression "
+            f"{np.exp(row['identity_gain']):.1f}x better than those from its own, as well as a typical cell's "
+            f"({row['identity_fit']:.1f}x the median error), so it is probably a misidentified or swapped line "
+            f"whose responses belong to the expression profile of {row['likely_identity']}{c}.")
+
+
+def _label_noise(row: pd.Series, c: str) -> str:
+    return (f"Label noise: no cell line's expression predicts its responses (the best fit is "
+            f"{row['best_fit_ratio']:.0f}x the typical error) and they barely follow its own predictions "
+            f"(r = {row['response_pred_corr']:.2f}): its measurements look corrupted{c}.")
+
+
+def _shift(row: pd.Series, c: str) -> str:
+    return (f"Shift: its residuals share one sign (mean {row['bias']:+.3f}, t = {row['bias_t']:.0f}), a constant "
+            f"explains {row['bias_share']:.0%} of its squared error: the whole profile is offset, as an assay or "
+            f"normalisation error would do{c}.")
+
+
+def _distinct(row: pd.Series, c: str) -> str:
+    return (f"Distinct biology: the model errs the same way on its expression neighbours (coherence "
+            f"{row['neighbour_coherence']:.2f}), so this is a kind of cell line the model has not learned, not an "
+            f"error of this line{c}.")
+
+
+def _distinct_group(row: pd.Series, c: str) -> str:
+    return (f"Distinct group: the other {int(row['group_size']) - 1} cells with {row['group_column']} = "
+            f"{row['group_value']} err the same way (their mean drug-centred residual profile explains "
+            f"{row['group_share']:.0%} of its squared residual; cosine {row['group_coherence']:.2f}), so this is "
+            f"the group's biology or assay, not an error of this line: model the group rather than drop the cell{c}.")
+
+
+def _replicate_disagreement(row: pd.Series, c: str) -> str:
+    return ("Replicate disagreement: the second screen's responses for this line disagree with this screen's, "
+            "and the held-out predictions side with the second screen: this screen's measurements of the line "
+            f"are suspect{c}.")
+
+
+SENTENCES = {"swap": _swap, "label_noise": _label_noise, "shift": _shift, "distinct": _distinct,
+             "distinct_group": _distinct_group, "replicate_disagreement": _replicate_disagreement}
+"""One sentence per diagnosis kind, with the numbers it rests on (``c``: the confidence)."""
+
+
 def sentence(row: pd.Series) -> str:
     """The diagnosis of one cell in one sentence, with the number it rests on."""
     kind = row.get("diagnosis", "")
-    conf = row.get("confidence", np.nan)
-    c = f" (confidence {conf:.0%} over resampled drugs)" if np.isfinite(conf) else ""
-    if kind == "swap":
-        s = (f"Swap: its responses fit the held-out predictions made from {row['likely_identity']}'s expression "
-             f"{np.exp(row['identity_gain']):.1f}x better than those from its own, as well as a typical cell's "
-             f"({row['identity_fit']:.1f}x the median error), so it is probably a misidentified or swapped line "
-             f"whose responses belong to the expression profile of {row['likely_identity']}{c}.")
-    elif kind == "label_noise":
-        s = (f"Label noise: no cell line's expression predicts its responses (the best fit is "
-             f"{row['best_fit_ratio']:.0f}x the typical error) and they barely follow its own predictions "
-             f"(r = {row['response_pred_corr']:.2f}): its measurements look corrupted{c}.")
-    elif kind == "shift":
-        s = (f"Shift: its residuals share one sign (mean {row['bias']:+.3f}, t = {row['bias_t']:.0f}), a constant "
-             f"explains {row['bias_share']:.0%} of its squared error: the whole profile is offset, as an assay or "
-             f"normalisation error would do{c}.")
-    elif kind == "distinct":
-        s = (f"Distinct biology: the model errs the same way on its expression neighbours (coherence "
-             f"{row['neighbour_coherence']:.2f}), so this is a kind of cell line the model has not learned, not an "
-             f"error of this line{c}.")
-    elif kind == "distinct_group":
-        s = (f"Distinct group: the other {int(row['group_size']) - 1} cells with {row['group_column']} = "
-             f"{row['group_value']} err the same way (their mean drug-centred residual profile explains "
-             f"{row['group_share']:.0%} of its squared residual; cosine {row['group_coherence']:.2f}), so this is "
-             f"the group's biology or assay, not an error of this line: model the group rather than drop the cell{c}.")
-    elif kind == "replicate_disagreement":
-        s = ("Replicate disagreement: the second screen's responses for this line disagree with this screen's, "
-             "and the held-out predictions side with the second screen: this screen's measurements of the line "
-             f"are suspect{c}.")
+    if kind in SENTENCES:
+        s = SENTENCES[kind](row, _confidence(row))
     elif row.get("flagged", False):
         s = "No diagnosis: its error is high but matches no error signature (it may be hard, not wrong)."
     else:

@@ -13,13 +13,13 @@ the drug report from the runs' partition.
 
 from __future__ import annotations
 
-import pandas as pd
 
 from hbl_mpi.analysis import paper_stats as A
 from hbl_mpi.analysis import ranking as R
 from hbl_mpi.analysis.units import common_unit, to_unit, unit_view
 from hbl_mpi.core.errors import InputError
-from hbl_mpi.report.build import _cost, _planted, build, paper_sections, run_sections
+from hbl_mpi.report.build import (_cost, _planted, build, detection_tables, hbl_detection_parts, paper_sections,
+                                   run_sections)
 from hbl_mpi.report.figures import fig_ranking, fig_roc
 from hbl_mpi.report.inputs import ReportInputs, load_runs
 from hbl_mpi.report.page import Report, Section, slug
@@ -67,24 +67,11 @@ def drug_detection_sections(inp: ReportInputs, rep: Report) -> None:
     truth = inp.truth
     if truth is None:
         return
-    det_parts, curves, cmp_parts = [], [], []
-    for r in inp.same_data:
-        score = inp.rankings[r.label].set_index("cell")["score"]
-        det_parts.append(R.detection_metrics(score, truth).assign(method=f"HBL {r.label}",
-                                                                  **_cost([A.compute_totals(r.nodes)])))
-        curves.append((f"HBL {r.label}", score))
-        cmp_parts.append(R.compare_methods(r.cell_val, r.nodes, truth).assign(strategy=r.label))
+    det_parts, curves, cmp_parts = hbl_detection_parts(inp, truth)
     if len(inp.same_data) > 1:
         d = R.detection_metrics(inp.ranking.set_index("cell")["score"], truth)
         det_parts.append(d.assign(method="HBL combined", **_cost([A.compute_totals(r.nodes) for r in inp.same_data])))
-    det = pd.concat(det_parts, ignore_index=True)
-    det = det[["method", "kind", "positives", "negatives", "k", "auroc", "average_precision",
-               "precision_at_k", "unscored", "epochs", "row_epochs", "seconds"]]
-    cmp = pd.concat(cmp_parts, ignore_index=True)
-    cmp = cmp[["strategy"] + [c for c in cmp.columns if c != "strategy"]]
-    rep.csv("detection.csv", det)
-    rep.csv("ranking_methods.csv", cmp)
-    kinds = ", ".join(f"{k}: {v}" for k, v in truth["kind"].value_counts().sort_index().items())
+    det, cmp, kinds = detection_tables(rep, det_parts, cmp_parts, truth)
     rep.sections.append(Section(
         "Detection of the planted drugs",
         f"The data has {len(truth)} planted anomalous drugs ({kinds}). Per kind: that kind's drugs against "
