@@ -108,33 +108,27 @@ class Dataset:
         """
         keep = {str(c) for c in keep}
         mask, new_index, rows = _kept(self.cell_ids, keep, self.cell_index)
-        groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == CELL else g.values)
-                  for g in self.groups]
-        truth = None
-        if self.truth is not None:
-            truth = self.truth[self.truth["cell"].astype(str).isin(keep)].reset_index(drop=True)
-        meta = None
-        if self.cell_metadata is not None:
-            meta = self.cell_metadata[self.cell_metadata["cell"].astype(str).isin(keep)].reset_index(drop=True)
-        return Dataset(self.cell_ids[mask], self.drug_ids, groups,
+        return Dataset(self.cell_ids[mask], self.drug_ids, self._groups_kept(CELL, mask),
                        new_index[np.asarray(self.cell_index, dtype=np.int64)[rows]].astype(self.cell_index.dtype),
                        self.drug_index[rows], self.label[rows], None if self.dose is None else self.dose[rows],
-                       self.label_name, truth, self.source, dict(self.meta), meta, self.drug_truth)
+                       self.label_name, _rows_kept(self.truth, "cell", keep), self.source, dict(self.meta),
+                       _rows_kept(self.cell_metadata, "cell", keep), self.drug_truth)
 
     def subset_drugs(self, keep) -> "Dataset":
         """The same data with only the drugs in ``keep`` (ids), their responses and drug
         truth rows (``curate`` on a drugs-partition run). Cells are kept whole."""
         keep = {str(d) for d in keep}
         mask, new_index, rows = _kept(self.drug_ids, keep, self.drug_index)
-        groups = [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == DRUG else g.values)
-                  for g in self.groups]
-        dt = None
-        if self.drug_truth is not None:
-            dt = self.drug_truth[self.drug_truth["drug"].astype(str).isin(keep)].reset_index(drop=True)
-        return Dataset(self.cell_ids, self.drug_ids[mask], groups, self.cell_index[rows],
+        return Dataset(self.cell_ids, self.drug_ids[mask], self._groups_kept(DRUG, mask), self.cell_index[rows],
                        new_index[np.asarray(self.drug_index, dtype=np.int64)[rows]].astype(self.drug_index.dtype),
                        self.label[rows], None if self.dose is None else self.dose[rows],
-                       self.label_name, self.truth, self.source, dict(self.meta), self.cell_metadata, dt)
+                       self.label_name, self.truth, self.source, dict(self.meta), self.cell_metadata,
+                       _rows_kept(self.drug_truth, "drug", keep))
+
+    def _groups_kept(self, entity: str, mask: np.ndarray) -> list["FeatureGroup"]:
+        """The feature groups with only the kept rows of ``entity``'s groups."""
+        return [FeatureGroup(g.name, g.entity, g.columns, g.values[mask] if g.entity == entity else g.values)
+                for g in self.groups]
 
     def summary(self) -> dict:
         """Plain-data summary used by ``data inspect`` and the run log."""
@@ -192,6 +186,13 @@ def split_truth(t: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFra
     cells = t.loc[unit == CELL, ["cell", "kind"]].reset_index(drop=True)
     drugs = t.loc[unit == DRUG, ["drug", "kind"]].reset_index(drop=True)
     return (cells if len(cells) else None), (drugs if len(drugs) else None)
+
+
+def _rows_kept(table: pd.DataFrame | None, column: str, keep: set[str]) -> pd.DataFrame | None:
+    """``table``'s rows whose ``column`` is kept (None stays None)."""
+    if table is None:
+        return None
+    return table[table[column].astype(str).isin(keep)].reset_index(drop=True)
 
 
 def _kept(ids: np.ndarray, keep: set[str], index: np.ndarray):

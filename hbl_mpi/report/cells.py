@@ -99,54 +99,49 @@ def _confidence(row: pd.Series) -> str:
     return f" (confidence {conf:.0%} over resampled drugs)" if np.isfinite(conf) else ""
 
 
-def _swap(row: pd.Series, c: str) -> str:
-    return (f"Swap: its responses fit the held-out predictions made from {row['likely_identity']}'s expression "
-            f"{np.exp(row['identity_gain']):.1f}x better than those from its own, as well as a typical cell's "
-            f"({row['identity_fit']:.1f}x the median error), so it is probably a misidentified or swapped line "
-            f"whose responses belong to the expression profile of {row['likely_identity']}{c}.")
+SENTENCES = {
+    "swap": "Swap: its responses fit the held-out predictions made from {likely_identity}'s expression {gain:.1f}x "
+            "better than those from its own, as well as a typical cell's ({identity_fit:.1f}x the median error), so "
+            "it is probably a misidentified or swapped line whose responses belong to the expression profile of "
+            "{likely_identity}{c}.",
+    "label_noise": "Label noise: no cell line's expression predicts its responses (the best fit is "
+                   "{best_fit_ratio:.0f}x the typical error) and they barely follow its own predictions "
+                   "(r = {response_pred_corr:.2f}): its measurements look corrupted{c}.",
+    "shift": "Shift: its residuals share one sign (mean {bias:+.3f}, t = {bias_t:.0f}), a constant explains "
+             "{bias_share:.0%} of its squared error: the whole profile is offset, as an assay or normalisation "
+             "error would do{c}.",
+    "distinct": "Distinct biology: the model errs the same way on its expression neighbours (coherence "
+                "{neighbour_coherence:.2f}), so this is a kind of cell line the model has not learned, not an error "
+                "of this line{c}.",
+    "distinct_group": "Distinct group: the other {others} cells with {group_column} = {group_value} err the same "
+                      "way (their mean drug-centred residual profile explains {group_share:.0%} of its squared "
+                      "residual; cosine {group_coherence:.2f}), so this is the group's biology or assay, not an "
+                      "error of this line: model the group rather than drop the cell{c}.",
+    "replicate_disagreement": "Replicate disagreement: the second screen's responses for this line disagree with "
+                              "this screen's, and the held-out predictions side with the second screen: this "
+                              "screen's measurements of the line are suspect{c}.",
+}
+"""One sentence per diagnosis kind, with the numbers it rests on: filled from the cell's
+diagnosis row, ``c`` (the confidence), ``gain`` (a swap's fit gain) and ``others``."""
 
 
-def _label_noise(row: pd.Series, c: str) -> str:
-    return (f"Label noise: no cell line's expression predicts its responses (the best fit is "
-            f"{row['best_fit_ratio']:.0f}x the typical error) and they barely follow its own predictions "
-            f"(r = {row['response_pred_corr']:.2f}): its measurements look corrupted{c}.")
-
-
-def _shift(row: pd.Series, c: str) -> str:
-    return (f"Shift: its residuals share one sign (mean {row['bias']:+.3f}, t = {row['bias_t']:.0f}), a constant "
-            f"explains {row['bias_share']:.0%} of its squared error: the whole profile is offset, as an assay or "
-            f"normalisation error would do{c}.")
-
-
-def _distinct(row: pd.Series, c: str) -> str:
-    return (f"Distinct biology: the model errs the same way on its expression neighbours (coherence "
-            f"{row['neighbour_coherence']:.2f}), so this is a kind of cell line the model has not learned, not an "
-            f"error of this line{c}.")
-
-
-def _distinct_group(row: pd.Series, c: str) -> str:
-    return (f"Distinct group: the other {int(row['group_size']) - 1} cells with {row['group_column']} = "
-            f"{row['group_value']} err the same way (their mean drug-centred residual profile explains "
-            f"{row['group_share']:.0%} of its squared residual; cosine {row['group_coherence']:.2f}), so this is "
-            f"the group's biology or assay, not an error of this line: model the group rather than drop the cell{c}.")
-
-
-def _replicate_disagreement(row: pd.Series, c: str) -> str:
-    return ("Replicate disagreement: the second screen's responses for this line disagree with this screen's, "
-            "and the held-out predictions side with the second screen: this screen's measurements of the line "
-            f"are suspect{c}.")
-
-
-SENTENCES = {"swap": _swap, "label_noise": _label_noise, "shift": _shift, "distinct": _distinct,
-             "distinct_group": _distinct_group, "replicate_disagreement": _replicate_disagreement}
-"""One sentence per diagnosis kind, with the numbers it rests on (``c``: the confidence)."""
+def _sentence_values(row: pd.Series) -> dict:
+    """The row's fields and the derived numbers the sentences name."""
+    kind = row.get("diagnosis", "")
+    values = dict(row.items())
+    values["c"] = _confidence(row)
+    if kind == "swap":
+        values["gain"] = float(np.exp(row["identity_gain"]))
+    if kind == "distinct_group":
+        values["others"] = int(row["group_size"]) - 1
+    return values
 
 
 def sentence(row: pd.Series) -> str:
     """The diagnosis of one cell in one sentence, with the number it rests on."""
     kind = row.get("diagnosis", "")
     if kind in SENTENCES:
-        s = SENTENCES[kind](row, _confidence(row))
+        s = SENTENCES[kind].format_map(_sentence_values(row))
     elif row.get("flagged", False):
         s = "No diagnosis: its error is high but matches no error signature (it may be hard, not wrong)."
     else:
