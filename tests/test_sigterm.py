@@ -29,9 +29,11 @@ SLOW = {"fault_slow_nodes": NODES, "fault_slow_seconds": 0.6}
 DONE = re.compile(r"\[hbl_mpi\] (\d+)/\d+ done")
 
 
-def launch(cfg, out, *extra):
-    """``mpiexec -n 3 ... run`` in the background; lines are collected as they arrive."""
-    cmd = [mpiexec(), "-n", "3", sys.executable, *run_cmd(cfg, out, "--set", "progress_every=1", *extra)]
+def launch(cfg, out, *extra, launcher=None):
+    """``mpiexec -n 3 ... run`` (``launcher=[]``: one process) in the background; lines are
+    collected as they arrive."""
+    prefix = [mpiexec(), "-n", "3"] if launcher is None else launcher
+    cmd = [*prefix, sys.executable, *run_cmd(cfg, out, "--set", "progress_every=1", *extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
     lines: list[str] = []
     readers = [threading.Thread(target=lambda s=s: lines.extend(line.rstrip("\n") for line in s), daemon=True)
@@ -122,14 +124,7 @@ def test_sigterm_serial_flushes_and_restart_finishes(reference, tmp_path):
     """``run --serial`` (one process, no launcher): the same flush, line and exit status."""
     cfg, ref = reference
     out = tmp_path / "out"
-    cmd = [sys.executable, *run_cmd(cfg, out, "--serial", "--set", "progress_every=1",
-                                    "--set", "flush_seconds=60", *sets(**SLOW))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    lines: list[str] = []
-    readers = [threading.Thread(target=lambda s=s: lines.extend(line.rstrip("\n") for line in s), daemon=True)
-               for s in (proc.stdout, proc.stderr)]
-    for t in readers:
-        t.start()
+    proc, lines, readers = launch(cfg, out, "--serial", "--set", "flush_seconds=60", *sets(**SLOW), launcher=[])
     deadline = time.monotonic() + 120
     while proc.poll() is None and reported_done(lines) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
